@@ -1,0 +1,33 @@
+# Set-up to result in one command each. `make test` builds .venv from a bare Python 3.11 and runs every check.
+PYTHON ?= python3.11
+VENV ?= .venv
+# The CPU build lies on this project's machines; on a GPU machine pass your own, e.g. TORCH='torch==2.13.0'
+# with the index URL of your CUDA build in PIP_EXTRA_INDEX_URL, or install torch into .venv yourself first.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: test lint typecheck pytest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: a bare `torch` requirement with nothing installed would pull a multi-GB CUDA build
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy src
+
+pytest: $(VENV)/.installed
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

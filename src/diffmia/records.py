@@ -1,0 +1,134 @@
+"""Typed records passed between stages. Frozen dataclasses and numpy arrays, never nested dicts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from diffmia.errors import DataError
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+def _json_float(value: float) -> float | None:
+    """JSON has no NaN: an undefined number is written as null."""
+    return None if math.isnan(value) else float(value)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A two-sided confidence interval; NaN bounds where the statistic is undefined."""
+
+    low: float
+    high: float
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low": _json_float(self.low), "high": _json_float(self.high), "confidence": self.confidence}
+
+
+@dataclass(frozen=True)
+class TprAtFpr:
+    """TPR at a target FPR by the conservative rule: the best ROC point whose FPR does not exceed the target.
+
+    ``threshold`` is the score at or above which a sample is called a member to reach that point
+    (``inf`` when no sample is). ``reason`` says why ``tpr`` is NaN, when it is.
+    """
+
+    target_fpr: float
+    tpr: float
+    achieved_fpr: float
+    threshold: float
+    interval: Interval
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_fpr": self.target_fpr,
+            "tpr": _json_float(self.tpr),
+            "achieved_fpr": _json_float(self.achieved_fpr),
+            "threshold": None if not math.isfinite(self.threshold) else self.threshold,
+            "interval": self.interval.to_dict(),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """All we report about one set of membership scores, with its counts and how intervals were made."""
+
+    auc: float
+    auc_interval: Interval
+    tpr_at_fpr: tuple[TprAtFpr, ...]
+    n_members: int
+    n_nonmembers: int
+    n_bootstrap: int
+    seed: int
+    balanced_accuracy: float | None = None
+    balanced_accuracy_interval: Interval | None = None
+    threshold: float | None = None
+
+    def at(self, fpr: float) -> TprAtFpr:
+        """The TPR record for target FPR ``fpr``."""
+        for record in self.tpr_at_fpr:
+            if record.target_fpr == fpr:
+                return record
+        known = ", ".join(str(r.target_fpr) for r in self.tpr_at_fpr)
+        raise KeyError(f"no TPR was computed at FPR {fpr}; computed at: {known}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "auc": _json_float(self.auc),
+            "auc_interval": self.auc_interval.to_dict(),
+            "tpr_at_fpr": [r.to_dict() for r in self.tpr_at_fpr],
+            "balanced_accuracy": None
+            if self.balanced_accuracy is None
+            else _json_float(self.balanced_accuracy),
+            "balanced_accuracy_interval": (
+                None if self.balanced_accuracy_interval is None else self.balanced_accuracy_interval.to_dict()
+            ),
+            "threshold": self.threshold,
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+            "n_bootstrap": self.n_bootstrap,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """One row per sample: membership features where higher means "more likely a member".
+
+    ``y`` holds the membership labels where they are known (shadow data, or a labelled target).
+    """
+
+    sample_ids: tuple[str, ...]
+    X: FloatArray
+    names: tuple[str, ...]
+    y: BoolArray | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.X.ndim != 2:
+            problems.append(f"X must be 2-D (samples, features), got shape {self.X.shape}")
+        elif self.X.shape != (len(self.sample_ids), len(self.names)):
+            problems.append(
+                f"X has shape {self.X.shape} but there are {len(self.sample_ids)} sample ids "
+                f"and {len(self.names)} feature names"
+            )
+        if len(set(self.sample_ids)) != len(self.sample_ids):
+            problems.append("sample ids are not unique")
+        if len(set(self.names)) != len(self.names):
+            problems.append("feature names are not unique")
+        if self.y is not None and self.y.shape != (len(self.sample_ids),):
+            problems.append(f"y has shape {self.y.shape}, expected ({len(self.sample_ids)},)")
+        if problems:
+            raise DataError("invalid feature table: " + "; ".join(problems))
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
