@@ -1,0 +1,92 @@
+"""Threshold attack: one scalar per sample, a threshold chosen on shadow data by Youden's J."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from diffmia.attacks._base import MembershipAttack
+from diffmia.errors import ConfigError
+from diffmia.metrics import roc_curve
+from diffmia.records import FloatArray
+
+REDUCTIONS = ("mean", "max")
+
+
+class ThresholdAttack(MembershipAttack):
+    """Call a sample a member when its scalar score reaches a threshold fitted on shadow data.
+
+    Parameters
+    ----------
+    reduce : "mean", "max", int or str, default "mean"
+        How the feature vector becomes one scalar: its mean, its maximum, or one column, named by its
+        index or (when fitted on a table with column names) by its name.
+
+    Attributes
+    ----------
+    threshold_ : float
+        Members are the samples whose scalar score is >= ``threshold_``. It lies midway between the lowest
+        shadow score still called a member at the best Youden point and the next lower shadow score.
+    youden_j_ : float
+        TPR - FPR on the fitting data at that threshold.
+    column_ : int or None
+        The column used, when ``reduce`` names one.
+    """
+
+    def __init__(self, reduce: str | int = "mean") -> None:
+        self.reduce = reduce
+
+    def _resolve_column(self) -> int | None:
+        reduce = self.reduce
+        if isinstance(reduce, str) and reduce in REDUCTIONS:
+            return None
+        if isinstance(reduce, (int, np.integer)) and not isinstance(reduce, bool):
+            if not 0 <= reduce < self.n_features_in_:
+                raise ConfigError(
+                    f"reduce={reduce} is not a column index: the data has {self.n_features_in_} features"
+                )
+            return int(reduce)
+        if isinstance(reduce, str):
+            names = list(getattr(self, "feature_names_in_", []))
+            if reduce in names:
+                return names.index(reduce)
+            known = (
+                f"; the columns are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}"
+                if names
+                else ""
+            )
+            raise ConfigError(
+                f"reduce={reduce!r} is neither one of {', '.join(REDUCTIONS)} nor a column name{known}"
+            )
+        raise ConfigError(
+            f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or a name; got {reduce!r}"
+        )
+
+    def _scalar(self, X: FloatArray) -> FloatArray:
+        if self.column_ is not None:
+            scalar: FloatArray = X[:, self.column_]
+        else:
+            scalar = X.max(axis=1) if self.reduce == "max" else X.mean(axis=1)
+        return scalar
+
+    def fit(self, X: Any, y: Any) -> ThresholdAttack:
+        X, member = self._validate_fit(X, y)
+        self.column_ = self._resolve_column()
+        roc = roc_curve(self._scalar(X), member)
+        j = roc.tpr - roc.fpr
+        best = int(np.argmax(j))  # first maximum: the strictest threshold among equally good ones
+        t = roc.thresholds
+        if best == 0:  # nobody a member: just above the highest score
+            self.threshold_ = float(np.nextafter(t[1], np.inf))
+        elif best == t.size - 1:  # everybody a member: the lowest score
+            self.threshold_ = float(t[best])
+        else:
+            self.threshold_ = float((t[best] + t[best + 1]) / 2)
+        self.youden_j_ = float(j[best])
+        return self
+
+    def decision_function(self, X: Any) -> FloatArray:
+        """Scalar score minus the fitted threshold: >= 0 means member."""
+        X = self._validate_score(X)
+        return self._scalar(X) - self.threshold_
