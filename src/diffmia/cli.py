@@ -1,0 +1,285 @@
+"""The ``diffmia`` command.
+
+A :class:`~diffmia.errors.DiffmiaError` ends a command with one ``Error: ...`` line on stderr and exit
+status 2; any other exception is a bug in diffmia and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from diffmia import __version__
+from diffmia.errors import DiffmiaError
+
+if TYPE_CHECKING:
+    from diffmia.records import Evaluation, Interval
+
+app = typer.Typer(
+    name="diffmia",
+    help="Measure how much a fine-tuned text-to-image diffusion model leaks its training images "
+    "(black-box membership inference).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # plain tracebacks for bugs; never print local variables (secrets)
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML configuration ([evaluation], [attacks] sections); defaults apply without it. "
+        "See `diffmia config show`.",
+        dir_okay=False,
+    ),
+]
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print results as JSON instead of a table.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffmia {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Measure how much a fine-tuned text-to-image diffusion model leaks its training images."""
+
+
+def _pct(fpr: float) -> str:
+    return f"{fpr * 100:g}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _ci(interval: Interval | None) -> str:
+    if interval is None or math.isnan(interval.low):
+        return ""
+    return f"\n{interval.low:.3f}-{interval.high:.3f}"
+
+
+def _print_evaluations(evaluations: Mapping[str, Evaluation], title: str) -> None:
+    """One row per score column: each number with its interval beneath it; reasons for any n/a below."""
+    first = next(iter(evaluations.values()))
+    table = Table(title=title, title_justify="left", show_lines=True)
+    table.add_column("scores")
+    table.add_column("AUC", justify="right", no_wrap=True)
+    for record in first.tpr_at_fpr:
+        table.add_column(f"TPR@{_pct(record.target_fpr)} FPR", justify="right", no_wrap=True)
+    threshold = "" if first.threshold is None else f"\n(score >= {first.threshold:g})"
+    table.add_column(f"balanced\naccuracy{threshold}", justify="right", no_wrap=True)
+    table.add_column("members /\nnon-members", justify="right")
+    notes: dict[str, None] = {}
+    for name, ev in evaluations.items():
+        cells = [name, _num(ev.auc) + _ci(ev.auc_interval)]
+        for record in ev.tpr_at_fpr:
+            if record.reason:
+                notes[record.reason] = None
+                cells.append("n/a")
+            else:
+                cells.append(f"{record.tpr:.3f}{_ci(record.interval)}\nFPR {record.achieved_fpr:.4f}")
+        cells.append(_num(ev.balanced_accuracy) + _ci(ev.balanced_accuracy_interval))
+        cells.append(f"{ev.n_members} / {ev.n_nonmembers}")
+        table.add_row(*cells)
+    console = Console(width=None if sys.stdout.isatty() else 110, markup=False, highlight=False)
+    console.print(table)
+    console.print(
+        f"low-high: {first.auc_interval.confidence:.0%} intervals, stratified bootstrap with "
+        f"{first.n_bootstrap} resamples, seed {first.seed}. TPR@FPR: the best ROC point whose FPR does not "
+        "exceed the target, with the FPR it achieves.",
+    )
+    for note in notes:
+        console.print(f"n/a: {note}")
+    if first.threshold is None:
+        console.print("n/a: balanced accuracy needs --threshold, chosen without these labels.")
+
+
+@app.command()
+def evaluate(
+    scores: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV or Parquet file with a 'member' column (true/false or 1/0) and score columns "
+            "(higher = more likely a member).",
+            dir_okay=False,
+        ),
+    ],
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", "-c", help="Score column to evaluate; repeat for several. [default: score]"),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Call a sample a member when its score is >= THRESHOLD, for balanced accuracy. Choose it "
+            "without these labels (diffmia attack scores: 0). Without it, balanced accuracy is not reported."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate membership scores: AUC, TPR at low FPR with the FPR achieved, intervals, counts."""
+    from diffmia.config import load_config
+    from diffmia.metrics import evaluate as evaluate_scores
+    from diffmia.tables import read_scores
+
+    settings = load_config(config).evaluation
+    columns = column or ["score"]
+    values, labels = read_scores(scores, columns)
+    evaluations = {
+        name: evaluate_scores(
+            s,
+            labels,
+            fprs=settings.fprs,
+            threshold=threshold,
+            n_bootstrap=settings.n_bootstrap,
+            confidence=settings.confidence,
+            seed=settings.seed,
+        )
+        for name, s in values.items()
+    }
+    if as_json:
+        typer.echo(
+            json.dumps({"file": str(scores), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}})
+        )
+    else:
+        _print_evaluations(evaluations, f"Membership evaluation of {scores}")
+
+
+@app.command()
+def attack(
+    shadow: Annotated[
+        Path,
+        typer.Option(
+            help="Shadow feature table (Parquet or CSV): 'sample_id', 'member' and feature columns "
+            "(higher = more likely a member). The attacks are fitted on it.",
+            dir_okay=False,
+        ),
+    ],
+    target: Annotated[
+        Path,
+        typer.Option(
+            help="Target feature table with the same feature columns; 'member' is optional and, when "
+            "present, only used to evaluate the frozen attacks.",
+            dir_okay=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Where to write the target's scores: one column per attack, 0 = decision threshold "
+            "(Parquet; CSV when it ends in .csv).",
+            dir_okay=False,
+        ),
+    ],
+    use: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attack",
+            "-a",
+            help="Attack to run: threshold, distribution or classifier; repeat for several. "
+            "[default: the config's attacks.use, all three]",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fit attack models on shadow features, score the target once, and evaluate where labels exist."""
+    from diffmia.attacks import fit_and_score
+    from diffmia.config import load_config, parse_config
+    from diffmia.metrics import evaluate as evaluate_scores
+    from diffmia.tables import read_feature_table, write_scores
+
+    settings = load_config(config)
+    if use:
+        resolved = settings.model_dump()
+        resolved["attacks"]["use"] = use
+        settings = parse_config(resolved, "--attack")
+    if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
+        raise DiffmiaError(f"--out {out} must end in .parquet, .pq or .csv")
+    shadow_table = read_feature_table(shadow)
+    target_table = read_feature_table(target)
+    scores = fit_and_score(settings.attacks.build(), shadow_table, target_table)
+    metadata = {
+        "diffmia_version": __version__,
+        "shadow": str(shadow),
+        "target": str(target),
+        "n_shadow": len(shadow_table),
+        "attacks": settings.attacks.model_dump(mode="json"),
+        "score": "decision function: higher = more likely a member; >= 0 = predicted member",
+    }
+    write_scores(out, target_table.sample_ids, scores, target_table.y, metadata)
+
+    evaluations = {}
+    if target_table.y is not None:
+        ev = settings.evaluation
+        evaluations = {
+            name: evaluate_scores(
+                s,
+                target_table.y,
+                fprs=ev.fprs,
+                threshold=0.0,
+                n_bootstrap=ev.n_bootstrap,
+                confidence=ev.confidence,
+                seed=ev.seed,
+            )
+            for name, s in scores.items()
+        }
+    if as_json:
+        result = {"out": str(out), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}}
+        typer.echo(json.dumps(result))
+        return
+    n_members = int(shadow_table.y.sum()) if shadow_table.y is not None else 0
+    typer.echo(
+        f"Fitted {', '.join(scores)} on {len(shadow_table)} shadow samples ({n_members} members); "
+        f"scored {len(target_table)} target samples -> {out}"
+    )
+    if evaluations:
+        _print_evaluations(evaluations, f"Attacks fitted on {shadow}, evaluated on {target}")
+
+
+@config_app.command("show")
+def config_show(
+    path: Annotated[
+        Path | None, typer.Argument(help="A TOML config; without it, the defaults.", dir_okay=False)
+    ] = None,
+) -> None:
+    """Validate a config and print it resolved (every default filled in) as TOML."""
+    from diffmia.config import dump_config, load_config
+
+    typer.echo(dump_config(load_config(path)), nl=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (2 for a DiffmiaError or a usage error)."""
+    try:
+        # standalone mode: usage errors print themselves and exit 2, success exits 0, both by SystemExit;
+        # every other exception comes through to us
+        app(args=list(argv) if argv is not None else None, prog_name="diffmia")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except DiffmiaError as exc:
+        message = " ".join(str(exc).split("\n"))
+        print(f"Error: {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,176 @@
+"""Configuration: TOML files validated into pydantic models.
+
+Every problem in a file (an unknown key, a wrong type, a bad value) is reported at once, each with its
+dotted path, in one :class:`~diffmia.errors.ConfigError`. The resolved configuration (defaults filled in)
+is written back as TOML beside every result.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from diffmia.attacks import ClassifierAttack, DistributionAttack, MembershipAttack, ThresholdAttack
+from diffmia.errors import ConfigError
+from diffmia.metrics import DEFAULT_FPRS
+
+AttackName = Literal["threshold", "distribution", "classifier"]
+ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class _Section(BaseModel):
+    # strict: TOML values are typed, so "100" for a number is a mistake to report, not to coerce
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class EvaluationConfig(_Section):
+    """How scores are evaluated: FPRs for TPR@FPR, bootstrap size, interval confidence, seed."""
+
+    fprs: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: list(DEFAULT_FPRS))
+    n_bootstrap: Annotated[int, Field(ge=1)] = 1000
+    confidence: Probability = 0.95
+    seed: int = 0
+
+
+def _check_reduce(value: Any) -> Any:
+    """One message for the reduce option instead of one per member of its union type."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError('should be "mean", "max", a column name, or a column index >= 0')
+
+
+class ThresholdConfig(_Section):
+    """See :class:`~diffmia.attacks.ThresholdAttack`."""
+
+    reduce: Annotated[str | int, BeforeValidator(_check_reduce)] = "mean"
+
+    def build(self) -> ThresholdAttack:
+        return ThresholdAttack(reduce=self.reduce)
+
+
+class DistributionConfig(_Section):
+    """See :class:`~diffmia.attacks.DistributionAttack`."""
+
+    covariance: Literal["scalar", "diagonal", "full"] = "diagonal"
+    tied: bool = False
+    var_floor: Annotated[float, Field(gt=0.0)] = 1e-6
+
+    def build(self) -> DistributionAttack:
+        return DistributionAttack(covariance=self.covariance, tied=self.tied, var_floor=self.var_floor)
+
+
+class ClassifierConfig(_Section):
+    """See :class:`~diffmia.attacks.ClassifierAttack` (the built-in MLP)."""
+
+    hidden_layer_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256])
+    alpha: Annotated[float, Field(ge=0.0)] = 1e-2
+    learning_rate_init: Annotated[float, Field(gt=0.0)] = 1e-3
+    max_iter: Annotated[int, Field(ge=1)] = 500
+    validation_fraction: Probability = 0.2
+    n_iter_no_change: Annotated[int, Field(ge=1)] = 20
+    standardize: bool = True
+    seed: int = 0
+
+    def build(self) -> ClassifierAttack:
+        return ClassifierAttack(
+            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
+            alpha=self.alpha,
+            learning_rate_init=self.learning_rate_init,
+            max_iter=self.max_iter,
+            validation_fraction=self.validation_fraction,
+            n_iter_no_change=self.n_iter_no_change,
+            standardize=self.standardize,
+            random_state=self.seed,
+        )
+
+
+class AttacksConfig(_Section):
+    """Which attack models to fit on shadow data, and their parameters."""
+
+    use: list[AttackName] = Field(default_factory=lambda: list(ALL_ATTACKS), min_length=1)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    distribution: DistributionConfig = Field(default_factory=DistributionConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+
+    def build(self) -> dict[str, MembershipAttack]:
+        """A fresh, unfitted attack for each name in ``use``, in that order."""
+        sections: dict[str, ThresholdConfig | DistributionConfig | ClassifierConfig] = {
+            "threshold": self.threshold,
+            "distribution": self.distribution,
+            "classifier": self.classifier,
+        }
+        return {name: sections[name].build() for name in dict.fromkeys(self.use)}
+
+
+class Config(_Section):
+    """The whole configuration of a diffmia run."""
+
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    attacks: AttacksConfig = Field(default_factory=AttacksConfig)
+
+
+def _describe(error: Any, model: type[BaseModel]) -> str:
+    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+        known = _known_keys(model, error["loc"][:-1])
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        elif known:
+            message += f" (valid keys: {', '.join(known)})"
+        return f"{loc}: {message}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message[:1].lower()}{message[1:]} (got {error['input']!r})"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid at ``loc`` in ``model``, for "did you mean" hints."""
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a parsed TOML document; report every problem in one ConfigError."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error, Config) for error in exc.errors()]
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(f"{source}: {count}: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML configuration file; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def dump_config(config: Config) -> str:
+    """The resolved configuration as TOML (it loads back to an equal Config)."""
+    return tomli_w.dumps(config.model_dump(mode="json"))

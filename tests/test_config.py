@@ -1,0 +1,78 @@
+"""Configuration: every problem reported at once with its dotted path; the resolved config round-trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffmia.attacks import ClassifierAttack, DistributionAttack, ThresholdAttack
+from diffmia.config import Config, dump_config, load_config, parse_config
+from diffmia.errors import ConfigError
+
+
+def test_defaults_round_trip_through_toml(tmp_path):
+    path = tmp_path / "resolved.toml"
+    path.write_text(dump_config(Config()))
+    assert load_config(path) == Config()
+    assert load_config(None) == Config()
+
+
+def test_values_reach_the_attacks(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[attacks]\nuse = ["classifier", "threshold"]\n'
+        '[attacks.threshold]\nreduce = "max"\n'
+        "[attacks.classifier]\nhidden_layer_sizes = [32, 8]\nalpha = 1\nseed = 5\n"
+        "[evaluation]\nfprs = [0.05]\n"
+    )
+    config = load_config(path)
+    attacks = config.attacks.build()
+    assert list(attacks) == ["classifier", "threshold"]
+    assert isinstance(attacks["threshold"], ThresholdAttack) and attacks["threshold"].reduce == "max"
+    classifier = attacks["classifier"]
+    assert isinstance(classifier, ClassifierAttack)
+    assert (classifier.hidden_layer_sizes, classifier.alpha, classifier.random_state) == ((32, 8), 1.0, 5)
+    assert config.evaluation.fprs == [0.05]
+    assert isinstance(Config().attacks.build()["distribution"], DistributionAttack)
+
+
+def test_misspelt_key_names_its_path_and_the_likely_key():
+    with pytest.raises(ConfigError) as error:
+        parse_config({"attacks": {"clasifier": {"alpha": 0.1}}}, "c.toml")
+    assert (
+        str(error.value) == "c.toml: 1 problem: attacks.clasifier: unknown key (did you mean 'classifier'?)"
+    )
+
+
+def test_every_problem_is_reported_at_once():
+    data = {
+        "evaluation": {"n_bootstrap": "100", "fprs": [0.01, 2.0], "sed": 1},
+        "attacks": {"use": ["thresh"], "distribution": {"covariance": "fulll"}, "threshold": {"reduce": -1}},
+    }
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, "c.toml")
+    message = str(error.value)
+    assert message.startswith("c.toml: 6 problems: ")
+    for part in (
+        "evaluation.n_bootstrap: input should be a valid integer (got '100')",
+        "evaluation.fprs.1: input should be less than or equal to 1 (got 2.0)",
+        "evaluation.sed: unknown key (did you mean 'seed'?)",
+        "attacks.use.0: input should be 'threshold', 'distribution' or 'classifier' (got 'thresh')",
+        "attacks.distribution.covariance: input should be 'scalar', 'diagonal' or 'full' (got 'fulll')",
+        "attacks.threshold.reduce: should be",
+    ):
+        assert part in message
+    assert "\n" not in message
+
+
+def test_unknown_key_without_a_close_match_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"zzz: unknown key \(valid keys: evaluation, attacks\)"):
+        parse_config({"zzz": 1})
+
+
+def test_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[attacks\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
