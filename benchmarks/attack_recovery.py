@@ -32,19 +32,13 @@ def draw(d: int, delta: float, n: int, rho: float, rng: np.random.Generator) -> 
     shift = delta / math.sqrt(d / (1 + (d - 1) * rho))
 
     def one(c: float) -> np.ndarray:
-        return (
-            rng.standard_normal((n, 1)) * math.sqrt(rho)
-            + rng.standard_normal((n, d)) * math.sqrt(1 - rho)
-            + c
-        )
+        return rng.standard_normal((n, 1)) * math.sqrt(rho) + rng.standard_normal((n, d)) * math.sqrt(1 - rho) + c
 
     return np.vstack([one(shift), one(0.0)]), np.r_[np.ones(n, int), np.zeros(n, int)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"{'noise':<11} {'d':>4} {'delta':>5} {'Bayes':>6}  " + "  ".join(f"{n:>23}" for n in ATTACKS))
@@ -66,8 +60,7 @@ def main() -> None:
                         aucs[name].append(roc_auc(attack.decision_function(X_new), y_new))
                 bayes = norm.cdf(delta / math.sqrt(2))
                 cells = "  ".join(
-                    f"{np.mean(v):.3f} (min {np.min(v):.3f}) {seconds[k] / args.repeats:4.2f}s"
-                    for k, v in aucs.items()
+                    f"{np.mean(v):.3f} (min {np.min(v):.3f}) {seconds[k] / args.repeats:4.2f}s" for k, v in aucs.items()
                 )
                 print(f"{noise:<11} {d:>4} {delta:>5} {bayes:>6.3f}  {cells}")
 

@@ -107,9 +107,7 @@ def test_threshold_is_youden_midpoint():
 def test_threshold_reductions_and_columns():
     X = np.array([[0.0, 5.0], [1.0, 0.0], [2.0, 1.0], [3.0, 2.0]])
     y = np.array([0, 0, 1, 1])
-    np.testing.assert_allclose(
-        ThresholdAttack(reduce=0).fit(X, y).decision_function(X), [-1.5, -0.5, 0.5, 1.5]
-    )
+    np.testing.assert_allclose(ThresholdAttack(reduce=0).fit(X, y).decision_function(X), [-1.5, -0.5, 0.5, 1.5])
     # maxima 5, 1, 2, 3: the best cut calls {5, 3, 2} members (TPR 1, FPR 1/2), midway between 2 and 1
     assert ThresholdAttack(reduce="max").fit(X, y).threshold_ == pytest.approx(1.5)
     with pytest.raises(ConfigError, match="column index"):
@@ -152,9 +150,7 @@ def test_classifier_logit_matches_predict_proba_and_stops_early():
     assert min(attack.validation_loss_) == attack.validation_loss_[attack.n_iter_ - 1]
     p = attack.model_.predict_proba(attack.scaler_.transform(X))[:, 1]
     moderate = (p > 1e-6) & (p < 1 - 1e-6)
-    np.testing.assert_allclose(
-        attack.decision_function(X)[moderate], logit(p[moderate]), rtol=1e-6, atol=1e-6
-    )
+    np.testing.assert_allclose(attack.decision_function(X)[moderate], logit(p[moderate]), rtol=1e-6, atol=1e-6)
     again = ClassifierAttack(max_iter=300).fit(X, y)
     np.testing.assert_array_equal(attack.decision_function(X), again.decision_function(X))  # seeded
 
@@ -183,9 +179,7 @@ def test_not_fitted_and_labels(attack):
 
 
 def _table(ids, X, names, y=None):
-    return FeatureTable(
-        tuple(ids), np.asarray(X, float), tuple(names), None if y is None else np.asarray(y, bool)
-    )
+    return FeatureTable(tuple(ids), np.asarray(X, float), tuple(names), None if y is None else np.asarray(y, bool))
 
 
 def test_fit_and_score_matches_columns_by_name_and_ignores_target_labels():

@@ -24,9 +24,7 @@ def _features(n, seed, labelled=True):
     rng = np.random.default_rng(seed)
     y = np.r_[np.ones(n, bool), np.zeros(n, bool)]
     X = rng.standard_normal((2 * n, 3)) + 0.8 * y[:, None]
-    return FeatureTable(
-        tuple(f"s{seed}-{i}" for i in range(2 * n)), X, ("a", "b", "c"), y if labelled else None
-    )
+    return FeatureTable(tuple(f"s{seed}-{i}" for i in range(2 * n)), X, ("a", "b", "c"), y if labelled else None)
 
 
 @pytest.fixture
@@ -187,8 +185,6 @@ def test_console_script_and_module_entry_points(tmp_path):
     version = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("diffmia ")
     missing = str(tmp_path / "nope.csv")
-    result = subprocess.run(
-        [sys.executable, "-m", "diffmia", "evaluate", missing], capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "diffmia", "evaluate", missing], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr == f"Error: {missing} does not exist or is not a file\n"

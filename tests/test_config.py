@@ -38,9 +38,7 @@ def test_values_reach_the_attacks(tmp_path):
 def test_misspelt_key_names_its_path_and_the_likely_key():
     with pytest.raises(ConfigError) as error:
         parse_config({"attacks": {"clasifier": {"alpha": 0.1}}}, "c.toml")
-    assert (
-        str(error.value) == "c.toml: 1 problem: attacks.clasifier: unknown key (did you mean 'classifier'?)"
-    )
+    assert str(error.value) == "c.toml: 1 problem: attacks.clasifier: unknown key (did you mean 'classifier'?)"
 
 
 def test_every_problem_is_reported_at_once():

@@ -13,9 +13,7 @@ from diffmia.tables import atomic_path, read_feature_table, read_scores, write_f
 
 
 def test_feature_table_round_trip(tmp_path):
-    table = FeatureTable(
-        ("a", "b"), np.array([[1.0, -2.0], [3.5, 4.0]]), ("x/cos", "x/l2"), np.array([True, False])
-    )
+    table = FeatureTable(("a", "b"), np.array([[1.0, -2.0], [3.5, 4.0]]), ("x/cos", "x/l2"), np.array([True, False]))
     write_feature_table(table, tmp_path / "f.parquet")
     back = read_feature_table(tmp_path / "f.parquet")
     assert (back.sample_ids, back.names) == (table.sample_ids, table.names)

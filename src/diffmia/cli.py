@@ -34,6 +34,10 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Bundled data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+lab_app = typer.Typer(help="Build the built-in tiny model: pretraining, quality classifier.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
 
 ConfigOption = Annotated[
     Path | None,
@@ -159,9 +163,7 @@ def evaluate(
         for name, s in values.items()
     }
     if as_json:
-        typer.echo(
-            json.dumps({"file": str(scores), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}})
-        )
+        typer.echo(json.dumps({"file": str(scores), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}}))
     else:
         _print_evaluations(evaluations, f"Membership evaluation of {scores}")
 
@@ -268,6 +270,85 @@ def config_show(
     from diffmia.config import dump_config, load_config
 
     typer.echo(dump_config(load_config(path)), nl=False)
+
+
+@data_app.command("digits")
+def data_digits(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (images/ and metadata.jsonl).", file_okay=False)],
+) -> None:
+    """Write scikit-learn's 1,797 handwritten digits as a captioned image folder (32x32 PNG, metadata.jsonl)."""
+    from diffmia.lab.data import write_digits
+
+    out = write_digits(out_dir)
+    typer.echo(f"wrote 1797 captioned digits to {out} (split: 1197 public, 600 private)")
+
+
+@lab_app.command("pretrain")
+def lab_pretrain(
+    data: Annotated[Path, typer.Argument(help="Captioned image folder (e.g. from `diffmia data digits`).")],
+    out_dir: Annotated[Path, typer.Argument(help="Output: pipeline/, card.json, checkpoints/.", file_okay=False)],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Train on the images whose metadata 'split' is this; 'all' for every image."),
+    ] = "public",
+    vae_steps: Annotated[int, typer.Option(min=1, help="VAE optimizer steps.")] = 400,
+    unet_steps: Annotated[int, typer.Option(min=1, help="UNet + text encoder optimizer steps.")] = 3500,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Resume from out_dir/checkpoints when present.")] = True,
+) -> None:
+    """Pretrain the tiny base model (VAE, then UNet with its text encoder); the shipped base came from this."""
+    from diffmia.lab.pretrain import PretrainConfig, pretrain
+
+    recipe = PretrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, seed=seed)
+    path = pretrain(data, out_dir, split=None if split == "all" else split, recipe=recipe, resume=resume)
+    typer.echo(f"base pipeline written to {path}; its card: {out_dir / 'card.json'}")
+
+
+@lab_app.command("classifier")
+def lab_classifier(
+    data: Annotated[Path, typer.Argument(help="Image folder whose metadata has a 'label' (0-9) per image.")],
+    out: Annotated[Path, typer.Argument(help="JSON file for the classifier's weights.", dir_okay=False)],
+    split: Annotated[str | None, typer.Option(help="Train on this metadata split; 'all' for every image.")] = "public",
+) -> None:
+    """Train the digit classifier that measures whether generations show the prompted digit."""
+    from diffmia.lab.classifier import train_digit_classifier
+
+    classifier = train_digit_classifier(data, out, split=None if split == "all" else split)
+    typer.echo(f"digit classifier written to {out} (5-fold accuracy {classifier.accuracy:.3f})")
+
+
+@app.command()
+def finetune(
+    model: Annotated[str, typer.Option(help="'builtin' (the shipped tiny base), a pipeline folder, or a hub id.")],
+    data: Annotated[Path, typer.Option(help="Captioned image folder (metadata.jsonl or metadata.csv).")],
+    out: Annotated[Path, typer.Option(help="Output folder: pipeline/ or lora/, and card.json.", file_okay=False)],
+    config: ConfigOption = None,
+    method: Annotated[str | None, typer.Option(help="full or lora [default: the config's finetune.method]")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank [default: finetune.lora_rank]")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps [default: finetune.max_steps]")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="[default: finetune.learning_rate]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[default: finetune.batch_size]")] = None,
+    seed: Annotated[int | None, typer.Option(help="[default: finetune.seed]")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoints when present.")] = True,
+) -> None:
+    """Fine-tune the UNet of a Stable Diffusion model (full or LoRA) on a captioned image folder."""
+    from diffmia.config import load_config, parse_config
+    from diffmia.lab.finetune import finetune as run_finetune
+
+    settings = load_config(config)
+    options = {
+        "method": method, "lora_rank": rank, "max_steps": steps, "learning_rate": learning_rate,
+        "batch_size": batch_size, "seed": seed,
+    }  # fmt: skip
+    given = {k: v for k, v in options.items() if v is not None}
+    if given:
+        resolved = settings.model_dump()
+        resolved["finetune"].update(given)
+        if "max_steps" in given:
+            resolved["finetune"]["epochs"] = None
+        settings = parse_config(resolved, "options")
+    result = run_finetune(model, data, out, settings.finetune, resume=resume)
+    typer.echo(f"fine-tune written to {result} (card: {result / 'card.json'})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from diffmia.attacks import ClassifierAttack, DistributionAttack, MembershipAttack, ThresholdAttack
 from diffmia.errors import ConfigError
@@ -21,6 +21,7 @@ from diffmia.metrics import DEFAULT_FPRS
 
 AttackName = Literal["threshold", "distribution", "classifier"]
 ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
+DEFAULT_FINETUNE_STEPS = 1000
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
@@ -108,11 +109,51 @@ class AttacksConfig(_Section):
         return {name: sections[name].build() for name in dict.fromkeys(self.use)}
 
 
+class FinetuneConfig(_Section):
+    """A fine-tuning recipe (``diffmia finetune``): what trains the targets and shadows.
+
+    The defaults are the built-in model's recipe: a full UNet fine-tune. For Stable Diffusion practice set
+    ``method = "lora"`` with a small ``lora_rank`` (the reference study used rank 4).
+    """
+
+    method: Literal["full", "lora"] = "full"
+    lora_rank: Annotated[int, Field(ge=1)] = 4
+    lora_alpha: Annotated[float, Field(gt=0.0)] | None = None
+    lora_target_modules: list[str] = Field(default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"], min_length=1)
+    resolution: Annotated[int, Field(ge=8)] | None = None
+    center_crop: bool = True
+    random_flip: bool = False
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 1
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-4
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    max_steps: Annotated[int, Field(ge=1)] | None = None  # neither set: DEFAULT_FINETUNE_STEPS
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: Annotated[int, Field(ge=0)] = 250
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> FinetuneConfig:
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("set max_steps or epochs, not both")
+        return self
+
+    def total_steps(self, n_images: int) -> int:
+        """Optimizer steps: ``max_steps``, or ``epochs`` passes over ``n_images``, or the default 1000."""
+        if self.epochs is not None:
+            per_step = self.batch_size * self.gradient_accumulation_steps
+            return max(1, -(-self.epochs * n_images // per_step))
+        return self.max_steps or DEFAULT_FINETUNE_STEPS
+
+
 class Config(_Section):
     """The whole configuration of a diffmia run."""
 
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     attacks: AttacksConfig = Field(default_factory=AttacksConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 
 def _describe(error: Any, model: type[BaseModel]) -> str:
@@ -135,9 +176,7 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     current: Any = model
     for part in loc:
         field = getattr(current, "model_fields", {}).get(part)
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         current = field.annotation
     return list(getattr(current, "model_fields", {}))
@@ -172,5 +211,5 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def dump_config(config: Config) -> str:
-    """The resolved configuration as TOML (it loads back to an equal Config)."""
-    return tomli_w.dumps(config.model_dump(mode="json"))
+    """The resolved configuration as TOML (it loads back to an equal Config; unset optional values are left out)."""
+    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

@@ -57,9 +57,7 @@ def check_scores(scores: npt.ArrayLike, labels: npt.ArrayLike) -> tuple[FloatArr
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise DataError(
-            f"need both members and non-members to evaluate, got {n_pos} members and {n_neg} non-members"
-        )
+        raise DataError(f"need both members and non-members to evaluate, got {n_pos} members and {n_neg} non-members")
     return s, y
 
 

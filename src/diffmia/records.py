@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,9 +87,7 @@ class Evaluation:
             "auc": _json_float(self.auc),
             "auc_interval": self.auc_interval.to_dict(),
             "tpr_at_fpr": [r.to_dict() for r in self.tpr_at_fpr],
-            "balanced_accuracy": None
-            if self.balanced_accuracy is None
-            else _json_float(self.balanced_accuracy),
+            "balanced_accuracy": None if self.balanced_accuracy is None else _json_float(self.balanced_accuracy),
             "balanced_accuracy_interval": (
                 None if self.balanced_accuracy_interval is None else self.balanced_accuracy_interval.to_dict()
             ),
@@ -98,6 +97,16 @@ class Evaluation:
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
         }
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a set: stable id, file, caption and membership (None where unknown)."""
+
+    id: str
+    image_path: Path
+    caption: str | None = None
+    member: bool | None = None
 
 
 @dataclass(frozen=True)

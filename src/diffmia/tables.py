@@ -26,6 +26,8 @@ from diffmia.records import BoolArray, FeatureTable, FloatArray
 ID_COLUMN = "sample_id"
 MEMBER_COLUMN = "member"
 METADATA_KEY = b"diffmia"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -37,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -76,9 +79,7 @@ def membership_labels(table: pa.Table, path: Path | str) -> BoolArray | None:
         return None
     column = table[MEMBER_COLUMN]
     if column.null_count:
-        raise DataError(
-            f"{path}: {column.null_count} of {table.num_rows} rows have no {MEMBER_COLUMN!r} value"
-        )
+        raise DataError(f"{path}: {column.null_count} of {table.num_rows} rows have no {MEMBER_COLUMN!r} value")
     if pa.types.is_boolean(column.type):
         return np.asarray(column.to_numpy(zero_copy_only=False), dtype=bool)
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
@@ -88,9 +89,7 @@ def membership_labels(table: pa.Table, path: Path | str) -> BoolArray | None:
             return np.asarray(values == 1, dtype=bool)
         shown = ", ".join(str(v) for v in bad[:5])
         raise DataError(f"{path}: {MEMBER_COLUMN!r} must be true/false or 1/0, found {shown}")
-    raise DataError(
-        f"{path}: {MEMBER_COLUMN!r} must be true/false or 1/0, found values of type {column.type}"
-    )
+    raise DataError(f"{path}: {MEMBER_COLUMN!r} must be true/false or 1/0, found values of type {column.type}")
 
 
 def _numeric(table: pa.Table, name: str, path: Path | str) -> FloatArray:
@@ -105,9 +104,7 @@ def _numeric(table: pa.Table, name: str, path: Path | str) -> FloatArray:
     return values
 
 
-def read_scores(
-    path: str | Path, columns: Sequence[str] = ("score",)
-) -> tuple[dict[str, FloatArray], BoolArray]:
+def read_scores(path: str | Path, columns: Sequence[str] = ("score",)) -> tuple[dict[str, FloatArray], BoolArray]:
     """Score columns (higher = member) and the membership labels from a CSV or Parquet file."""
     table = read_table(path)
     _require(table, [*columns, MEMBER_COLUMN], path)

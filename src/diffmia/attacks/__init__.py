@@ -23,9 +23,7 @@ def fit_and_score(
     shadow's by name; a threshold attack may name its column.
     """
     if shadow.y is None:
-        raise DataError(
-            "the shadow feature table has no membership labels; attacks are fitted on labelled shadow data"
-        )
+        raise DataError("the shadow feature table has no membership labels; attacks are fitted on labelled shadow data")
     missing = [n for n in shadow.names if n not in target.names]
     extra = [n for n in target.names if n not in shadow.names]
     if missing or extra:

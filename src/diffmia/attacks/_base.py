@@ -35,8 +35,7 @@ class MembershipAttack(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         y_type = type_of_target(y, input_name="y", raise_unknown=True)
         if y_type != "binary":
             raise ValueError(
-                "Only binary classification is supported (member vs non-member); "
-                f"the target type is {y_type}."
+                f"Only binary classification is supported (member vs non-member); the target type is {y_type}."
             )
         classes, y_index = np.unique(y, return_inverse=True)
         if classes.size != 2:

@@ -107,8 +107,7 @@ class ClassifierAttack(MembershipAttack):
         if self.estimator is not None:
             if not (hasattr(self.estimator, "decision_function") or hasattr(self.estimator, "predict_proba")):
                 raise ConfigError(
-                    f"estimator {type(self.estimator).__name__} has neither decision_function "
-                    "nor predict_proba"
+                    f"estimator {type(self.estimator).__name__} has neither decision_function nor predict_proba"
                 )
             self.model_ = clone(self.estimator).fit(Xs, target)
             self.n_iter_: int | None = None
@@ -119,9 +118,7 @@ class ClassifierAttack(MembershipAttack):
 
     def _fit_mlp(self, X: FloatArray, target: Any) -> None:
         if not 0.0 < self.validation_fraction < 1.0:
-            raise ConfigError(
-                f"validation_fraction must lie strictly between 0 and 1; got {self.validation_fraction}"
-            )
+            raise ConfigError(f"validation_fraction must lie strictly between 0 and 1; got {self.validation_fraction}")
         if self.max_iter < 1 or self.n_iter_no_change < 1:
             raise ConfigError("max_iter and n_iter_no_change must be at least 1")
         X_train, X_held, y_train, y_held = train_test_split(

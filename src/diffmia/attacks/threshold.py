@@ -43,25 +43,15 @@ class ThresholdAttack(MembershipAttack):
             return None
         if isinstance(reduce, (int, np.integer)) and not isinstance(reduce, bool):
             if not 0 <= reduce < self.n_features_in_:
-                raise ConfigError(
-                    f"reduce={reduce} is not a column index: the data has {self.n_features_in_} features"
-                )
+                raise ConfigError(f"reduce={reduce} is not a column index: the data has {self.n_features_in_} features")
             return int(reduce)
         if isinstance(reduce, str):
             names = list(getattr(self, "feature_names_in_", []))
             if reduce in names:
                 return names.index(reduce)
-            known = (
-                f"; the columns are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}"
-                if names
-                else ""
-            )
-            raise ConfigError(
-                f"reduce={reduce!r} is neither one of {', '.join(REDUCTIONS)} nor a column name{known}"
-            )
-        raise ConfigError(
-            f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or a name; got {reduce!r}"
-        )
+            known = f"; the columns are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else ""
+            raise ConfigError(f"reduce={reduce!r} is neither one of {', '.join(REDUCTIONS)} nor a column name{known}")
+        raise ConfigError(f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or a name; got {reduce!r}")
 
     def _scalar(self, X: FloatArray) -> FloatArray:
         if self.column_ is not None:

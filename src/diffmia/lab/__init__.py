@@ -1,0 +1,1 @@
+"""The model lab: bundled digits, the built-in tiny Stable Diffusion, pretraining and fine-tuning recipes."""

@@ -1,0 +1,85 @@
+"""A small digit classifier for measuring generation quality: does a generation show the prompted digit?
+
+Multinomial logistic regression on the 8x8 grey-level image (the digits' native resolution), trained on the
+public part of the bundled digits. Its weights ship as JSON: no pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from diffmia.errors import DataError
+from diffmia.tables import atomic_path
+
+CLASSIFIER_PATH = Path(__file__).parent / "assets" / "digit_classifier.json"
+
+
+def digit_features(images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
+    """(n, 64) features in [0, 1]: each image in grey, box-downsampled to 8x8."""
+    if isinstance(images, np.ndarray):
+        images = [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in images]
+    rows = [np.asarray(im.convert("L").resize((8, 8), Image.Resampling.BOX), dtype=np.float64) / 255.0 for im in images]
+    return np.stack(rows).reshape(len(rows), 64)
+
+
+class DigitClassifier:
+    """Logistic regression digit classifier with JSON weights."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, accuracy: float | None = None) -> None:
+        self.coef, self.intercept, self.accuracy = coef, intercept, accuracy
+
+    @classmethod
+    def fit(cls, images: Sequence[Image.Image], labels: Sequence[int], seed: int = 0) -> DigitClassifier:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import cross_val_score
+
+        X, y = digit_features(images), np.asarray(labels)
+        model = LogisticRegression(C=1.0, max_iter=2000, random_state=seed)
+        accuracy = float(cross_val_score(model, X, y, cv=5).mean())
+        model.fit(X, y)
+        return cls(model.coef_, model.intercept_, accuracy)
+
+    def predict(self, images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
+        scores = digit_features(images) @ self.coef.T + self.intercept
+        return np.asarray(scores.argmax(axis=1))
+
+    def save(self, path: str | Path) -> None:
+        data = {
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept.tolist(),
+            "cv_accuracy": self.accuracy,
+        }
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DigitClassifier:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(np.asarray(data["coef"]), np.asarray(data["intercept"]), data.get("cv_accuracy"))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"cannot read digit classifier {path}: {exc}") from None
+
+
+def train_digit_classifier(data_dir: str | Path, out: str | Path, split: str | None = "public") -> DigitClassifier:
+    """Fit the digit classifier on a labelled image folder's ``split`` part and save it to ``out``."""
+    from diffmia.data import load_image_folder
+    from diffmia.lab.pretrain import select_split
+
+    folder = load_image_folder(data_dir)
+    samples = select_split(folder.samples, folder.extra, split)
+    labels = [folder.extra[s.id].get("label") for s in samples]
+    if any(not isinstance(label, int) or not 0 <= label <= 9 for label in labels):
+        raise DataError(f"{data_dir}: every image needs an integer 'label' from 0 to 9 in its metadata")
+    images = []
+    for sample in samples:
+        with Image.open(sample.image_path) as image:
+            images.append(image.convert("RGB"))
+    classifier = DigitClassifier.fit(images, [int(x) for x in labels if x is not None])
+    classifier.save(out)
+    return classifier

@@ -1,0 +1,138 @@
+"""The built-in tiny Stable Diffusion: real diffusers/transformers classes at a size that trains on 2 CPU cores.
+
+32x32 RGB images, an AutoencoderKL to 8x8x4 latents, a text-conditioned UNet2DConditionModel, a CLIP text
+encoder and a CLIPTokenizer whose BPE vocabulary is learned from the captions (every caption word is one
+token). Saved with ``save_pretrained``, the folder loads unchanged in stock ``StableDiffusionPipeline`` and
+``StableDiffusionImg2ImgPipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789,.'-!?"
+
+
+@dataclass(frozen=True)
+class TinySDConfig:
+    """Sizes of the tiny model; the defaults are the shipped base model's."""
+
+    resolution: int = 32
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    unet_channels: tuple[int, ...] = (32, 64)
+    vae_layers_per_block: int = 1
+    unet_layers_per_block: int = 2
+    attention_head_dim: int = 8
+    text_width: int = 64
+    text_layers: int = 3
+    text_heads: int = 4
+    max_length: int = 32
+    train_timesteps: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_tokenizer(captions: Iterable[str], max_length: int) -> CLIPTokenizer:
+    """A CLIPTokenizer whose BPE merges are learned from ``captions`` until every caption word is one token."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.normalizer = normalizers.Lowercase()
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000,  # a bound, never reached: merging stops when every word is whole
+        special_tokens=list(SPECIAL_TOKENS),
+        end_of_word_suffix="</w>",
+        initial_alphabet=list(ALPHABET),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(captions, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    # transformers 5 ignores vocab_file=/merges_file=; the vocabulary and merges go in directly
+    return CLIPTokenizer(
+        vocab=model["vocab"],
+        merges=[tuple(m) for m in model["merges"]],
+        model_max_length=max_length,
+        pad_token=SPECIAL_TOKENS[1],
+    )
+
+
+def build_pipeline(
+    captions: Iterable[str], config: TinySDConfig | None = None, seed: int = 0
+) -> StableDiffusionPipeline:
+    """A randomly initialised tiny StableDiffusionPipeline (seeded), with a tokenizer learned from ``captions``."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = config or TinySDConfig()
+    tokenizer = build_tokenizer(captions, config.max_length)
+    torch.manual_seed(seed)
+    n_vae = len(config.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        block_out_channels=config.vae_channels,
+        layers_per_block=config.vae_layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=min(32, config.vae_channels[0]),
+        sample_size=config.resolution,
+    )
+    n_unet = len(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=config.resolution // 2 ** (n_vae - 1),
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        block_out_channels=config.unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
+        layers_per_block=config.unet_layers_per_block,
+        cross_attention_dim=config.text_width,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=min(32, config.unet_channels[0]),
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.text_width,
+            intermediate_size=4 * config.text_width,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            max_position_embeddings=config.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

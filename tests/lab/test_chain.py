@@ -1,0 +1,162 @@
+"""The whole lab chain at tiny sizes: build -> pretrain -> fine-tune (full, LoRA) -> stock pipelines, seeded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from diffmia.cli import main
+from diffmia.config import FinetuneConfig
+from diffmia.lab.data import digits_records
+from diffmia.lab.finetune import finetune
+from diffmia.lab.pipeline import TinySDConfig, build_tokenizer
+from diffmia.lab.pretrain import PretrainConfig, pretrain
+
+TINY = TinySDConfig(
+    resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1, text_width=32,
+    text_layers=1, text_heads=2, max_length=16,
+)  # fmt: skip
+RECIPE = {"batch_size": 8, "checkpoint_every": 0, "max_steps": 2}
+
+
+def _write_folder(root: Path, n: int, start: int = 0) -> Path:
+    pixels, records = digits_records()
+    (root / "images").mkdir(parents=True)
+    chosen = records[start : start + n]
+    for record, image in zip(chosen, pixels[start : start + n], strict=True):
+        Image.fromarray(image).save(root / record["file_name"])
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    data = _write_folder(root / "public", 24)
+    members = _write_folder(root / "members", 16, start=100)
+    recipe = PretrainConfig(vae_steps=2, unet_steps=2, batch_size=8, checkpoint_every=0)
+    base = pretrain(data, root / "base", split=None, recipe=recipe, model=TINY, show_progress=False)
+    return {"root": root, "base": base, "members": members}
+
+
+def _generate(pipe, seed, **kwargs):
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(
+        ["a thin dark upright narrow small handwritten seven, placed high left"] * 2, num_inference_steps=3,
+        guidance_scale=3.0, generator=generator, output_type="np", **kwargs,
+    ).images  # fmt: skip
+
+
+def test_tokenizer_keeps_every_caption_word_whole():
+    captions = [r["caption"] for r in digits_records()[1]]
+    tokenizer = build_tokenizer(captions, 32)
+    words = {w for c in captions for w in c.replace(",", " ,").split()}
+    assert all(len(tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in words)
+
+
+def test_base_loads_in_stock_pipelines_and_is_seeded(lab):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    card = json.loads((lab["base"].parent / "card.json").read_text())
+    assert (card["vae"]["steps"], card["unet"]["steps"], card["data"]["n_images"]) == (2, 2, 24)
+    t2i = StableDiffusionPipeline.from_pretrained(lab["base"], local_files_only=True)
+    a, b, c = _generate(t2i, 1), _generate(t2i, 1), _generate(t2i, 2)
+    assert a.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0
+    i2i = StableDiffusionImg2ImgPipeline.from_pretrained(lab["base"], local_files_only=True)
+    init = Image.open(next((lab["members"] / "images").iterdir())).convert("RGB").resize((16, 16))
+    x, y = (_generate(i2i, 5, image=[init, init], strength=0.5) for _ in range(2))
+    np.testing.assert_array_equal(x, y)
+
+
+def test_full_and_lora_fine_tunes_reload_in_stock_pipelines(lab):
+    from diffusers import StableDiffusionPipeline
+
+    root = lab["root"]
+    full = finetune(lab["base"], lab["members"], root / "full", FinetuneConfig(**RECIPE), show_progress=False)
+    card = json.loads((full / "card.json").read_text())
+    assert (card["method"], card["steps"], card["data"]["n_images"], card["resolution"]) == ("full", 2, 16, 16)
+    assert not (full / "checkpoints").exists()
+    tuned = StableDiffusionPipeline.from_pretrained(full / "pipeline", local_files_only=True)
+    base = StableDiffusionPipeline.from_pretrained(lab["base"], local_files_only=True)
+    np.testing.assert_array_equal(_generate(tuned, 3), _generate(tuned, 3))
+    assert np.abs(_generate(tuned, 3) - _generate(base, 3)).max() > 0
+
+    lora = finetune(
+        lab["base"], lab["members"], root / "lora",
+        FinetuneConfig(method="lora", lora_rank=2, learning_rate=1e-2, random_flip=True, **RECIPE),
+        show_progress=False,
+    )  # fmt: skip
+    assert (lora / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    with_lora = StableDiffusionPipeline.from_pretrained(lab["base"], local_files_only=True)
+    with_lora.load_lora_weights(lora / "lora")
+    np.testing.assert_array_equal(_generate(with_lora, 3), _generate(with_lora, 3))
+    assert np.abs(_generate(with_lora, 3) - _generate(base, 3)).max() > 0  # the trained adapter acts
+
+
+FINETUNE_SCRIPT = """
+import sys
+from diffmia.config import FinetuneConfig
+from diffmia.lab.finetune import finetune
+finetune(sys.argv[1], sys.argv[2], sys.argv[3], FinetuneConfig(batch_size=8, max_steps=int(sys.argv[4]),
+         checkpoint_every=2, learning_rate=1e-3), show_progress=False)
+"""
+
+
+def test_killed_fine_tune_resumes_to_the_same_weights(lab):
+    root = lab["root"]
+    steps = "120"
+    args = [str(lab["base"]), str(lab["members"])]
+    killed = root / "killed"
+    process = subprocess.Popen([sys.executable, "-c", FINETUNE_SCRIPT, *args, str(killed), steps])
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step-2").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "card.json").exists(), "the run finished before it could be killed"
+    recipe = FinetuneConfig(batch_size=8, max_steps=int(steps), checkpoint_every=2, learning_rate=1e-3)
+    finetune(lab["base"], lab["members"], killed, recipe, show_progress=False)
+    resumed_from = json.loads((killed / "card.json").read_text())["resumed_from"]
+    assert resumed_from is not None and resumed_from >= 2
+    whole = finetune(lab["base"], lab["members"], root / "whole", recipe, show_progress=False)
+    weights = "pipeline/unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(killed / weights), load_file(whole / weights)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_pretrain_command_at_default_size(lab, tmp_path):
+    data = _write_folder(tmp_path / "data", 8)
+    args = ["lab", "pretrain", str(data), str(tmp_path / "base"), "--split", "all", "--vae-steps", "1"]
+    assert main([*args, "--unet-steps", "1"]) == 0
+    card = json.loads((tmp_path / "base" / "card.json").read_text())
+    assert card["model"]["unet_channels"] == [32, 64] and card["data"]["n_images"] == 8
+    assert (tmp_path / "base" / "pipeline" / "model_index.json").is_file()
+
+
+def test_finetune_bad_input_fails_before_training(lab, tmp_path, capsys):
+    members = lab["members"]
+    out = tmp_path / "out"
+    common = ["finetune", "--model", str(lab["base"]), "--out", str(out)]
+    assert main([*common, "--data", str(members), "--rank", "0"]) == 2
+    assert "finetune.lora_rank: input should be greater than or equal to 1" in capsys.readouterr().err
+    broken = _write_folder(tmp_path / "broken", 3)
+    (broken / "images" / "digit-0001.png").unlink()
+    assert main([*common, "--data", str(broken)]) == 2
+    assert "images/digit-0001.png (missing)" in capsys.readouterr().err
+    assert main(["finetune", "--model", str(tmp_path / "nothing"), "--data", str(members), "--out", str(out)]) == 2
+    assert "cannot load a Stable Diffusion pipeline" in capsys.readouterr().err
+    assert not out.exists()
