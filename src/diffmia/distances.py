@@ -1,0 +1,73 @@
+"""Similarities between a query's embedding and its generations' embeddings, signed so that higher = more similar.
+
+Every function takes two arrays whose last axis is the embedding dimension and broadcasts over the others, so
+the same call serves pooled vectors (n, d) and per-token outputs (n, tokens, d): with tokens the result keeps
+one score per token (the reference paper's per-patch scores). Distances are negated here, once, so that a
+generation identical to its query scores highest under every measure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from diffmia.errors import ConfigError
+from diffmia.records import FloatArray
+
+Similarity = Callable[[np.ndarray, np.ndarray], FloatArray]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> FloatArray:
+    """Cosine similarity in [-1, 1]; a zero vector is orthogonal to everything (similarity 0)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    norms = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    dots = (a * b).sum(axis=-1)
+    return np.asarray(np.divide(dots, norms, out=np.zeros(np.broadcast(dots, norms).shape), where=norms > 0))
+
+
+def l1(a: np.ndarray, b: np.ndarray) -> FloatArray:
+    """Negated mean absolute difference per dimension."""
+    return np.asarray(-np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean(axis=-1), np.float64)
+
+
+def l2(a: np.ndarray, b: np.ndarray) -> FloatArray:
+    """Negated Euclidean distance."""
+    return np.asarray(-np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1), np.float64)
+
+
+def binary_code(x: np.ndarray) -> np.ndarray:
+    """One bit per dimension: is the value above the vector's own mean? (sign of the centred embedding)."""
+    x = np.asarray(x, np.float64)
+    return np.asarray(x > x.mean(axis=-1, keepdims=True), dtype=bool)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> FloatArray:
+    """Negated share of differing bits between the binary codes of ``a`` and ``b`` (a real Hamming distance)."""
+    return np.asarray(-(binary_code(a) != binary_code(b)).mean(axis=-1), np.float64)
+
+
+SIMILARITIES: dict[str, Similarity] = {"cosine": cosine, "l1": l1, "l2": l2, "hamming": hamming}
+AGGREGATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda s: s.mean(axis=0),
+    "max": lambda s: s.max(axis=0),
+    "min": lambda s: s.min(axis=0),
+    "std": lambda s: s.std(axis=0),
+}
+
+
+def similarity(name: str) -> Similarity:
+    """The similarity registered as ``name``."""
+    try:
+        return SIMILARITIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown distance {name!r}; valid: {', '.join(SIMILARITIES)}") from None
+
+
+def aggregate(scores: np.ndarray, how: str) -> FloatArray:
+    """Aggregate the scores of the m generations of one query (axis 0) by mean, max, min or std."""
+    try:
+        reduce = AGGREGATIONS[how]
+    except KeyError:
+        raise ConfigError(f"unknown aggregation {how!r}; valid: {', '.join(AGGREGATIONS)}") from None
+    return np.asarray(reduce(np.asarray(scores, np.float64)), dtype=np.float64)
