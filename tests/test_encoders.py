@@ -1,0 +1,85 @@
+"""Encoders: tiny random transformers models built from configs and loaded offline; image conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffmia.encoders import HFVisionEncoder, PixelEncoder, load_rgb
+from diffmia.errors import DataError, TargetError
+
+
+def _images(n, size=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _save_vit(folder, kind):
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        DeiTConfig,
+        DeiTModel,
+        ViTConfig,
+        ViTImageProcessorPil,  # fmt: skip
+        ViTModel,
+    )
+
+    small = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "intermediate_size": 32}  # fmt: skip
+    torch.manual_seed(0)
+    model = {"vit": lambda: ViTModel(ViTConfig(**small)), "deit": lambda: DeiTModel(DeiTConfig(**small)),
+             "clip": lambda: CLIPVisionModel(CLIPVisionConfig(**small))}[kind]()  # fmt: skip
+    model.save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("kind", "tokens"), [("vit", 17), ("deit", 18), ("clip", 17)])
+def test_hf_encoder_loads_offline_and_returns_tokens(tmp_path, kind, tokens):
+    folder = _save_vit(tmp_path / kind, kind)
+    encoder = HFVisionEncoder(folder)
+    images = _images(3)
+    out = encoder.encode(images)
+    assert out.shape == (3, tokens, 16) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, HFVisionEncoder(folder, batch_size=2).encode(images))  # batch-independent
+    assert encoder.pool(out).shape == (3, 16)
+    np.testing.assert_allclose(HFVisionEncoder(folder, pooling="mean").pool(out), out.mean(axis=1))
+    assert encoder.fingerprint == HFVisionEncoder(folder).fingerprint
+    assert encoder.fingerprint != HFVisionEncoder(_save_vit(tmp_path / "other", "vit")).fingerprint or kind != "vit"
+
+
+def test_missing_weights_say_what_to_do(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TargetError, match=r"encoder weights .* are not available.*point the encoder at that folder"):
+        HFVisionEncoder(tmp_path / "empty").encode(_images(1))
+
+
+def test_pixel_encoder():
+    image = Image.fromarray(np.full((4, 4, 3), 255, np.uint8))
+    out = PixelEncoder(size=2).encode([image])
+    np.testing.assert_allclose(out, np.ones((1, 12)))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "I;16", "LA", "CMYK"])
+def test_image_modes_are_converted(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    grey16 = np.asarray(rgb.convert("L"), np.uint16) * 257
+    image = Image.fromarray(grey16) if mode == "I;16" else rgb.convert(mode)
+    path = tmp_path / f"x.{'tiff' if mode == 'CMYK' else 'png'}"
+    image.save(path)
+    loaded = load_rgb(path)
+    assert loaded.mode == "RGB" and loaded.size == (5, 6)
+    if mode == "I;16":
+        np.testing.assert_array_equal(np.asarray(loaded)[..., 0], np.asarray(rgb.convert("L")))
+
+
+def test_undecodable_and_tiny_images_are_named(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"bad\.png cannot be decoded"):
+        load_rgb(tmp_path / "bad.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    with pytest.raises(DataError, match=r"dot\.png is 1x1: too small"):
+        load_rgb(tmp_path / "dot.png")
