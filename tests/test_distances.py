@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffmia.distances import SIMILARITIES, aggregate, binary_code, cosine, hamming, l1, l2, similarity
+from diffmia.distances import SIMILARITIES, aggregate, binary_code, cosine, hamming, l1, l2, similarity, ssim
 from diffmia.errors import ConfigError
 
 
@@ -49,3 +49,16 @@ def test_unknown_names():
         similarity("l3")
     with pytest.raises(ConfigError, match="valid: mean, max, min, std"):
         aggregate(np.zeros(2), "median")
+
+
+def test_ssim_hand_computed_and_ordered():
+    a, b = np.full((8, 8), 0.2), np.full((8, 8), 0.6)
+    c1 = 0.01**2
+    assert ssim(a, b) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1))  # flat: luminance term only
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16, 3))
+    noisy = [np.clip(image + rng.normal(0, s, image.shape), 0, 1) for s in (0.05, 0.2, 0.5)]
+    scores = ssim(image, np.stack([image, *noisy]))
+    assert scores[0] == pytest.approx(1.0)
+    assert list(scores) == sorted(scores, reverse=True)  # more noise, lower similarity
+    assert ssim(noisy[0], image) == pytest.approx(ssim(image, noisy[0]))

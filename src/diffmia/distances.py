@@ -47,6 +47,37 @@ def hamming(a: np.ndarray, b: np.ndarray) -> FloatArray:
     return np.asarray(-(binary_code(a) != binary_code(b)).mean(axis=-1), np.float64)
 
 
+def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> FloatArray:
+    """Structural similarity (Wang et al. 2004; Gaussian window, K1 = 0.01, K2 = 0.03) of images in [0, 1].
+
+    ``a`` is one image (H, W) or (H, W, C); ``b`` is one image or a stack (m, H, W[, C]). Colour channels are
+    averaged. Returns the mean SSIM of each image of ``b`` with ``a``: 1 for identical images.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    single = b.ndim == a.ndim
+    stack = b[None] if single else b
+    if stack.shape[1:] != a.shape:
+        raise ConfigError(f"ssim needs images of one size, got {a.shape} and {stack.shape[1:]}")
+    c1, c2 = 0.01**2, 0.03**2
+    sigmas = (sigma, sigma) + (0,) * (a.ndim - 2)  # smooth within each channel only
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        return np.asarray(gaussian_filter(x, sigmas, truncate=3.5, mode="reflect"))
+
+    mu_a = blur(a)
+    out = []
+    for image in stack:
+        mu_b = blur(image)
+        var_a, var_b = blur(a * a) - mu_a**2, blur(image * image) - mu_b**2
+        cov = blur(a * image) - mu_a * mu_b
+        index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+        out.append(index.mean())
+    result = np.asarray(out, np.float64)
+    return np.asarray(result[0] if single else result, np.float64)
+
+
 SIMILARITIES: dict[str, Similarity] = {"cosine": cosine, "l1": l1, "l2": l2, "hamming": hamming}
 AGGREGATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda s: s.mean(axis=0),
