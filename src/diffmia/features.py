@@ -1,0 +1,176 @@
+"""Features: (queries, their generations, encoders, distances, aggregations) -> FeatureTable.
+
+For each encoder the query image and its m generations are embedded (embeddings are cached by image content
+and encoder fingerprint); each similarity compares the query with every generation either per token (one
+score per patch, as the reference paper does) or pooled (one scalar), and the m scores are aggregated.
+Column names read ``encoder/similarity/granularity/aggregation`` (per token: ``.../token017/...``).
+Higher = more likely a member in every column. ``blind_features`` describes the query alone: the model-free
+baseline that shows how separable members and non-members are before any model is queried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from diffmia.distances import aggregate, similarity, ssim
+from diffmia.errors import ConfigError, DataError
+from diffmia.records import BoolArray, FeatureTable
+from diffmia.tables import atomic_path
+
+GRANULARITIES = ("pooled", "token")
+
+
+class Encoder(Protocol):
+    fingerprint: str
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+def image_digest(image: Image.Image) -> str:
+    """Content hash of an image's pixels (mode and size included): equal pixels, equal digest."""
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(np.ascontiguousarray(np.asarray(image)).tobytes())
+    return digest.hexdigest()
+
+
+class CachedEncoder:
+    """An encoder whose embeddings are stored as ``.npy`` files keyed by image content and encoder fingerprint.
+
+    Files are written atomically and read with ``allow_pickle=False``; a cached embedding is bit-identical to
+    a computed one.
+    """
+
+    def __init__(self, encoder: Encoder, root: str | Path) -> None:
+        self.encoder = encoder
+        self.fingerprint = encoder.fingerprint
+        key = hashlib.sha256(encoder.fingerprint.encode()).hexdigest()[:16]
+        self.root = Path(root) / key
+        self.computed = 0
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        paths = [self.root / f"{image_digest(im)}.npy" for im in images]
+        todo: dict[Path, Image.Image] = {}  # each missing image once, however often it repeats
+        for path, image in zip(paths, images, strict=True):
+            if not path.exists():
+                todo.setdefault(path, image)
+        if todo:
+            fresh = self.encoder.encode(list(todo.values()))
+            self.computed += len(todo)
+            self.root.mkdir(parents=True, exist_ok=True)
+            for path, row in zip(todo, fresh, strict=True):
+                with atomic_path(path) as tmp, tmp.open("wb") as handle:
+                    np.save(handle, row, allow_pickle=False)
+        rows = [np.load(p, allow_pickle=False) for p in paths]
+        return np.stack(rows) if rows else np.zeros((0,), np.float32)
+
+
+def _pool(embeddings: np.ndarray, tokens: bool) -> np.ndarray:
+    """One vector per image: the first token (the encoder's pooled or CLS token) of token outputs (..., tokens, d)."""
+    return embeddings[..., 0, :] if tokens else embeddings
+
+
+def build_features(
+    sample_ids: Sequence[str],
+    queries: Sequence[Image.Image],
+    generations: Sequence[Sequence[Image.Image]],
+    encoders: Mapping[str, Encoder],
+    *,
+    distances: Sequence[str] = ("cosine",),
+    granularities: Sequence[str] = ("pooled",),
+    aggregations: Sequence[str] = ("mean",),
+    labels: BoolArray | None = None,
+) -> FeatureTable:
+    """The feature table of ``queries`` (one image each) against their ``generations`` (m images each).
+
+    ``distances`` may include ``"ssim"``, computed on the images themselves (resized to the query's size)
+    rather than on an encoder's embeddings.
+    """
+    n = len(queries)
+    if len(generations) != n or len(sample_ids) != n:
+        raise DataError(f"{len(sample_ids)} ids, {n} queries and {len(generations)} generation lists differ in number")
+    m = {len(g) for g in generations}
+    if len(m) != 1 or 0 in m:
+        raise DataError(f"every query needs the same positive number of generations, got {sorted(m)}")
+    (m_each,) = m
+    bad = [g for g in granularities if g not in GRANULARITIES]
+    if bad:
+        raise ConfigError(f"unknown granularity {bad[0]!r}; valid: {', '.join(GRANULARITIES)}")
+    flat = [im for group in generations for im in group]
+    columns: dict[str, np.ndarray] = {}
+    embedding_distances = [d for d in distances if d != "ssim"]
+    for name, encoder in encoders.items():
+        if not embedding_distances:
+            break
+        query_emb = encoder.encode(queries)
+        gen_emb = encoder.encode(flat).reshape(n, m_each, *query_emb.shape[1:])
+        tokens = query_emb.ndim == 3
+        for distance in embedding_distances:
+            measure = similarity(distance)
+            for granularity in granularities:
+                if granularity == "pooled":
+                    scores = measure(_pool(query_emb, tokens)[:, None], _pool(gen_emb, tokens))  # (n, m)
+                    for agg in aggregations:
+                        columns[f"{name}/{distance}/pooled/{agg}"] = aggregate(scores.T, agg)
+                elif tokens:  # per token: (n, m, tokens)
+                    scores = measure(query_emb[:, None], gen_emb)
+                    for agg in aggregations:
+                        per_token = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, tokens)
+                        for t in range(per_token.shape[1]):
+                            columns[f"{name}/{distance}/token{t:03d}/{agg}"] = per_token[:, t]
+    if "ssim" in distances:
+        scores = np.stack(
+            [
+                ssim(_array(q), np.stack([_array(g, q.size) for g in group]))
+                for q, group in zip(queries, generations, strict=True)
+            ]
+        )
+        for agg in aggregations:
+            columns[f"pixels/ssim/pooled/{agg}"] = aggregate(scores.T, agg)
+    if not columns:
+        raise ConfigError("no features: give at least one encoder and distance (or the ssim distance)")
+    names = tuple(columns)
+    return FeatureTable(tuple(sample_ids), np.column_stack([columns[c] for c in names]), names, labels)
+
+
+def _array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+    rgb = image.convert("RGB")
+    if size is not None and rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+    return np.asarray(rgb, np.float64) / 255.0
+
+
+def blind_features(
+    sample_ids: Sequence[str],
+    queries: Sequence[Image.Image],
+    encoders: Mapping[str, Encoder] | None = None,
+    labels: BoolArray | None = None,
+) -> FeatureTable:
+    """Model-free features of the query images alone: pixel statistics and pooled embeddings.
+
+    A classifier on these, fitted on shadow data, measures how separable the member and non-member sets are
+    without querying any model; it should sit near AUC 0.5 when they come from one distribution.
+    """
+    arrays = [_array(q) for q in queries]
+    grey = [a.mean(axis=-1) for a in arrays]
+    columns: dict[str, np.ndarray] = {
+        "blind/mean": np.array([a.mean() for a in arrays]),
+        "blind/std": np.array([a.std() for a in arrays]),
+        "blind/ink": np.array([(g > 0.5).mean() for g in grey]),
+        "blind/edges": np.array([np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean() for g in grey]),
+        **{f"blind/channel{c}": np.array([a[..., c].mean() for a in arrays]) for c in range(3)},
+    }
+    for name, encoder in (encoders or {}).items():
+        embeddings = encoder.encode(queries)
+        pooled = _pool(embeddings, embeddings.ndim == 3)
+        for j in range(pooled.shape[1]):
+            columns[f"blind/{name}/{j:03d}"] = pooled[:, j]
+    names = tuple(columns)
+    return FeatureTable(
+        tuple(sample_ids), np.column_stack([columns[c] for c in names]).astype(np.float64), names, labels
+    )

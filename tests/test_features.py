@@ -1,0 +1,93 @@
+"""Features: hand-computed similarities through the table, column names, the embedding cache, blind features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffmia.encoders import PixelEncoder
+from diffmia.errors import DataError
+from diffmia.features import CachedEncoder, blind_features, build_features
+
+
+class ColourTokens:
+    """A small deterministic encoder: two tokens per image, the mean colour of its top and bottom halves."""
+
+    fingerprint = "colour-tokens"
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, images):
+        self.calls += len(images)
+        out = []
+        for im in images:
+            a = np.asarray(im, np.float64) / 255.0
+            h = a.shape[0] // 2
+            out.append([a[:h].mean(axis=(0, 1)), a[h:].mean(axis=(0, 1))])
+        return np.asarray(out, np.float32)
+
+
+def _flat(rgb_top, rgb_bottom=None):
+    a = np.zeros((4, 4, 3), np.uint8)
+    a[:2], a[2:] = rgb_top, rgb_bottom if rgb_bottom is not None else rgb_top
+    return Image.fromarray(a)
+
+
+def test_similarities_through_the_table():
+    red, green, mixed = _flat((255, 0, 0)), _flat((0, 255, 0)), _flat((255, 0, 0), (0, 255, 0))
+    table = build_features(
+        ["q1", "q2"], [red, green], [[red, mixed], [red, red]], {"colour": ColourTokens()},
+        distances=("cosine",), granularities=("pooled", "token"), aggregations=("mean", "max"),
+        labels=np.array([True, False]),
+    )  # fmt: skip
+    assert table.names == (
+        "colour/cosine/pooled/mean", "colour/cosine/pooled/max",
+        "colour/cosine/token000/mean", "colour/cosine/token001/mean",
+        "colour/cosine/token000/max", "colour/cosine/token001/max",
+    )  # fmt: skip
+    column = dict(zip(table.names, table.X.T, strict=True))
+    # pooled = first token (top half): q1 red vs red, red -> 1, 1; q2 green vs red, red -> 0, 0
+    np.testing.assert_allclose(column["colour/cosine/pooled/mean"], [1.0, 0.0])
+    # bottom token: q1 red vs [red, green] -> mean 0.5, max 1
+    np.testing.assert_allclose(column["colour/cosine/token001/mean"], [0.5, 0.0])
+    np.testing.assert_allclose(column["colour/cosine/token001/max"], [1.0, 0.0])
+    np.testing.assert_array_equal(table.y, [True, False])
+
+
+def test_pixel_encoder_l2_and_ssim():
+    rng = np.random.default_rng(0)
+    query = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    other = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    table = build_features(["q"], [query], [[query, other]], {"pixels": PixelEncoder(size=8)},
+                           distances=("l2", "ssim"), aggregations=("max", "min"))  # fmt: skip
+    column = dict(zip(table.names, table.X[0], strict=True))
+    assert column["pixels/l2/pooled/max"] == 0.0  # the identical generation
+    expected = -np.linalg.norm((np.asarray(query, float) - np.asarray(other, float)).ravel() / 255.0)
+    assert column["pixels/l2/pooled/min"] == pytest.approx(expected, rel=1e-5)
+    assert column["pixels/ssim/pooled/max"] == pytest.approx(1.0)
+    assert column["pixels/ssim/pooled/min"] < 0.2
+
+
+def test_cached_embeddings_equal_computed_ones(tmp_path):
+    images = [_flat((i * 40, 10, 200)) for i in range(5)]
+    encoder = ColourTokens()
+    cached = CachedEncoder(encoder, tmp_path)
+    first = cached.encode(images + images[:2])  # repeats are encoded once
+    assert encoder.calls == 5
+    again = CachedEncoder(ColourTokens(), tmp_path)
+    np.testing.assert_array_equal(again.encode(images), ColourTokens().encode(images))
+    assert again.computed == 0
+    np.testing.assert_array_equal(first[:5], again.encode(images))
+
+
+def test_blind_features_and_input_errors():
+    images = [_flat((0, 0, 0)), _flat((255, 255, 255))]
+    table = blind_features(["a", "b"], images, {"colour": ColourTokens()})
+    column = dict(zip(table.names, table.X.T, strict=True))
+    np.testing.assert_allclose(column["blind/mean"], [0.0, 1.0])
+    np.testing.assert_allclose(column["blind/ink"], [0.0, 1.0])
+    assert "blind/colour/002" in column
+    with pytest.raises(DataError, match="same positive number of generations"):
+        build_features(["a", "b"], images, [[images[0]], []], {"colour": ColourTokens()})
