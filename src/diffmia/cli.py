@@ -351,6 +351,30 @@ def finetune(
     typer.echo(f"fine-tune written to {result} (card: {result / 'card.json'})")
 
 
+@app.command("finetune-captioner")
+def finetune_captioner_command(
+    model: Annotated[str, typer.Option(help="'tiny' (a small BLIP trained from scratch), a BLIP folder or hub id.")],
+    data: Annotated[Path, typer.Option(help="The attacker's captioned auxiliary images (an image folder).")],
+    out: Annotated[Path, typer.Option(help="Output folder: captioner/ and card.json.", file_okay=False)],
+    config: ConfigOption = None,
+    steps: Annotated[int | None, typer.Option(help="[default: captioner_training.max_steps]")] = None,
+    method: Annotated[str | None, typer.Option(help="full or lora [default: captioner_training.method]")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoints when present.")] = True,
+) -> None:
+    """Fine-tune a BLIP captioner on auxiliary images (scenarios II and IV caption queries with it)."""
+    from diffmia.config import load_config, parse_config
+    from diffmia.lab.captioner import finetune_captioner
+
+    settings = load_config(config)
+    given = {k: v for k, v in {"max_steps": steps, "method": method}.items() if v is not None}
+    if given:
+        resolved = settings.model_dump()
+        resolved["captioner_training"].update(given)
+        settings = parse_config(resolved, "options")
+    result = finetune_captioner(model, data, out, settings.captioner_training, resume=resume)
+    typer.echo(f"captioner written to {result} (card: {out / 'card.json'})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (2 for a DiffmiaError or a usage error)."""
     try:

@@ -148,12 +148,31 @@ class FinetuneConfig(_Section):
         return self.max_steps or DEFAULT_FINETUNE_STEPS
 
 
+class CaptionerTrainingConfig(_Section):
+    """How ``diffmia finetune-captioner`` trains a captioner on the attacker's auxiliary images.
+
+    The defaults train the built-in tiny BLIP from scratch; for a pretrained BLIP lower the learning rate
+    (e.g. 1e-5) and the steps, or use ``method = "lora"``.
+    """
+
+    method: Literal["full", "lora"] = "full"
+    lora_rank: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 100
+    max_steps: Annotated[int, Field(ge=1)] = 2000
+    seed: int = 0
+    checkpoint_every: Annotated[int, Field(ge=0)] = 500
+
+
 class Config(_Section):
     """The whole configuration of a diffmia run."""
 
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     attacks: AttacksConfig = Field(default_factory=AttacksConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    captioner_training: CaptionerTrainingConfig = Field(default_factory=CaptionerTrainingConfig)
 
 
 def _describe(error: Any, model: type[BaseModel]) -> str:

@@ -44,7 +44,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     return rgb
 
 
-def _weights_digest(folder: Path) -> str:
+def weights_digest(folder: Path) -> str:
     """Content hash of a local model folder's weights and configuration."""
     digest = hashlib.sha256()
     for file in sorted(folder.rglob("*")):
@@ -117,7 +117,7 @@ class HFVisionEncoder:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             if self.local:
-                identity = _weights_digest(Path(self.model))
+                identity = weights_digest(Path(self.model))
             else:
                 identity = str(getattr(self._load()[1].config, "_commit_hash", None) or "unpinned")
             self._fingerprint = f"hf({self.model}@{identity},pooling={self.pooling})"

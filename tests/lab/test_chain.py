@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,21 +29,11 @@ TINY = TinySDConfig(
 RECIPE = {"batch_size": 8, "checkpoint_every": 0, "max_steps": 2}
 
 
-def _write_folder(root: Path, n: int, start: int = 0) -> Path:
-    pixels, records = digits_records()
-    (root / "images").mkdir(parents=True)
-    chosen = records[start : start + n]
-    for record, image in zip(chosen, pixels[start : start + n], strict=True):
-        Image.fromarray(image).save(root / record["file_name"])
-    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen))
-    return root
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, digit_folder):
     root = tmp_path_factory.mktemp("lab")
-    data = _write_folder(root / "public", 24)
-    members = _write_folder(root / "members", 16, start=100)
+    data = digit_folder(root / "public", 24)
+    members = digit_folder(root / "members", 16, start=100)
     recipe = PretrainConfig(vae_steps=2, unet_steps=2, batch_size=8, checkpoint_every=0)
     base = pretrain(data, root / "base", split=None, recipe=recipe, model=TINY, show_progress=False)
     return {"root": root, "base": base, "members": members}
@@ -138,8 +127,8 @@ def test_killed_fine_tune_resumes_to_the_same_weights(lab):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
-def test_pretrain_command_at_default_size(lab, tmp_path):
-    data = _write_folder(tmp_path / "data", 8)
+def test_pretrain_command_at_default_size(digit_folder, tmp_path):
+    data = digit_folder(tmp_path / "data", 8)
     args = ["lab", "pretrain", str(data), str(tmp_path / "base"), "--split", "all", "--vae-steps", "1"]
     assert main([*args, "--unet-steps", "1"]) == 0
     card = json.loads((tmp_path / "base" / "card.json").read_text())
@@ -147,13 +136,13 @@ def test_pretrain_command_at_default_size(lab, tmp_path):
     assert (tmp_path / "base" / "pipeline" / "model_index.json").is_file()
 
 
-def test_finetune_bad_input_fails_before_training(lab, tmp_path, capsys):
+def test_finetune_bad_input_fails_before_training(lab, digit_folder, tmp_path, capsys):
     members = lab["members"]
     out = tmp_path / "out"
     common = ["finetune", "--model", str(lab["base"]), "--out", str(out)]
     assert main([*common, "--data", str(members), "--rank", "0"]) == 2
     assert "finetune.lora_rank: input should be greater than or equal to 1" in capsys.readouterr().err
-    broken = _write_folder(tmp_path / "broken", 3)
+    broken = digit_folder(tmp_path / "broken", 3)
     (broken / "images" / "digit-0001.png").unlink()
     assert main([*common, "--data", str(broken)]) == 2
     assert "images/digit-0001.png (missing)" in capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""Captioner fine-tuning: the tiny BLIP trains, saves and reloads through BlipCaptioner; agreement scoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffmia.captioners import BlipCaptioner
+from diffmia.cli import main
+from diffmia.data import load_image_folder
+from diffmia.errors import TargetError
+from diffmia.lab.captioner import caption_agreement
+
+
+def test_caption_agreement_scores_each_attribute():
+    reference = ["a thin dark upright narrow small handwritten seven, placed high left"]
+    same = caption_agreement(reference, reference)
+    assert set(same.values()) == {1.0}
+    other = caption_agreement(["a bold dark upright narrow small handwritten one, placed high left"], reference)
+    assert (other["coverage"], other["digit"], other["darkness"], other["horizontal"]) == (0.0, 0.0, 1.0, 1.0)
+
+
+def test_tiny_captioner_trains_and_loads(tmp_path, digit_folder):
+    data = digit_folder(tmp_path / "aux", 12)
+    out = tmp_path / "cap"
+    assert main(["finetune-captioner", "--model", "tiny", "--data", str(data), "--out", str(out), "--steps", "3"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["recipe"]["max_steps"] == 3 and card["data"]["n_images"] == 12
+    samples = load_image_folder(data).samples
+    captioner = BlipCaptioner(out / "captioner", max_length=20)
+    first = captioner.caption(samples[:4])
+    assert first == BlipCaptioner(out / "captioner", max_length=20, batch_size=1).caption(samples[:4])
+    assert all(isinstance(c, str) and "[DEC]" not in c for c in first)
+
+
+def test_missing_captioner_weights_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TargetError, match=r"captioner weights .* point the captioner at that folder"):
+        BlipCaptioner(tmp_path / "empty").caption_images([])
