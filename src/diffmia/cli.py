@@ -36,6 +36,8 @@ config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=Tr
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(help="Bundled data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(help="Inspect generation caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 lab_app = typer.Typer(help="Build the built-in tiny model: pretraining, quality classifier.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 
@@ -373,6 +375,24 @@ def finetune_captioner_command(
         settings = parse_config(resolved, "options")
     result = finetune_captioner(model, data, out, settings.captioner_training, resume=resume)
     typer.echo(f"captioner written to {result} (card: {out / 'card.json'})")
+
+
+@cache_app.command("verify")
+def cache_verify(
+    directory: Annotated[Path, typer.Argument(help="A generation cache folder.", file_okay=False)],
+) -> None:
+    """Check every cached image against its sidecar; exit 1 if any entry is damaged."""
+    from diffmia.cache import GenerationCache
+
+    if not directory.is_dir():
+        raise DiffmiaError(f"cache folder {directory} does not exist")
+    entries, problems = GenerationCache(directory).verify()
+    damaged = [p for p in problems if not p.problem.startswith("image without sidecar")]
+    for problem in problems:
+        typer.echo(f"{problem.key}: {problem.problem}")
+    typer.echo(f"{entries} entries, {len(damaged)} damaged, {len(problems) - len(damaged)} interrupted writes")
+    if damaged:
+        raise typer.Exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +109,47 @@ class Sample:
     image_path: Path
     caption: str | None = None
     member: bool | None = None
+
+
+@dataclass(frozen=True)
+class Query:
+    """One image to ask a target for. Every image has its own seed, so it never depends on its batch.
+
+    ``init_image`` + ``strength`` make it an image-to-image query (the target noises the image to ``strength``
+    and denoises it); without them it is text-to-image. ``sample_id`` says which sample the query is for and is
+    not part of the query's identity.
+    """
+
+    prompt: str
+    seed: int
+    steps: int = 30
+    guidance: float = 7.5
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    init_image: Path | None = None
+    strength: float | None = None
+    sample_id: str | None = field(default=None, compare=False)
+
+    @property
+    def mode(self) -> str:
+        return "img2img" if self.init_image is not None else "text2img"
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the image: every field but ``sample_id``, with the init image by content hash."""
+        init = None
+        if self.init_image is not None:
+            init = hashlib.sha256(Path(self.init_image).read_bytes()).hexdigest()
+        return {
+            "prompt": self.prompt, "seed": self.seed, "steps": self.steps, "guidance": self.guidance,
+            "negative_prompt": self.negative_prompt, "width": self.width, "height": self.height,
+            "init_image_sha256": init, "strength": self.strength,
+        }  # fmt: skip
+
+    def key(self, target_fingerprint: str) -> str:
+        """Content address of this query's image on the target with ``target_fingerprint``."""
+        payload = json.dumps({"target": target_fingerprint, **self.identity()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
