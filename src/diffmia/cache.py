@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from diffmia.errors import DataError
 from diffmia.records import Query
 from diffmia.tables import atomic_path
 
@@ -45,6 +46,13 @@ class GenerationCache:
         with Image.open(png) as image:
             image.load()
             return image.copy()
+
+    def load(self, key: str) -> Image.Image:
+        """The cached image; a DataError names the key when the entry is missing."""
+        image = self.get(key)
+        if image is None:
+            raise DataError(f"no cached image for query {key} in {self.root}")
+        return image
 
     def __contains__(self, key: str) -> bool:
         return self._paths(key)[1].exists()

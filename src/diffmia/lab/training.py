@@ -8,12 +8,11 @@ renamed into place: a run killed at any moment resumes from its last complete ch
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from diffmia.errors import ConfigError
+from diffmia.progress import progress
 from diffmia.records import Sample
 
 if TYPE_CHECKING:
@@ -132,40 +132,6 @@ def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-@contextlib.contextmanager
-def _progress(total: int, start: int, description: str) -> Iterator[Callable[[float], None]]:
-    """A live bar on a terminal; elsewhere (logs, CI) a line every 5% of the steps."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        state = {"done": start, "began": time.perf_counter()}
-        every = max(1, total // 20)
-
-        def report(loss: float) -> None:
-            state["done"] += 1
-            if state["done"] % every == 0 or state["done"] == total:
-                elapsed = time.perf_counter() - state["began"]
-                console.print(f"{description}: step {state['done']}/{total}, loss {loss:.4f}, {elapsed:.0f} s")
-
-        yield report
-        return
-    columns = [
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-    ]
-    with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task(description, total=total, completed=start, loss="-")
-
-        def advance(loss: float) -> None:
-            progress.update(task, advance=1, loss=f"{loss:.4f}")
-
-        yield advance
-
-
 def train(
     *,
     modules: Sequence[torch.nn.Module],
@@ -222,7 +188,7 @@ def train(
     began = time.perf_counter()
     for model in models:
         model.train()
-    with _progress(max_steps, start, description) if show_progress else contextlib.nullcontext(None) as advance:
+    with progress(max_steps, description, start=start, enabled=show_progress) as advance:
         for step in range(start, max_steps):
             total = 0.0
             for micro in range(gradient_accumulation_steps):
@@ -236,8 +202,7 @@ def train(
                     optimizer.zero_grad()
                 total += float(loss.detach()) / gradient_accumulation_steps
             log.losses.append(total)
-            if advance is not None:
-                advance(total)
+            advance(1, f"loss {total:.4f}")
             done = step + 1
             if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
                 _save_checkpoint(accelerator, checkpoint_dir, done, keep_checkpoints)

@@ -1,0 +1,175 @@
+"""Any diffusers text-to-image pipeline as a target (hub id or folder), with image-to-image from the same
+components, optional LoRA weights, a scheduler by name, dtype and device.
+
+Each image is generated with its own ``torch.Generator`` seeded by its query, so an image does not depend on
+the batch it lands in. Queries that differ only in prompt and seed share a batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from diffmia.encoders import load_rgb, weights_digest
+from diffmia.errors import ConfigError, TargetError
+from diffmia.records import Query
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm-solver++": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+DTYPES = ("auto", "float64", "float32", "float16", "bfloat16")
+
+
+def pick_device(device: str) -> str:
+    """``auto``: CUDA, then MPS, then CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class DiffusersTarget:
+    """A local diffusers pipeline as a black box.
+
+    Parameters
+    ----------
+    model : "builtin", a pipeline folder or a hub id
+    lora : folder (or file) of LoRA weights to load on top, and ``lora_scale`` their strength
+    scheduler : None keeps the pipeline's; else one of SCHEDULERS
+    dtype : "auto" (float16 on CUDA, else float32) or an explicit one. Images never depend on the batch by
+        construction (one generator per image), but multithreaded float32 CPU kernels can round a pixel
+        differently for another batch shape; "float64" makes bit-exact reruns across batch sizes practical.
+    device : "auto" (CUDA, then MPS, then CPU) or a torch device string
+    batch_size : images per pipeline call
+    """
+
+    def __init__(self, model: str | Path = "builtin", *, lora: str | Path | None = None, lora_scale: float = 1.0,
+                 scheduler: str | None = None, dtype: str = "auto", device: str = "auto",
+                 batch_size: int = 8) -> None:  # fmt: skip
+        from diffmia.lab.finetune import resolve_model
+
+        problems = []
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            problems.append(f"unknown scheduler {scheduler!r} (valid: {', '.join(SCHEDULERS)})")
+        if dtype not in DTYPES:
+            problems.append(f"unknown dtype {dtype!r} (valid: {', '.join(DTYPES)})")
+        if batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {batch_size}")
+        if lora is not None and not Path(lora).exists():
+            problems.append(f"LoRA weights {lora} do not exist")
+        if problems:
+            raise ConfigError("diffusers target: " + "; ".join(problems))
+        self.model = resolve_model(model)
+        if Path(self.model).exists() and not (Path(self.model) / "model_index.json").is_file():
+            raise TargetError(f"{self.model} is not a diffusers pipeline folder (no model_index.json)")
+        self.lora, self.lora_scale, self.scheduler = lora, lora_scale, scheduler
+        self.device = pick_device(device)
+        self.dtype = ("float16" if self.device == "cuda" else "float32") if dtype == "auto" else dtype
+        self.batch_size = batch_size
+        self.calls = 0  # pipeline calls made, for tests and progress
+        self._pipes: tuple[Any, Any] | None = None
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            path = Path(self.model)
+            identity = weights_digest(path) if path.is_dir() else "hub"
+            lora = "none"
+            if self.lora is not None:
+                lora_path = Path(self.lora)
+                lora = weights_digest(lora_path) if lora_path.is_dir() else weights_digest(lora_path.parent)
+            self._fingerprint = (
+                f"diffusers({self.model}@{identity},lora={lora}x{self.lora_scale},scheduler={self.scheduler},"
+                f"dtype={self.dtype},device={self.device.split(':')[0]})"
+            )
+        return self._fingerprint
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._pipes is None:
+            import diffusers
+            import torch
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+
+            local = Path(self.model).exists()
+            try:
+                text2img = AutoPipelineForText2Image.from_pretrained(
+                    self.model, dtype=getattr(torch, self.dtype), safety_checker=None,
+                    requires_safety_checker=False, local_files_only=local,
+                )  # fmt: skip
+            except (OSError, ValueError) as exc:
+                raise TargetError(f"cannot load a diffusers pipeline from {self.model!r}: {exc}") from None
+            if self.scheduler is not None:
+                cls = getattr(diffusers, SCHEDULERS[self.scheduler])
+                text2img.scheduler = cls.from_config(text2img.scheduler.config)
+            if self.lora is not None:
+                try:
+                    text2img.load_lora_weights(str(self.lora), adapter_name="target")
+                except (OSError, ValueError) as exc:
+                    raise TargetError(f"cannot load LoRA weights {self.lora}: {exc}") from None
+                text2img.set_adapters(["target"], adapter_weights=[self.lora_scale])
+            text2img = text2img.to(self.device)
+            text2img.set_progress_bar_config(disable=True)
+            img2img = AutoPipelineForImage2Image.from_pipe(text2img)
+            img2img.set_progress_bar_config(disable=True)
+            self._pipes = (text2img, img2img)
+        return self._pipes
+
+    def generate(self, queries: Sequence[Query]) -> list[Image.Image]:
+        """One image per query, in order; batched by identical settings."""
+        import torch
+
+        for query in queries:
+            if query.strength is not None and not 0.0 < query.strength <= 1.0:
+                raise ConfigError(f"strength must lie in (0, 1], got {query.strength}")
+            if (query.init_image is None) != (query.strength is None):
+                raise ConfigError("an image-to-image query needs both init_image and strength")
+        text2img, img2img = self._load()
+        results: list[Image.Image | None] = [None] * len(queries)
+
+        def settings(i: int) -> tuple[Any, ...]:
+            q = queries[i]
+            return (q.mode, q.steps, q.guidance, q.negative_prompt, q.width, q.height, q.strength)
+
+        order = sorted(range(len(queries)), key=lambda i: repr(settings(i)))
+        for _, group in itertools.groupby(order, key=settings):
+            indices = list(group)
+            for start in range(0, len(indices), self.batch_size):
+                batch = [queries[i] for i in indices[start : start + self.batch_size]]
+                first = batch[0]
+                kwargs: dict[str, Any] = {
+                    "prompt": [q.prompt for q in batch],
+                    "negative_prompt": [q.negative_prompt for q in batch] if first.negative_prompt else None,
+                    "num_inference_steps": first.steps,
+                    "guidance_scale": first.guidance,
+                    "generator": [torch.Generator(self.device).manual_seed(q.seed) for q in batch],
+                }
+                if first.mode == "img2img":
+                    kwargs["image"] = [load_rgb(q.init_image) for q in batch if q.init_image is not None]
+                    kwargs["strength"] = first.strength
+                    if first.width or first.height:
+                        size = (first.width or first.height, first.height or first.width)
+                        kwargs["image"] = [im.resize(size, Image.Resampling.BICUBIC) for im in kwargs["image"]]
+                    images = img2img(**kwargs).images
+                else:
+                    images = text2img(width=first.width, height=first.height, **kwargs).images
+                self.calls += 1
+                for i, image in zip(indices[start : start + self.batch_size], images, strict=True):
+                    results[i] = image
+        return [image for image in results if image is not None]
