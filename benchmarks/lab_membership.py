@@ -53,6 +53,7 @@ def measure(model, lora, pixels, records, queries, labels, members, m, guidance,
         t2i.load_lora_weights(lora)
     t2i.set_progress_bar_config(disable=True)
     i2i = StableDiffusionImg2ImgPipeline(**t2i.components)
+    i2i.set_progress_bar_config(disable=True)
     prompts = [records[i]["caption"] for i in queries]
     x = pixels[queries]
     start = time.perf_counter()
@@ -78,7 +79,7 @@ def measure(model, lora, pixels, records, queries, labels, members, m, guidance,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, nargs="+", default=[1000], help="fine-tuning steps to measure")
+    parser.add_argument("--steps", type=int, nargs="+", default=[500], help="fine-tuning steps to measure")
     parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=3.0)

@@ -14,20 +14,10 @@ import pytest
 from diffmia.cache import GenerationCache
 from diffmia.errors import ConfigError, TargetError
 from diffmia.execution import generate
-from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 from diffmia.records import Query
 from diffmia.targets.diffusers import DiffusersTarget
 
-TINY = TinySDConfig(resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1,
-                    text_width=32, text_layers=1, text_heads=2, max_length=16)  # fmt: skip
 CAPTIONS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "pipeline"
-    build_pipeline(CAPTIONS, TINY, seed=0).save_pretrained(folder)  # random weights: enough to test plumbing
-    return folder
 
 
 def _queries(n, steps=2):

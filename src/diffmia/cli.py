@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -146,24 +147,11 @@ def evaluate(
 ) -> None:
     """Evaluate membership scores: AUC, TPR at low FPR with the FPR achieved, intervals, counts."""
     from diffmia.config import load_config
-    from diffmia.metrics import evaluate as evaluate_scores
     from diffmia.tables import read_scores
 
     settings = load_config(config).evaluation
-    columns = column or ["score"]
-    values, labels = read_scores(scores, columns)
-    evaluations = {
-        name: evaluate_scores(
-            s,
-            labels,
-            fprs=settings.fprs,
-            threshold=threshold,
-            n_bootstrap=settings.n_bootstrap,
-            confidence=settings.confidence,
-            seed=settings.seed,
-        )
-        for name, s in values.items()
-    }
+    values, labels = read_scores(scores, column or ["score"])
+    evaluations = {name: settings.evaluate(s, labels, threshold) for name, s in values.items()}
     if as_json:
         typer.echo(json.dumps({"file": str(scores), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}}))
     else:
@@ -210,15 +198,10 @@ def attack(
 ) -> None:
     """Fit attack models on shadow features, score the target once, and evaluate where labels exist."""
     from diffmia.attacks import fit_and_score
-    from diffmia.config import load_config, parse_config
-    from diffmia.metrics import evaluate as evaluate_scores
+    from diffmia.config import load_config, with_options
     from diffmia.tables import read_feature_table, write_scores
 
-    settings = load_config(config)
-    if use:
-        resolved = settings.model_dump()
-        resolved["attacks"]["use"] = use
-        settings = parse_config(resolved, "--attack")
+    settings = with_options(load_config(config), "attacks", "--attack", use=use or None)
     if out.suffix.lower() not in (".parquet", ".pq", ".csv"):
         raise DiffmiaError(f"--out {out} must end in .parquet, .pq or .csv")
     shadow_table = read_feature_table(shadow)
@@ -236,19 +219,7 @@ def attack(
 
     evaluations = {}
     if target_table.y is not None:
-        ev = settings.evaluation
-        evaluations = {
-            name: evaluate_scores(
-                s,
-                target_table.y,
-                fprs=ev.fprs,
-                threshold=0.0,
-                n_bootstrap=ev.n_bootstrap,
-                confidence=ev.confidence,
-                seed=ev.seed,
-            )
-            for name, s in scores.items()
-        }
+        evaluations = {name: settings.evaluation.evaluate(s, target_table.y, 0.0) for name, s in scores.items()}
     if as_json:
         result = {"out": str(out), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}}
         typer.echo(json.dumps(result))
@@ -334,21 +305,14 @@ def finetune(
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoints when present.")] = True,
 ) -> None:
     """Fine-tune the UNet of a Stable Diffusion model (full or LoRA) on a captioned image folder."""
-    from diffmia.config import load_config, parse_config
+    from diffmia.config import load_config, with_options
     from diffmia.lab.finetune import finetune as run_finetune
 
     settings = load_config(config)
-    options = {
-        "method": method, "lora_rank": rank, "max_steps": steps, "learning_rate": learning_rate,
-        "batch_size": batch_size, "seed": seed,
-    }  # fmt: skip
-    given = {k: v for k, v in options.items() if v is not None}
-    if given:
-        resolved = settings.model_dump()
-        resolved["finetune"].update(given)
-        if "max_steps" in given:
-            resolved["finetune"]["epochs"] = None
-        settings = parse_config(resolved, "options")
+    if steps is not None:  # --steps replaces the config's duration, whichever way it was given
+        settings = settings.model_copy(update={"finetune": settings.finetune.model_copy(update={"epochs": None})})
+    settings = with_options(settings, "finetune", method=method, lora_rank=rank, max_steps=steps,
+                            learning_rate=learning_rate, batch_size=batch_size, seed=seed)  # fmt: skip
     result = run_finetune(model, data, out, settings.finetune, resume=resume)
     typer.echo(f"fine-tune written to {result} (card: {result / 'card.json'})")
 
@@ -364,17 +328,38 @@ def finetune_captioner_command(
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoints when present.")] = True,
 ) -> None:
     """Fine-tune a BLIP captioner on auxiliary images (scenarios II and IV caption queries with it)."""
-    from diffmia.config import load_config, parse_config
+    from diffmia.config import load_config, with_options
     from diffmia.lab.captioner import finetune_captioner
 
-    settings = load_config(config)
-    given = {k: v for k, v in {"max_steps": steps, "method": method}.items() if v is not None}
-    if given:
-        resolved = settings.model_dump()
-        resolved["captioner_training"].update(given)
-        settings = parse_config(resolved, "options")
+    settings = with_options(load_config(config), "captioner_training", max_steps=steps, method=method)
     result = finetune_captioner(model, data, out, settings.captioner_training, resume=resume)
     typer.echo(f"captioner written to {result} (card: {out / 'card.json'})")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="'builtin', a diffusers pipeline folder or a hub id.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    lora: Annotated[Path | None, typer.Option(help="LoRA weights to load on top of the model.")] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer <token>', the token read from this variable.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per pipeline call.")] = 8,
+) -> None:
+    """Serve a local diffusers model over HTTP in both wire formats (diffmia JSON and AUTOMATIC1111)."""
+    import uvicorn
+
+    from diffmia.serve import make_app
+    from diffmia.targets.diffusers import DiffusersTarget
+
+    if token_env is not None and not os.environ.get(token_env):
+        raise DiffmiaError(f"--token-env {token_env}: that environment variable is not set")
+    target = DiffusersTarget(model, lora=lora, batch_size=batch_size)
+    typer.echo(
+        f"serving {target.model} on http://{host}:{port} (POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img)"
+    )
+    uvicorn.run(make_app(target, token_env), host=host, port=port, log_level="warning")
 
 
 @cache_app.command("verify")

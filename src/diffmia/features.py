@@ -27,7 +27,8 @@ GRANULARITIES = ("pooled", "token")
 
 
 class Encoder(Protocol):
-    fingerprint: str
+    @property
+    def fingerprint(self) -> str: ...
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 

@@ -33,7 +33,9 @@ def caption_words(captions: Sequence[str]) -> list[str]:
     return sorted({w for c in captions for w in re.findall(r"\w+|[^\w\s]", c.lower())})
 
 
-def build_tiny_blip(captions: Sequence[str], image_size: int = 32, seed: int = 0) -> tuple[Any, Any]:
+def build_tiny_blip(
+    captions: Sequence[str], image_size: int = 32, seed: int = 0, dropout: float = 0.1
+) -> tuple[Any, Any]:
     """A small randomly initialised BLIP captioner and its processor, with a word vocabulary from ``captions``."""
     import torch
     from transformers import (
@@ -55,11 +57,12 @@ def build_tiny_blip(captions: Sequence[str], image_size: int = 32, seed: int = 0
     text = BlipTextConfig(
         vocab_size=len(vocab), hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
         encoder_hidden_size=96, max_position_embeddings=32, bos_token_id=vocab["[DEC]"], eos_token_id=vocab["[SEP]"],
-        sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"],
+        sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"], hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     vision = BlipVisionConfig(
         hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=image_size,
-        patch_size=4,
+        patch_size=4, attention_dropout=dropout,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))

@@ -95,8 +95,10 @@ def finetune(
     )
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(recipe.mixed_precision, torch.float32)
     device = accelerator.device
-    pipe.vae.requires_grad_(False).to(device, dtype=dtype)
-    pipe.text_encoder.requires_grad_(False).to(device, dtype=dtype)
+    for frozen in (pipe.vae, pipe.text_encoder):
+        frozen.requires_grad_(False).to(device)
+        if dtype != torch.float32:  # mixed precision: the frozen parts run in half precision
+            frozen.to(dtype=dtype)
     unet = pipe.unet
     unet.requires_grad_(recipe.method == "full")
     if recipe.method == "lora":

@@ -13,6 +13,7 @@ from diffmia.records import Query
 class Target(Protocol):
     """A model reachable by prompt. ``generate`` returns one image per query, in order, batching inside."""
 
-    fingerprint: str
+    @property
+    def fingerprint(self) -> str: ...
 
     def generate(self, queries: Sequence[Query]) -> list[Image.Image]: ...
