@@ -24,9 +24,12 @@ def test_caption_agreement_scores_each_attribute():
 def test_tiny_captioner_trains_and_loads(tmp_path, digit_folder):
     data = digit_folder(tmp_path / "aux", 12)
     out = tmp_path / "cap"
-    assert main(["finetune-captioner", "--model", "tiny", "--data", str(data), "--out", str(out), "--steps", "3"]) == 0
+    (tmp_path / "c.toml").write_text("[captioner_training]\nshift_augmentation = 1\n")
+    args = ["finetune-captioner", "--model", "tiny", "--data", str(data), "--out", str(out), "--steps", "3"]
+    assert main([*args, "--config", str(tmp_path / "c.toml")]) == 0
     card = json.loads((out / "card.json").read_text())
-    assert card["recipe"]["max_steps"] == 3 and card["data"]["n_images"] == 12
+    assert card["recipe"]["max_steps"] == 3 and card["recipe"]["shift_augmentation"] == 1
+    assert card["data"]["n_images"] == 12
     samples = load_image_folder(data).samples
     captioner = BlipCaptioner(out / "captioner", max_length=20)
     first = captioner.caption(samples[:4])

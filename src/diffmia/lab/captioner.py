@@ -21,7 +21,7 @@ import numpy as np
 from diffmia.config import CaptionerTrainingConfig
 from diffmia.data import load_image_folder
 from diffmia.encoders import load_rgb
-from diffmia.lab.training import epoch_batches, train
+from diffmia.lab.training import epoch_batches, step_rng, train
 from diffmia.tables import atomic_path
 
 TINY = "tiny"
@@ -62,7 +62,7 @@ def build_tiny_blip(
     )  # fmt: skip
     vision = BlipVisionConfig(
         hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=image_size,
-        patch_size=4, attention_dropout=dropout,
+        patch_size=8, attention_dropout=dropout,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
@@ -105,7 +105,14 @@ def finetune_captioner(
     def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
         (captioner,) = modules
         index = torch.from_numpy(epoch_batches(n, recipe.batch_size, recipe.seed, micro))
-        output = captioner(pixel_values=pixel_values[index], input_ids=input_ids[index],
+        pixels = pixel_values[index]
+        if recipe.shift_augmentation:  # a few pixels of random translation: the data set is small
+            k = recipe.shift_augmentation
+            shifts = step_rng(recipe.seed, micro, process).integers(-k, k + 1, size=(len(index), 2))
+            pixels = torch.stack(
+                [torch.roll(p, (int(dy), int(dx)), dims=(1, 2)) for p, (dy, dx) in zip(pixels, shifts, strict=True)]
+            )
+        output = captioner(pixel_values=pixels, input_ids=input_ids[index],
                            attention_mask=attention[index], labels=labels[index])  # fmt: skip
         return output.loss
 
