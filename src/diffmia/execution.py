@@ -33,11 +33,13 @@ def generate(
         if key not in cache and key not in todo:
             todo[key] = query
     pending = list(todo.items())
+    fresh: dict[str, Image.Image] = {}
     with progress(len(pending), "generating", unit="images", enabled=show_progress and bool(pending)) as advance:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
             images = target.generate([q for _, q in chunk])
             for (key, query), image in zip(chunk, images, strict=True):
                 cache.put(key, image, query, fingerprint)
+                fresh[key] = image
             advance(len(chunk))
-    return [cache.load(key) for key in keys]
+    return [fresh[key] if key in fresh else cache.load(key) for key in keys]

@@ -33,18 +33,18 @@ class BadRequest(Exception):
 
 
 def _int(item: dict[str, Any], key: str, default: int | None) -> int | None:
-    value = item.get(key, default)
+    value = item.get(key)
     if value is None:
-        return None
+        return default
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(f"{key} must be an integer")
     return value
 
 
 def _float(item: dict[str, Any], key: str, default: float | None) -> float | None:
-    value = item.get(key, default)
+    value = item.get(key)
     if value is None:
-        return None
+        return default
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise BadRequest(f"{key} must be a number")
     return float(value)

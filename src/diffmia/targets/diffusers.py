@@ -141,7 +141,7 @@ class DiffusersTarget:
             if (query.init_image is None) != (query.strength is None):
                 raise ConfigError("an image-to-image query needs both init_image and strength")
         text2img, img2img = self._load()
-        results: list[Image.Image | None] = [None] * len(queries)
+        results: dict[int, Image.Image] = {}
 
         def settings(i: int) -> tuple[Any, ...]:
             q = queries[i]
@@ -172,4 +172,4 @@ class DiffusersTarget:
                 self.calls += 1
                 for i, image in zip(indices[start : start + self.batch_size], images, strict=True):
                     results[i] = image
-        return [image for image in results if image is not None]
+        return [results[i] for i in range(len(queries))]
