@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -17,3 +17,23 @@ class Target(Protocol):
     def fingerprint(self) -> str: ...
 
     def generate(self, queries: Sequence[Query]) -> list[Image.Image]: ...
+
+
+def make_target(spec: dict[str, Any]) -> Target:
+    """A target from a plain spec: ``{"kind": "diffusers" | "http", **constructor arguments}``.
+
+    Specs are what travels to remote workers (Ray actors), so targets are rebuilt there, not pickled.
+    """
+    from diffmia.errors import ConfigError
+
+    options = dict(spec)
+    kind = options.pop("kind", None)
+    if kind == "diffusers":
+        from diffmia.targets.diffusers import DiffusersTarget
+
+        return DiffusersTarget(**options)
+    if kind == "http":
+        from diffmia.targets.http import HTTPTarget
+
+        return HTTPTarget(**options)
+    raise ConfigError(f"unknown target kind {kind!r}; valid: diffusers, http")
