@@ -362,6 +362,34 @@ def serve(
     uvicorn.run(make_app(target, token_env), host=host, port=port, log_level="warning")
 
 
+@app.command("generate")
+def generate_command(
+    config: Annotated[Path, typer.Argument(help="TOML config with [target] and [generation].", dir_okay=False)],
+) -> None:
+    """Run only the generation stage into the cache, so a large generation can run first and be audited later."""
+    from diffmia.cache import GenerationCache
+    from diffmia.captioners import GivenCaptions
+    from diffmia.config import load_config
+    from diffmia.data import load_image_folder
+    from diffmia.execution import generate, generate_on_ray
+    from diffmia.queries import build_queries
+    from diffmia.targets import make_target
+
+    settings = load_config(config)
+    plan = settings.generation
+    if plan.data is None:
+        raise DiffmiaError(f"{config}: generation.data (the image folder to query with) is not set")
+    folder = load_image_folder(plan.data, require_captions=True)
+    queries = build_queries(folder.samples, GivenCaptions().caption(folder.samples), plan)
+    cache = GenerationCache(plan.cache)
+    spec = settings.target.spec()
+    if plan.executor == "ray":
+        generate_on_ray(spec, queries, cache, workers=plan.workers, chunk_size=plan.chunk_size)
+    else:
+        generate(make_target(spec), queries, cache, chunk_size=plan.chunk_size)
+    typer.echo(f"{len(queries)} queries for {len(folder)} images ({', '.join(plan.channels)}) are in {plan.cache}")
+
+
 @cache_app.command("verify")
 def cache_verify(
     directory: Annotated[Path, typer.Argument(help="A generation cache folder.", file_okay=False)],

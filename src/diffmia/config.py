@@ -23,6 +23,8 @@ from diffmia.records import Evaluation
 AttackName = Literal["threshold", "distribution", "classifier"]
 ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
 DEFAULT_FINETUNE_STEPS = 500
+Channel = Literal["text2img", "img2img"]
+DEFAULT_CHANNELS: tuple[Channel, ...] = ("text2img",)
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
@@ -176,6 +178,56 @@ class CaptionerTrainingConfig(_Section):
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
 
 
+class TargetConfig(_Section):
+    """The model under audit: a local diffusers pipeline or an HTTP endpoint (see diffmia.targets)."""
+
+    kind: Literal["diffusers", "http"] = "diffusers"
+    model: str = "builtin"
+    lora: str | None = None
+    lora_scale: float = 1.0
+    scheduler: str | None = None
+    dtype: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    url: str | None = None
+    api: Literal["a1111", "diffmia"] = "diffmia"
+    token_env: str | None = None
+    timeout: Annotated[float, Field(gt=0.0)] = 120.0
+    retries: Annotated[int, Field(ge=0)] = 4
+    concurrency: Annotated[int, Field(ge=1)] = 2
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> TargetConfig:
+        if self.kind == "http" and not self.url:
+            raise ValueError("an http target needs a url")
+        return self
+
+    def spec(self) -> dict[str, Any]:
+        """The constructor arguments of the target, as :func:`diffmia.targets.make_target` takes them."""
+        if self.kind == "http":
+            keys = ("url", "api", "token_env", "timeout", "retries", "concurrency", "batch_size")
+        else:
+            keys = ("model", "lora", "lora_scale", "scheduler", "dtype", "device", "batch_size")
+        return {"kind": self.kind, **{k: getattr(self, k) for k in keys}}
+
+
+class GenerationConfig(_Section):
+    """Which queries to send: m per image and channel, their sampler settings, where the cache lives."""
+
+    data: str | None = None
+    channels: list[Channel] = Field(default_factory=lambda: list(DEFAULT_CHANNELS), min_length=1)
+    queries_per_image: Annotated[int, Field(ge=1)] = 3
+    steps: Annotated[int, Field(ge=1)] = 30
+    guidance: Annotated[float, Field(ge=0.0)] = 7.5
+    strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    negative_prompt: str = ""
+    seed: int = 0
+    cache: str = "runs/cache"
+    executor: Literal["local", "ray"] = "local"
+    workers: Annotated[int, Field(ge=1)] | None = None
+    chunk_size: Annotated[int, Field(ge=1)] = 32
+
+
 class Config(_Section):
     """The whole configuration of a diffmia run."""
 
@@ -183,6 +235,8 @@ class Config(_Section):
     attacks: AttacksConfig = Field(default_factory=AttacksConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     captioner_training: CaptionerTrainingConfig = Field(default_factory=CaptionerTrainingConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
 
 def _describe(error: Any, model: type[BaseModel]) -> str:

@@ -1,0 +1,33 @@
+"""Building queries: m per image and channel, each with its own seed, derived from the sample and not its order."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from diffmia.config import GenerationConfig
+from diffmia.records import Query, Sample
+
+
+def query_seed(seed: int, sample_id: str, channel: str, index: int) -> int:
+    """A seed that depends on the run seed, the sample, the channel and the generation index only."""
+    digest = hashlib.sha256(f"{seed}:{sample_id}:{channel}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def build_queries(samples: Sequence[Sample], prompts: Sequence[str], settings: GenerationConfig) -> list[Query]:
+    """The queries of every sample: ``queries_per_image`` per channel, prompted with ``prompts`` (same order)."""
+    queries = []
+    for sample, prompt in zip(samples, prompts, strict=True):
+        for channel in settings.channels:
+            image2image = channel == "img2img"
+            for j in range(settings.queries_per_image):
+                queries.append(
+                    Query(
+                        prompt=prompt, seed=query_seed(settings.seed, sample.id, channel, j), steps=settings.steps,
+                        guidance=settings.guidance, negative_prompt=settings.negative_prompt,
+                        init_image=sample.image_path if image2image else None,
+                        strength=settings.strength if image2image else None, sample_id=sample.id,
+                    )
+                )  # fmt: skip
+    return queries
