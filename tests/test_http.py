@@ -127,3 +127,34 @@ def test_unreachable_url_and_bad_settings(monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     with pytest.raises(ConfigError, match=r"unknown api 'comfy'.*DIFFMIA_TEST_TOKEN .* is not set"):
         HTTPTarget("http://127.0.0.1:9", api="comfy", token_env=TOKEN_ENV)
+
+
+def test_against_the_serve_command(local, tiny_model, tmp_path):
+    """`diffmia serve` itself, as a user starts it, in a subprocess on a free loopback port."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    _, expected = local
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "diffmia", "serve", str(tiny_model), "--port", str(port), "--device", "cpu",
+               "--dtype", "float64"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        for api in ("diffmia", "a1111"):
+            remote = HTTPTarget(f"http://127.0.0.1:{port}", api=api)
+            np.testing.assert_array_equal(_pixels(remote.generate(_queries())), expected)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

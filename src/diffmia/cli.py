@@ -346,6 +346,9 @@ def serve(
         str | None, typer.Option(help="Require 'Authorization: Bearer <token>', the token read from this variable.")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per pipeline call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU) or a torch device.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float64, float32, float16 or bfloat16.")] = "auto",
+    safety_checker: Annotated[bool, typer.Option(help="Keep the pipeline's safety checker, if it has one.")] = False,
 ) -> None:
     """Serve a local diffusers model over HTTP in both wire formats (diffmia JSON and AUTOMATIC1111)."""
     import uvicorn
@@ -355,7 +358,8 @@ def serve(
 
     if token_env is not None and not os.environ.get(token_env):
         raise DiffmiaError(f"--token-env {token_env}: that environment variable is not set")
-    target = DiffusersTarget(model, lora=lora, batch_size=batch_size)
+    target = DiffusersTarget(model, lora=lora, batch_size=batch_size, device=device, dtype=dtype,
+                             safety_checker=safety_checker)  # fmt: skip
     typer.echo(
         f"serving {target.model} on http://{host}:{port} (POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img)"
     )

@@ -189,6 +189,7 @@ class TargetConfig(_Section):
     dtype: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     batch_size: Annotated[int, Field(ge=1)] = 8
+    safety_checker: bool = False  # off for audits: a filtered image is not the model's generation
     url: str | None = None
     api: Literal["a1111", "diffmia"] = "diffmia"
     token_env: str | None = None
@@ -204,10 +205,11 @@ class TargetConfig(_Section):
 
     def spec(self) -> dict[str, Any]:
         """The constructor arguments of the target, as :func:`diffmia.targets.make_target` takes them."""
-        if self.kind == "http":
-            keys = ("url", "api", "token_env", "timeout", "retries", "concurrency", "batch_size")
-        else:
-            keys = ("model", "lora", "lora_scale", "scheduler", "dtype", "device", "batch_size")
+        keys: tuple[str, ...] = (
+            ("url", "api", "token_env", "timeout", "retries", "concurrency", "batch_size")
+            if self.kind == "http"
+            else ("model", "lora", "lora_scale", "scheduler", "dtype", "device", "batch_size", "safety_checker")
+        )
         return {"kind": self.kind, **{k: getattr(self, k) for k in keys}}
 
 

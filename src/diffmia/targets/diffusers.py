@@ -57,11 +57,13 @@ class DiffusersTarget:
         differently for another batch shape; "float64" makes bit-exact reruns across batch sizes practical.
     device : "auto" (CUDA, then MPS, then CPU) or a torch device string
     batch_size : images per pipeline call
+    safety_checker : keep the pipeline's safety checker, if it has one (False: off, so that filtered images do
+        not replace real generations in an audit)
     """
 
     def __init__(self, model: str | Path = "builtin", *, lora: str | Path | None = None, lora_scale: float = 1.0,
                  scheduler: str | None = None, dtype: str = "auto", device: str = "auto",
-                 batch_size: int = 8) -> None:  # fmt: skip
+                 batch_size: int = 8, safety_checker: bool = True) -> None:  # fmt: skip
         from diffmia.lab.finetune import resolve_model
 
         problems = []
@@ -81,7 +83,7 @@ class DiffusersTarget:
         self.lora, self.lora_scale, self.scheduler = lora, lora_scale, scheduler
         self.device = pick_device(device)
         self.dtype = ("float16" if self.device == "cuda" else "float32") if dtype == "auto" else dtype
-        self.batch_size = batch_size
+        self.batch_size, self.safety_checker = batch_size, safety_checker
         self.calls = 0  # pipeline calls made, for tests and progress
         self._pipes: tuple[Any, Any] | None = None
         self._fingerprint: str | None = None
@@ -97,7 +99,7 @@ class DiffusersTarget:
                 lora = weights_digest(lora_path) if lora_path.is_dir() else weights_digest(lora_path.parent)
             self._fingerprint = (
                 f"diffusers({self.model}@{identity},lora={lora}x{self.lora_scale},scheduler={self.scheduler},"
-                f"dtype={self.dtype},device={self.device.split(':')[0]})"
+                f"dtype={self.dtype},device={self.device.split(':')[0]},safety_checker={self.safety_checker})"
             )
         return self._fingerprint
 
@@ -108,11 +110,11 @@ class DiffusersTarget:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
             local = Path(self.model).exists()
+            options: dict[str, Any] = {} if self.safety_checker else {"safety_checker": None}
             try:
                 text2img = AutoPipelineForText2Image.from_pretrained(
-                    self.model, dtype=getattr(torch, self.dtype), safety_checker=None,
-                    requires_safety_checker=False, local_files_only=local,
-                )  # fmt: skip
+                    self.model, dtype=getattr(torch, self.dtype), local_files_only=local, **options
+                )
             except (OSError, ValueError) as exc:
                 raise TargetError(f"cannot load a diffusers pipeline from {self.model!r}: {exc}") from None
             if self.scheduler is not None:
