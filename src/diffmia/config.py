@@ -172,7 +172,7 @@ class CaptionerTrainingConfig(_Section):
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
     lr_warmup_steps: Annotated[int, Field(ge=0)] = 100
-    max_steps: Annotated[int, Field(ge=1)] = 1200
+    max_steps: Annotated[int, Field(ge=1)] = 3000
     shift_augmentation: Annotated[int, Field(ge=0)] = 0  # random translation of each image by up to this many pixels
     seed: int = 0
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
