@@ -19,6 +19,16 @@ from diffmia.records import Query
 from diffmia.targets import Target
 
 
+def missing(queries: Sequence[Query], fingerprint: str, cache: GenerationCache) -> tuple[list[str], dict[str, Query]]:
+    """Every query's key, and the queries not yet cached (each distinct key once, in first-seen order)."""
+    keys = [q.key(fingerprint) for q in queries]
+    todo: dict[str, Query] = {}
+    for key, query in zip(keys, queries, strict=True):
+        if key not in cache and key not in todo:
+            todo[key] = query
+    return keys, todo
+
+
 def generate(
     target: Target,
     queries: Sequence[Query],
@@ -29,11 +39,7 @@ def generate(
 ) -> list[Image.Image]:
     """The image of every query, from the cache or (once) from the target."""
     fingerprint = target.fingerprint
-    keys = [q.key(fingerprint) for q in queries]
-    todo: dict[str, Query] = {}
-    for key, query in zip(keys, queries, strict=True):
-        if key not in cache and key not in todo:
-            todo[key] = query
+    keys, todo = missing(queries, fingerprint, cache)
     pending = list(todo.items())
     fresh: dict[str, Image.Image] = {}
     with progress(len(pending), "generating", unit="images", enabled=show_progress and bool(pending)) as advance:
@@ -82,11 +88,7 @@ def generate_on_ray(
     actors = [worker_class.remote(target_spec, str(cache.root)) for _ in range(workers)]
     try:
         fingerprint = ray.get(actors[0].fingerprint.remote())
-        keys = [q.key(fingerprint) for q in queries]
-        todo: dict[str, Query] = {}
-        for key, query in zip(keys, queries, strict=True):
-            if key not in cache and key not in todo:
-                todo[key] = query
+        keys, todo = missing(queries, fingerprint, cache)
         pending = list(todo.values())
         chunks = [pending[i : i + chunk_size] for i in range(0, len(pending), chunk_size)]
         with progress(
