@@ -22,7 +22,15 @@ import numpy as np
 from diffmia.config import FinetuneConfig
 from diffmia.data import load_image_folder
 from diffmia.errors import ConfigError, DataError, TargetError
-from diffmia.lab.training import TrainImages, epoch_batches, step_rng, to_tensor, torch_generator, train
+from diffmia.lab.training import (
+    TrainImages,
+    denoising_loss,
+    epoch_batches,
+    step_rng,
+    to_tensor,
+    torch_generator,
+    train,  # fmt: skip
+)
 from diffmia.tables import atomic_path
 
 if TYPE_CHECKING:
@@ -132,18 +140,9 @@ def finetune(
             else:
                 dist = pipe.vae.encode(to_tensor(data.batch(index, rng)).to(device, dtype)).latent_dist
                 mean, std = dist.mean, dist.std
-            latents = (mean + std * torch.randn(mean.shape, generator=generator).to(device, dtype)) * scaling
-        noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator).to(
-            device
+        return denoising_loss(
+            model_unet, noise_scheduler, mean, std, scaling, embeddings[index], generator, device, dtype
         )
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        prediction = model_unet(noisy, timesteps, embeddings[index]).sample
-        return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
     steps = recipe.total_steps(n)
     log = train(

@@ -20,7 +20,15 @@ import numpy as np
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
-from diffmia.lab.training import TrainImages, epoch_batches, step_rng, to_tensor, torch_generator, train
+from diffmia.lab.training import (
+    TrainImages,
+    denoising_loss,
+    epoch_batches,
+    step_rng,
+    to_tensor,
+    torch_generator,
+    train,  # fmt: skip
+)
 from diffmia.records import Sample
 from diffmia.tables import atomic_path
 
@@ -120,14 +128,10 @@ def pretrain(
         rng = step_rng(recipe.seed, micro, process, stream=1)
         index = epoch_batches(n, recipe.batch_size, recipe.seed + 1, micro)
         generator = torch_generator(rng)
-        latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) * scaling
         batch_ids = ids[index].clone()
         batch_ids[torch.from_numpy(rng.random(len(index)) < recipe.caption_dropout)] = empty
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(noisy, timesteps, text_encoder(batch_ids)[0]).sample
-        return torch.nn.functional.mse_loss(prediction, noise)
+        context = text_encoder(batch_ids)[0]
+        return denoising_loss(unet, noise_scheduler, mean[index], std[index], scaling, context, generator)
 
     unet_log = train(
         modules=[pipe.unet, pipe.text_encoder], loss_fn=unet_loss, max_steps=recipe.unet_steps,

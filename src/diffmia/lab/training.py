@@ -108,6 +108,39 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def denoising_loss(
+    unet: Any,
+    noise_scheduler: Any,
+    mean: Any,
+    std: Any,
+    scaling: float,
+    context: Any,
+    generator: Any,
+    device: Any = "cpu",
+    dtype: Any = None,
+) -> Any:
+    """The diffusion training loss of one batch: sample latents from the VAE posterior (mean, std), noise them
+    at random timesteps and regress the scheduler's target (the noise, or the velocity for v-prediction).
+
+    Draws, in this order, from ``generator``: the posterior sample, the noise, the timesteps.
+    """
+    import torch
+
+    dtype = dtype or mean.dtype
+    with torch.no_grad():
+        latents = (mean + std * torch.randn(mean.shape, generator=generator).to(device, dtype)) * scaling
+    noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
+    steps = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, steps, (len(latents),), generator=generator).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    prediction = unet(noisy, timesteps, context).sample
+    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+
+
 @dataclass
 class TrainingLog:
     """What a training run did: per-step losses, where it resumed from, wall time."""
