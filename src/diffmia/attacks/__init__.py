@@ -14,18 +14,10 @@ from diffmia.errors import ConfigError, DataError
 from diffmia.records import FeatureTable, FloatArray
 
 
-def fit_and_score(
-    attacks: Mapping[str, MembershipAttack], shadow: FeatureTable, target: FeatureTable
-) -> dict[str, FloatArray]:
-    """Fit each attack on the labelled shadow table, freeze it, and score the target table once.
-
-    The target's labels, if any, are never looked at. The target's feature columns are matched to the
-    shadow's by name; a threshold attack may name its column.
-    """
-    if shadow.y is None:
-        raise DataError("the shadow feature table has no membership labels; attacks are fitted on labelled shadow data")
-    missing = [n for n in shadow.names if n not in target.names]
-    extra = [n for n in target.names if n not in shadow.names]
+def _aligned(names: tuple[str, ...], table: FeatureTable) -> FloatArray:
+    """``table``'s feature matrix with its columns in the order of ``names`` (the shadow's)."""
+    missing = [n for n in names if n not in table.names]
+    extra = [n for n in table.names if n not in names]
     if missing or extra:
         problems = []
         if missing:
@@ -33,8 +25,14 @@ def fit_and_score(
         if extra:
             problems.append(f"the shadow lacks {', '.join(extra)}")
         raise DataError(f"shadow and target feature columns differ: {'; '.join(problems)}")
-    X_target = target.X[:, [target.names.index(n) for n in shadow.names]]
-    scores = {}
+    return table.X[:, [table.names.index(n) for n in names]]
+
+
+def fit_attacks(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable) -> dict[str, MembershipAttack]:
+    """A fitted copy of each attack, fitted on the labelled shadow table only."""
+    if shadow.y is None:
+        raise DataError("the shadow feature table has no membership labels; attacks are fitted on labelled shadow data")
+    fitted = {}
     for name, attack in attacks.items():
         model = clone(attack)
         reduce = model.get_params().get("reduce")
@@ -44,9 +42,28 @@ def fit_and_score(
                     f"threshold attack: reduce={reduce!r} is not a feature column ({', '.join(shadow.names)})"
                 )
             model.set_params(reduce=shadow.names.index(reduce))
-        model.fit(shadow.X, shadow.y)
-        scores[name] = model.decision_function(X_target)
-    return scores
+        fitted[name] = model.fit(shadow.X, shadow.y)
+    return fitted
+
+
+def score_with(
+    fitted: Mapping[str, MembershipAttack], names: tuple[str, ...], table: FeatureTable
+) -> dict[str, FloatArray]:
+    """The frozen attacks' scores of ``table``, its columns matched by name to the shadow's ``names``."""
+    X = _aligned(names, table)
+    return {name: model.decision_function(X) for name, model in fitted.items()}
+
+
+def fit_and_score(
+    attacks: Mapping[str, MembershipAttack], shadow: FeatureTable, target: FeatureTable
+) -> dict[str, FloatArray]:
+    """Fit each attack on the labelled shadow table, freeze it, and score the target table once.
+
+    The target's labels, if any, are never looked at. The target's feature columns are matched to the
+    shadow's by name; a threshold attack may name its column.
+    """
+    _aligned(shadow.names, target)  # mismatched columns are reported before anything is fitted
+    return score_with(fit_attacks(attacks, shadow), shadow.names, target)
 
 
 __all__ = [
@@ -55,4 +72,6 @@ __all__ = [
     "MembershipAttack",
     "ThresholdAttack",
     "fit_and_score",
+    "fit_attacks",
+    "score_with",
 ]
