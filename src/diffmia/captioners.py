@@ -40,15 +40,17 @@ class BlipCaptioner:
 
     Parameters
     ----------
-    model : hub id or folder, default ``Salesforce/blip-image-captioning-base`` (the reference captioner), or a
-        folder written by ``diffmia finetune-captioner``.
+    model : hub id or folder, default ``Salesforce/blip-image-captioning-base`` (the reference captioner), a
+        folder written by ``diffmia finetune-captioner``, or ``builtin`` (the shipped tiny BLIP of the digits).
     max_length : longest caption in tokens (77: what a Stable Diffusion text encoder reads)
     num_beams : beam search width; 1 is greedy. Decoding is deterministic either way.
     """
 
     def __init__(self, model: str | Path = DEFAULT_CAPTIONER, *, batch_size: int = 16, max_length: int = 77,
                  num_beams: int = 1, device: str = "cpu") -> None:  # fmt: skip
-        self.model, self.batch_size, self.max_length = str(model), batch_size, max_length
+        from diffmia.lab.captioner import resolve_captioner
+
+        self.model, self.batch_size, self.max_length = resolve_captioner(model), batch_size, max_length
         self.num_beams, self.device = num_beams, device
         self._loaded: tuple[Any, Any] | None = None
         self._fingerprint: str | None = None

@@ -2,7 +2,9 @@
 images, so that captions of query images read like the captions the target was fine-tuned on.
 
 ``model="tiny"`` builds a small BLIP from a config, with a word vocabulary learned from the captions, and trains
-it from scratch (the built-in setting); any BLIP folder or hub id is fine-tuned instead (full or LoRA). The
+it from scratch; any BLIP folder or hub id is fine-tuned instead (full or LoRA). ``model="builtin"`` is the
+shipped tiny BLIP, trained from scratch by this function on the 1,197 *public* digits (``split="public"``):
+the built-in counterpart of a BLIP pretrained on public data, which the attacker then fine-tunes on D'. The
 result is a folder that :class:`~diffmia.captioners.BlipCaptioner` loads.
 """
 
@@ -21,10 +23,13 @@ import numpy as np
 from diffmia.config import CaptionerTrainingConfig
 from diffmia.data import load_image_folder
 from diffmia.encoders import load_rgb
+from diffmia.errors import TargetError
 from diffmia.lab.training import epoch_batches, step_rng, train
 from diffmia.tables import atomic_path
 
 TINY = "tiny"
+BUILTIN = "builtin"
+BUILTIN_DIR = Path(__file__).parent / "assets" / "captioner"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
 
 
@@ -69,32 +74,48 @@ def build_tiny_blip(
     return model, processor
 
 
+def resolve_captioner(model: str | Path) -> str:
+    """``builtin`` is the shipped tiny BLIP; anything else is a folder or a hub id, as given."""
+    if str(model) == BUILTIN:
+        path = BUILTIN_DIR / "captioner"
+        if not (path / "config.json").is_file():
+            raise TargetError(f"the built-in captioner is missing from {path}; reinstall diffmia")
+        return str(path)
+    return str(model)
+
+
 def finetune_captioner(
     model: str,
     data_dir: str | Path,
     out_dir: str | Path,
     recipe: CaptionerTrainingConfig | None = None,
     *,
+    split: str | None = None,
     resume: bool = True,
     show_progress: bool = True,
 ) -> Path:
-    """Train a captioner on the captioned images of ``data_dir``; return the folder BlipCaptioner loads."""
+    """Train a captioner on the captioned images of ``data_dir`` (only those of metadata ``split``, if given);
+    return the folder BlipCaptioner loads."""
     import torch
 
     from diffmia.captioners import load_captioner
+    from diffmia.lab.pretrain import select_split
 
     recipe = recipe or CaptionerTrainingConfig()
     out = Path(out_dir)
     folder = load_image_folder(data_dir, require_captions=True)
-    captions = [s.caption or "" for s in folder.samples]
-    network, processor = build_tiny_blip(captions, seed=recipe.seed) if model == TINY else load_captioner(model)[::-1]
+    samples = select_split(folder.samples, folder.extra, split)
+    captions = [s.caption or "" for s in samples]
+    network, processor = (
+        build_tiny_blip(captions, seed=recipe.seed) if model == TINY else load_captioner(resolve_captioner(model))[::-1]
+    )
     if recipe.method == "lora":
         from peft import LoraConfig, get_peft_model
 
         network = get_peft_model(network, LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_rank,
                                                      target_modules=["query", "value"]))  # fmt: skip
     began = time.perf_counter()
-    images = [load_rgb(s.image_path) for s in folder.samples]
+    images = [load_rgb(s.image_path) for s in samples]
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
     text = processor.tokenizer(captions, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
     input_ids, attention = text["input_ids"].clone(), text["attention_mask"]
@@ -132,7 +153,7 @@ def finetune_captioner(
         "kind": "diffmia captioner",
         "base_model": model,
         "recipe": recipe.model_dump(mode="json"),
-        "data": {"folder": str(data_dir), "n_images": n},
+        "data": {"folder": str(data_dir), "split": split, "n_images": n},
         "final_loss": log.final_loss(),
         "resumed_from": log.resumed_from,
         "wall_seconds": round(time.perf_counter() - began, 1),
