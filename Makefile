@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# the main job: the built-in demo audit (report in runs/demo/report.html)
+demo: $(VENV)/.installed
+	$(BIN)/diffmia demo
+
+# the report's browser test opens report.html in Debian's headless Chromium; install it where we can
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null && \
+		  apt-get install -y -q chromium >/dev/null; }; }; } || \
+		echo "make: could not install chromium (needs apt-get as root); the browser test will fail without it"
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -24,7 +35,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy src
 
-pytest: $(VENV)/.installed
+pytest: $(VENV)/.installed browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -84,22 +84,37 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--m", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    parser.add_argument("--sampling-steps", type=int, default=25, help="text-to-image sampling steps (img2img: 20)")
     args = parser.parse_args()
     pixels, records, members, nonmembers = private_split(100, 100)
     queries = members + nonmembers
     labels = np.r_[np.ones(100, bool), np.zeros(100, bool)]
-    common = (pixels, records, queries, labels, members, args.m, args.guidance, 20, 25)
+    common = (
+        pixels,
+        records,
+        queries,
+        labels,
+        members,
+        args.m,
+        args.guidance,
+        min(20, args.sampling_steps),
+        args.sampling_steps,
+    )
     rows = [("base (control)", *measure("builtin", None, *common))]
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_folder(Path(tmp) / "members", pixels, records, members)
         for steps in args.steps:
-            recipe = FinetuneConfig(method=args.method, lora_rank=args.rank, max_steps=steps)
+            recipe = FinetuneConfig(method=args.method, lora_rank=args.rank, max_steps=steps, learning_rate=args.lr)
             began = time.perf_counter()
             out = finetune("builtin", folder, Path(tmp) / f"ft-{steps}", recipe)
             tune_seconds = time.perf_counter() - began
             model, lora = (out / "pipeline", None) if args.method == "full" else ("builtin", out / "lora")
             rows.append((f"{args.method} {steps} steps ({tune_seconds:.0f} s)", *measure(model, lora, *common)))
-    print(f"100 members / 100 non-members, guidance {args.guidance}, m = {args.m}; AUC (TPR@1%FPR)")
+    print(
+        f"100 members / 100 non-members, guidance {args.guidance}, m = {args.m}, lr {args.lr}, "
+        f"{args.sampling_steps} sampling steps; AUC (TPR@1%FPR)"
+    )
     for name, results, memorised, seconds in rows:
         cells = "  ".join(f"{k}: {auc:.3f} ({tpr:.2f})" for k, (auc, tpr) in results.items())
         print(f"{name:<28} {cells}  memorised: {memorised:.3f}  [{seconds:.0f} s of queries]")

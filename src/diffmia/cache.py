@@ -38,6 +38,10 @@ class GenerationCache:
         folder = self.root / key[:2]
         return folder / f"{key}.png", folder / f"{key}.json"
 
+    def image_path(self, key: str) -> Path:
+        """Where the image of query ``key`` is (or will be) stored."""
+        return self._paths(key)[0]
+
     def get(self, key: str) -> Image.Image | None:
         """The cached image, or None when there is no complete entry."""
         png, sidecar = self._paths(key)

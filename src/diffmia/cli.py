@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -22,6 +23,7 @@ from diffmia import __version__
 from diffmia.errors import DiffmiaError
 
 if TYPE_CHECKING:
+    from diffmia.config import Config
     from diffmia.records import Evaluation, Interval
 
 app = typer.Typer(
@@ -319,20 +321,32 @@ def finetune(
 
 @app.command("finetune-captioner")
 def finetune_captioner_command(
-    model: Annotated[str, typer.Option(help="'tiny' (a small BLIP trained from scratch), a BLIP folder or hub id.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="'tiny' (a small BLIP trained from scratch), 'builtin' (the shipped tiny BLIP, trained on "
+            "the public digits), a BLIP folder or hub id."
+        ),
+    ],
     data: Annotated[Path, typer.Option(help="The attacker's captioned auxiliary images (an image folder).")],
     out: Annotated[Path, typer.Option(help="Output folder: captioner/ and card.json.", file_okay=False)],
     config: ConfigOption = None,
     steps: Annotated[int | None, typer.Option(help="[default: captioner_training.max_steps]")] = None,
     method: Annotated[str | None, typer.Option(help="full or lora [default: captioner_training.method]")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Train only on the images whose metadata 'split' is this (e.g. public).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoints when present.")] = True,
 ) -> None:
-    """Fine-tune a BLIP captioner on auxiliary images (scenarios II and IV caption queries with it)."""
+    """Fine-tune a BLIP captioner on auxiliary images (scenarios II and IV caption queries with it).
+
+    The shipped `builtin` captioner came from: diffmia finetune-captioner --model tiny --data digits --split public
+    """
     from diffmia.config import load_config, with_options
     from diffmia.lab.captioner import finetune_captioner
 
     settings = with_options(load_config(config), "captioner_training", max_steps=steps, method=method)
-    result = finetune_captioner(model, data, out, settings.captioner_training, resume=resume)
+    result = finetune_captioner(model, data, out, settings.captioner_training, split=split, resume=resume)
     typer.echo(f"captioner written to {result} (card: {out / 'card.json'})")
 
 
@@ -385,13 +399,120 @@ def generate_command(
         raise DiffmiaError(f"{config}: generation.data (the image folder to query with) is not set")
     folder = load_image_folder(plan.data, require_captions=True)
     queries = build_queries(folder.samples, GivenCaptions().caption(folder.samples), plan)
-    cache = GenerationCache(plan.cache)
+    cache_dir = plan.cache or "runs/cache"
+    cache = GenerationCache(cache_dir)
     spec = settings.target.spec()
     if plan.executor == "ray":
         generate_on_ray(spec, queries, cache, workers=plan.workers, chunk_size=plan.chunk_size)
     else:
         generate(make_target(spec), queries, cache, chunk_size=plan.chunk_size)
-    typer.echo(f"{len(queries)} queries for {len(folder)} images ({', '.join(plan.channels)}) are in {plan.cache}")
+    typer.echo(f"{len(queries)} queries for {len(folder)} images ({', '.join(plan.channels)}) are in {cache_dir}")
+
+
+RunsDirOption = Annotated[
+    Path | None, typer.Option(help="Folder that holds run directories. [default: the config's audit.runs_dir]")
+]
+NameOption = Annotated[str | None, typer.Option(help="Run directory name. [default: the config's audit.name]")]
+
+
+def _audit(settings: Config, runs_dir: Path | None, name: str | None) -> None:
+    from diffmia.audit import run_audit
+    from diffmia.config import with_options
+
+    settings = with_options(settings, "audit", "options", runs_dir=None if runs_dir is None else str(runs_dir),
+                            name=name)  # fmt: skip
+    result = run_audit(settings, log=lambda line: typer.echo(line, err=True))
+    _print_audit(result.summary)
+    typer.echo(f"run directory: {result.run_dir} (report.html, result.json, scores.parquet, features.parquet)")
+
+
+def _print_audit(summary: dict[str, Any]) -> None:
+    """scenario x model x channel x attack: AUC [CI], TPR at each FPR with the FPR achieved, counts."""
+    results = summary["results"]
+    if not results:
+        return
+    fprs = [t["target_fpr"] for t in results[0]["evaluation"]["tpr_at_fpr"]]
+    table = Table(title=f"Audit {summary['name']}: attacks fitted on shadow models, applied once to the target",
+                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+    for column in ("scenario", "model", "channel", "attack"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
+    for fpr in fprs:
+        table.add_column(f"TPR@{_pct(fpr)}FPR (FPR)", justify="right", no_wrap=True)
+    table.add_column("bal.acc.", justify="right", no_wrap=True)
+    table.add_column("mem/non", justify="right", no_wrap=True)
+    previous = None
+    for r in results:
+        ev = r["evaluation"]
+        ci = ev["auc_interval"]
+        if previous is not None and previous != r["scenario"]:
+            table.add_section()
+        previous = r["scenario"]
+        cells = [r["scenario"], r["model"], r["channel"], r["attack"],
+                 f"{_num(ev['auc'])} [{_num(ci['low'])}, {_num(ci['high'])}]"]  # fmt: skip
+        for t in ev["tpr_at_fpr"]:
+            cells.append("n/a" if t["tpr"] is None else f"{t['tpr']:.3f} ({t['achieved_fpr']:.3f})")
+        cells += [_num(ev["balanced_accuracy"]), f"{ev['n_members']}/{ev['n_nonmembers']}"]
+        table.add_row(*cells)
+    console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
+    console.print(table)
+    console.print(
+        f"{summary['queries_per_image']} generation(s) per image and channel; models 'base' and 'blind' are controls "
+        "(un-fine-tuned base model; query images alone) and should sit near AUC 0.5. n/a: the target FPR is below "
+        "1 / number of non-members."
+    )
+    for warning in summary["warnings"]:
+        console.print(f"Warning: {warning}")
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[
+        Path, typer.Argument(help="TOML audit configuration (see `diffmia config show`).", dir_okay=False)
+    ],
+    runs_dir: RunsDirOption = None,
+    name: NameOption = None,
+) -> None:
+    """Run a membership audit: shadows, queries, features, attacks, evaluation and report, into a run directory.
+
+    A rerun of the same configuration resumes: finished models, cached generations and embeddings are reused.
+    """
+    from diffmia.config import load_config
+
+    _audit(load_config(config), runs_dir, name)
+
+
+@app.command()
+def demo(
+    runs_dir: RunsDirOption = None,
+    name: NameOption = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the demo's configuration (a starting point) and exit.")
+    ] = False,
+) -> None:
+    """The built-in demo audit: bundled digits, the shipped tiny base, a target fine-tuned on 100 members.
+
+    Four scenarios x three attacks, both query channels, controls and the report; about 10 minutes on 2 CPU cores
+    the first time, well under a minute again (everything is cached in runs/demo).
+    """
+    from diffmia.config import DEMO_CONFIG, dump_config, load_config
+
+    if print_config:
+        typer.echo(dump_config(load_config(DEMO_CONFIG)), nl=False)
+        return
+    _audit(load_config(DEMO_CONFIG), runs_dir, name)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by `diffmia run` or `diffmia demo`.", file_okay=False)
+    ],
+) -> None:
+    """Render report.html again from a run directory's saved results (no model is loaded)."""
+    from diffmia.report import render_report
+
+    typer.echo(f"wrote {render_report(run_dir)}")
 
 
 @cache_app.command("verify")

@@ -23,6 +23,7 @@ from diffmia.records import Evaluation
 AttackName = Literal["threshold", "distribution", "classifier"]
 ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
 DEFAULT_FINETUNE_STEPS = 500
+DEMO_CONFIG = Path(__file__).parent / "demo.toml"
 Channel = Literal["text2img", "img2img"]
 DEFAULT_CHANNELS: tuple[Channel, ...] = ("text2img",)
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -160,19 +161,22 @@ class FinetuneConfig(_Section):
 
 
 class CaptionerTrainingConfig(_Section):
-    """How ``diffmia finetune-captioner`` trains a captioner on the attacker's auxiliary images.
+    """How ``diffmia finetune-captioner`` (and an audit, for scenarios II and IV) trains a captioner on the
+    attacker's auxiliary images.
 
-    The defaults train the built-in tiny BLIP from scratch; for a pretrained BLIP lower the learning rate
-    (e.g. 1e-5) and the steps, or use ``method = "lora"``.
+    The defaults fine-tune the shipped ``builtin`` tiny BLIP on D' (200 steps at 1e-4: about 15 s on 2 CPU
+    cores). The shipped captioner itself was trained from scratch (``--model tiny``) on the public digits with
+    ``learning_rate = 1e-3``, ``max_steps = 3000``, ``lr_warmup_steps = 100`` (``examples/builtin-captioner.toml``).
+    For the pretrained BLIP base use a lower rate (e.g. 1e-5) or ``method = "lora"``.
     """
 
     method: Literal["full", "lora"] = "full"
     lora_rank: Annotated[int, Field(ge=1)] = 8
     batch_size: Annotated[int, Field(ge=1)] = 32
-    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-4
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
-    lr_warmup_steps: Annotated[int, Field(ge=0)] = 100
-    max_steps: Annotated[int, Field(ge=1)] = 3000
+    lr_warmup_steps: Annotated[int, Field(ge=0)] = 20
+    max_steps: Annotated[int, Field(ge=1)] = 200
     shift_augmentation: Annotated[int, Field(ge=0)] = 0  # random translation of each image by up to this many pixels
     seed: int = 0
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
@@ -224,10 +228,113 @@ class GenerationConfig(_Section):
     strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     negative_prompt: str = ""
     seed: int = 0
-    cache: str = "runs/cache"
+    cache: str | None = None  # default: <run directory>/cache for an audit, runs/cache for `diffmia generate`
     executor: Literal["local", "ray"] = "local"
     workers: Annotated[int, Field(ge=1)] | None = None
     chunk_size: Annotated[int, Field(ge=1)] = 32
+
+
+Scenario = Literal["I", "II", "III", "IV"]
+ALL_SCENARIOS: tuple[Scenario, ...] = ("I", "II", "III", "IV")
+
+
+class DataConfig(_Section):
+    """The audit's images: the target's members and non-members, and the attacker's auxiliary pool.
+
+    Leave all three folders unset for the bundled digits: ``builtin_members`` members and ``builtin_nonmembers``
+    non-members are drawn from the private split with ``seed``; the rest of the private split is the auxiliary
+    pool. Members must come from the same distribution as non-members (the blind baseline checks this).
+    """
+
+    members: str | None = None
+    nonmembers: str | None = None
+    auxiliary: str | None = None
+    builtin_members: Annotated[int, Field(ge=10)] = 100
+    builtin_nonmembers: Annotated[int, Field(ge=10)] = 100
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> DataConfig:
+        given = [self.members, self.nonmembers, self.auxiliary]
+        if any(given) and not all(given):
+            raise ValueError("set members, nonmembers and auxiliary together, or none of them for the bundled digits")
+        return self
+
+    @property
+    def builtin(self) -> bool:
+        return self.members is None
+
+
+DistanceName = Literal["cosine", "l1", "l2", "hamming", "ssim"]
+Granularity = Literal["pooled", "token"]
+Aggregation = Literal["mean", "max", "min", "std"]
+DEFAULT_DISTANCES: tuple[DistanceName, ...] = ("cosine", "l2", "ssim")
+DEFAULT_GRANULARITIES: tuple[Granularity, ...] = ("pooled",)
+DEFAULT_AGGREGATIONS: tuple[Aggregation, ...] = ("mean", "max", "std")
+
+
+class FeaturesConfig(_Section):
+    """How a query image is compared with its generations (see diffmia.features).
+
+    ``encoders``: ``pixels`` (resized pixels) or a transformers vision model by hub id or folder (DeiT
+    ``facebook/deit-base-distilled-patch16-384`` is the reference). ``distances``: cosine, l1, l2, hamming, ssim.
+    """
+
+    encoders: list[str] = Field(default_factory=lambda: ["pixels"], min_length=1)
+    pixel_size: Annotated[int, Field(ge=4)] = 32
+    distances: list[DistanceName] = Field(default_factory=lambda: list(DEFAULT_DISTANCES), min_length=1)
+    granularities: list[Granularity] = Field(default_factory=lambda: list(DEFAULT_GRANULARITIES), min_length=1)
+    aggregations: list[Aggregation] = Field(default_factory=lambda: list(DEFAULT_AGGREGATIONS), min_length=1)
+
+
+class ShadowConfig(_Section):
+    """A shadow model the attacker fine-tuned elsewhere, with the images it was and was not fine-tuned on."""
+
+    model: str
+    lora: str | None = None
+    members: str
+    nonmembers: str
+    scenarios: list[Scenario] = Field(default_factory=lambda: list(ALL_SCENARIOS), min_length=1)
+
+
+class AuditConfig(_Section):
+    """The audit (``diffmia run``): scenarios, shadow models, controls, where the run directory goes.
+
+    Scenarios I and III query with the given captions, II and IV with captions from a captioner fine-tuned on
+    the auxiliary set D'. In I and II half of D' (``overlap``) are real target members; in III and IV D' is
+    disjoint from the target's data. Shadow models are fine-tuned with the ``[finetune]`` recipe on the
+    ``base_model``, on ``shadow_members`` images of D' (default: as many as the target has members); the other
+    ``shadow_members`` images of D' are the shadow's non-members. ``finetune_target`` fine-tunes the target
+    itself on the members with the same recipe (the built-in demo); otherwise ``[target]`` is the model audited.
+    ``captioner`` (``builtin``: the shipped tiny BLIP of the digits; or a BLIP folder or hub id) is fine-tuned on
+    each D' with ``[captioner_training]``.
+    """
+
+    name: str = "audit"
+    runs_dir: str = "runs"
+    scenarios: list[Scenario] = Field(default_factory=lambda: list(ALL_SCENARIOS), min_length=1)
+    base_model: str = "builtin"
+    finetune_target: bool = False
+    shadows: Annotated[int, Field(ge=0)] = 1
+    shadow_members: Annotated[int, Field(ge=10)] | None = None
+    overlap: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    captioner: str = "builtin"
+    base_control: bool = True
+    blind_control: bool = True
+    exposed: Annotated[int, Field(ge=0)] = 10
+    seed: int = 0
+    given_shadows: list[ShadowConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_shadows(self) -> AuditConfig:
+        covered = {s for shadow in self.given_shadows for s in shadow.scenarios}
+        uncovered = [s for s in self.scenarios if s not in covered]
+        if self.shadows == 0 and uncovered:
+            raise ValueError(f"scenario(s) {', '.join(uncovered)} have no shadow model: set shadows >= 1 "
+                             "or list given_shadows for them")  # fmt: skip
+        if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
+            raise ValueError("name must be a plain folder name")
+        return self
 
 
 class Config(_Section):
@@ -239,6 +346,9 @@ class Config(_Section):
     captioner_training: CaptionerTrainingConfig = Field(default_factory=CaptionerTrainingConfig)
     target: TargetConfig = Field(default_factory=TargetConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
 
 def _describe(error: Any, model: type[BaseModel]) -> str:

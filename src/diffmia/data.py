@@ -10,14 +10,17 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffmia.errors import DataError
 from diffmia.records import Sample
+from diffmia.tables import atomic_path
 
 CAPTION_FIELDS = ("caption", "text")
 MAX_LISTED = 5
@@ -122,3 +125,163 @@ def load_image_folder(root: str | Path, *, require_captions: bool = False) -> Im
         samples.append(Sample(sample_id, root / record["file_name"], str(caption) if caption else None))
         extra[sample_id] = {k: v for k, v in record.items() if k not in known}
     return ImageFolder(root, tuple(samples), extra)
+
+
+# --- Audit splits: the target's members and non-members, the attacker's auxiliary sets and shadow splits ---
+
+SCENARIOS: dict[str, tuple[str, str]] = {
+    # scenario: (where the prompt comes from, how the auxiliary set D' relates to the target's members)
+    "I": ("given", "overlap"),
+    "II": ("captioner", "overlap"),
+    "III": ("given", "disjoint"),
+    "IV": ("captioner", "disjoint"),
+}
+MIN_CLASS_SIZE = 10
+
+
+@dataclass(frozen=True)
+class MembershipSplit:
+    """Members and non-members of one model (the target, or a shadow), each in a fixed order."""
+
+    members: tuple[Sample, ...]
+    nonmembers: tuple[Sample, ...]
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        """Members first, then non-members, each carrying its label."""
+        return tuple(replace(s, member=True) for s in self.members) + tuple(
+            replace(s, member=False) for s in self.nonmembers
+        )
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"members": [s.id for s in self.members], "nonmembers": [s.id for s in self.nonmembers]}
+
+
+@dataclass(frozen=True)
+class AuxiliarySet:
+    """The attacker's auxiliary set D' of one kind ("overlap": part real target members; "disjoint") and the
+    member / non-member split of every shadow model fine-tuned from it."""
+
+    kind: str
+    samples: tuple[Sample, ...]
+    shadow_splits: tuple[MembershipSplit, ...]
+    n_target_members: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "samples": [s.id for s in self.samples],
+            "n_target_members": self.n_target_members,
+            "shadows": [split.to_dict() for split in self.shadow_splits],
+        }
+
+
+def plan_auxiliary(
+    kind: str,
+    target: MembershipSplit,
+    pool: Sequence[Sample],
+    *,
+    shadow_members: int,
+    overlap: float,
+    n_shadows: int,
+    rng: np.random.Generator,
+) -> AuxiliarySet:
+    """Draw D' (2 x ``shadow_members`` images) and one member / non-member split per shadow model.
+
+    "overlap": round(``overlap`` x |D'|) of D' are real target members, the rest comes from ``pool``;
+    "disjoint": all of D' comes from ``pool``, which must not hold target images.
+    """
+    size = 2 * shadow_members
+    n_real = round(overlap * size) if kind == "overlap" else 0
+    n_pool = size - n_real
+    if n_real > len(target.members):
+        raise DataError(
+            f"D' of scenarios I/II needs {n_real} real target members ({overlap:g} of {size}) but the target has "
+            f"{len(target.members)}; lower audit.shadow_members or audit.overlap"
+        )
+    if n_pool > len(pool):
+        raise DataError(
+            f"D' of the {kind} scenarios needs {n_pool} auxiliary images but the auxiliary pool has {len(pool)}; "
+            "add auxiliary images or lower audit.shadow_members"
+        )
+    real = [target.members[i] for i in rng.permutation(len(target.members))[:n_real]]
+    other = [pool[i] for i in rng.permutation(len(pool))[:n_pool]]
+    samples = tuple(real + other)
+    splits = []
+    for _ in range(n_shadows):
+        order = rng.permutation(size)
+        splits.append(
+            MembershipSplit(
+                tuple(samples[i] for i in order[:shadow_members]), tuple(samples[i] for i in order[shadow_members:])
+            )
+        )
+    return AuxiliarySet(kind, samples, tuple(splits), n_real)
+
+
+def content_digests(samples: Sequence[Sample]) -> dict[str, str]:
+    """Each sample's pixel-content digest (equal pixels after RGB conversion, equal digest), by id."""
+    from diffmia.encoders import load_rgb
+    from diffmia.features import image_digest
+
+    return {s.id: image_digest(load_rgb(s.image_path)) for s in samples}
+
+
+def check_audit_data(
+    members: Sequence[Sample],
+    nonmembers: Sequence[Sample],
+    pool: Sequence[Sample],
+    scenarios: Sequence[str],
+    *,
+    members_need_captions: bool,
+) -> None:
+    """Every problem of an audit's data at once, before any model is queried.
+
+    Checks: at least ten members and ten non-members; no image (by pixel content) both a member and a
+    non-member, nor in the auxiliary pool and the target's data; captions wherever a scenario or a
+    fine-tune needs them (given-caption scenarios query with the members' and non-members' captions; D' is
+    always fine-tuned on, so the pool needs captions; so do the members when D' overlaps them or the target
+    is fine-tuned here).
+    """
+    problems = []
+    for name, group in (("members", members), ("non-members", nonmembers)):
+        if len(group) < MIN_CLASS_SIZE:
+            problems.append(f"{len(group)} {name}: an audit needs at least {MIN_CLASS_SIZE} of each")
+    digests = content_digests([*members, *nonmembers, *pool])
+    member_content = {digests[s.id]: s.id for s in members}
+    shared = [f"{member_content[digests[s.id]]} = {s.id}" for s in nonmembers if digests[s.id] in member_content]
+    if shared:
+        problems.append(f"members and non-members share images (same pixels): {_listed(shared)}")
+    target_content = member_content | {digests[s.id]: s.id for s in nonmembers}
+    leaked = [f"{s.id} = {target_content[digests[s.id]]}" for s in pool if digests[s.id] in target_content]
+    if leaked:
+        problems.append(f"the auxiliary pool holds images of the target's data (same pixels): {_listed(leaked)}")
+    kinds = {SCENARIOS[s] for s in scenarios}
+    needs = {"auxiliary pool (shadow models are fine-tuned on it)": pool}
+    if any(source == "given" for source, _ in kinds):
+        given = [s for s in scenarios if SCENARIOS[s][0] == "given"]
+        needs[f"members (scenario {'/'.join(given)} queries with given captions)"] = members
+        needs[f"non-members (scenario {'/'.join(given)} queries with given captions)"] = nonmembers
+    elif members_need_captions or any(relation == "overlap" for _, relation in kinds):
+        needs["members (D' of scenarios I/II holds members, and fine-tuning needs captions)"] = members
+    for name, group in needs.items():
+        missing = [s.id for s in group if not (s.caption and s.caption.strip())]
+        if missing:
+            problems.append(f"{len(missing)} {name} have no caption: {_listed(missing)}")
+    if problems:
+        raise DataError("audit data: " + "; ".join(problems))
+
+
+def write_subset(samples: Sequence[Sample], out_dir: str | Path) -> Path:
+    """An image folder listing ``samples`` by absolute path (no copies), for fine-tuning on a subset."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = [
+        {"file_name": str(Path(s.image_path).resolve()), "id": s.id, **({"caption": s.caption} if s.caption else {})}
+        for s in samples
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    metadata = out / "metadata.jsonl"
+    if not metadata.exists() or metadata.read_text(encoding="utf-8") != text:
+        with atomic_path(metadata) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    return out

@@ -184,3 +184,26 @@ class FeatureTable:
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """One attack's frozen scores of one model's samples in one scenario, with their evaluation.
+
+    ``model`` is "target", or a control: "base" (the un-fine-tuned base model queried like the target) or
+    "blind" (a classifier on the query images alone). ``channel`` names the query channel whose features the
+    attack saw ("text2img", "img2img", "combined"; "none" for the blind control).
+    """
+
+    scenario: str
+    model: str
+    channel: str
+    attack: str
+    sample_ids: tuple[str, ...]
+    scores: FloatArray
+    labels: BoolArray
+    evaluation: Evaluation
+
+    @property
+    def key(self) -> str:
+        return f"{self.scenario}/{self.model}/{self.channel}/{self.attack}"

@@ -1,0 +1,73 @@
+"""Figures of the report: ROC and log-log ROC curves, member vs non-member score histograms (matplotlib, Agg).
+
+Each figure comes back as PNG bytes, so the report can embed it and stay one self-contained file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+import numpy as np
+
+from diffmia.metrics import roc_curve
+from diffmia.records import BoolArray, FloatArray
+
+
+def _png(figure: object) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=96, bbox_inches="tight")  # type: ignore[attr-defined]
+    plt.close(figure)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def roc_figure(curves: Mapping[str, tuple[FloatArray, BoolArray]], title: str) -> bytes:
+    """ROC (linear axes) beside log-log ROC, one line per named (scores, labels) pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (linear, loglog) = plt.subplots(1, 2, figsize=(9, 4))
+    floor = 1.0
+    for name, (scores, labels) in curves.items():
+        curve = roc_curve(scores, labels)
+        fpr, tpr = curve.fpr, curve.tpr
+        linear.plot(fpr, tpr, label=name, drawstyle="steps-post")
+        n_neg = int(np.count_nonzero(~labels))
+        floor = min(floor, 1.0 / max(n_neg, 1))
+        loglog.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), label=name, drawstyle="steps-post")
+    linear.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for axis in (linear, loglog):
+        axis.set_xlabel("false positive rate")
+        axis.set_ylabel("true positive rate")
+    loglog.plot([floor / 2, 1], [floor / 2, 1], color="grey", linestyle=":", linewidth=1)
+    loglog.set_xscale("log")
+    loglog.set_yscale("log")
+    loglog.set_xlim(floor / 2, 1)
+    loglog.set_ylim(floor / 2, 1.05)
+    linear.set_title(f"{title}: ROC")
+    loglog.set_title("log-log ROC (FPR below 1/n drawn at the floor)")
+    linear.legend(fontsize=7, loc="lower right")
+    return _png(figure)
+
+
+def histogram_figure(scores: FloatArray, labels: BoolArray, title: str) -> bytes:
+    """Score histograms of members and non-members on shared bins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 3))
+    finite = scores[np.isfinite(scores)]
+    bins = list(np.histogram_bin_edges(finite, bins=20)) if finite.size else 10
+    axis.hist(scores[~labels], bins=bins, alpha=0.6, label=f"non-members ({int(np.sum(~labels))})")
+    axis.hist(scores[labels], bins=bins, alpha=0.6, label=f"members ({int(np.sum(labels))})")
+    axis.set_xlabel("score (higher = more likely a member)")
+    axis.set_ylabel("images")
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7)
+    return _png(figure)

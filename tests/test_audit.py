@@ -1,0 +1,348 @@
+"""The audit: splits, validation before any query, and one end-to-end run on the built-in model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from diffmia.audit import run_audit
+from diffmia.cli import main
+from diffmia.config import load_config, parse_config
+from diffmia.data import MembershipSplit, check_audit_data, load_image_folder, plan_auxiliary
+from diffmia.errors import ConfigError, DataError, TargetError
+from diffmia.records import Sample
+
+TINY_AUDIT = """
+[audit]
+name = "tiny"
+runs_dir = "{runs}"
+finetune_target = true
+scenarios = ["I", "II", "III"]
+exposed = 4
+
+[data]
+builtin_members = 20
+builtin_nonmembers = 20
+
+[finetune]
+max_steps = 100
+batch_size = 20
+learning_rate = 1e-3
+checkpoint_every = 0
+
+[captioner_training]
+max_steps = 60
+lr_warmup_steps = 10
+checkpoint_every = 0
+
+[generation]
+channels = ["text2img", "img2img"]
+queries_per_image = 2
+steps = 5
+guidance = 3.0
+
+[target]
+batch_size = 32
+
+[evaluation]
+n_bootstrap = 200
+"""
+
+
+def _samples(prefix: str, n: int) -> tuple[Sample, ...]:
+    return tuple(Sample(f"{prefix}{i}", Path(f"{prefix}{i}.png"), f"caption {prefix}{i}") for i in range(n))
+
+
+# --- splits ---------------------------------------------------------------------------------------------------
+
+
+def test_overlapping_auxiliary_set_holds_the_requested_share_of_real_members():
+    target = MembershipSplit(_samples("m", 30), _samples("n", 30))
+    pool = _samples("a", 50)
+    aux = plan_auxiliary("overlap", target, pool, shadow_members=20, overlap=0.5, n_shadows=2,
+                         rng=np.random.default_rng(0))  # fmt: skip
+    ids = [s.id for s in aux.samples]
+    assert len(ids) == 40 and len(set(ids)) == 40
+    assert sum(i.startswith("m") for i in ids) == 20 == aux.n_target_members
+    assert sum(i.startswith("a") for i in ids) == 20
+    assert not any(i.startswith("n") for i in ids)  # non-members of the target never enter D'
+    assert len(aux.shadow_splits) == 2
+    for split in aux.shadow_splits:  # each shadow splits D' into halves
+        assert len(split.members) == len(split.nonmembers) == 20
+        assert {s.id for s in split.members} | {s.id for s in split.nonmembers} == set(ids)
+    assert aux.shadow_splits[0] != aux.shadow_splits[1]
+    again = plan_auxiliary("overlap", target, pool, shadow_members=20, overlap=0.5, n_shadows=2,
+                           rng=np.random.default_rng(0))  # fmt: skip
+    assert again == aux  # seeded: the same D' and splits
+
+
+def test_disjoint_auxiliary_set_has_no_target_image():
+    target = MembershipSplit(_samples("m", 30), _samples("n", 30))
+    aux = plan_auxiliary("disjoint", target, _samples("a", 45), shadow_members=20, overlap=0.5, n_shadows=1,
+                         rng=np.random.default_rng(1))  # fmt: skip
+    assert all(s.id.startswith("a") for s in aux.samples) and len(aux.samples) == 40
+    assert aux.n_target_members == 0
+
+
+def test_auxiliary_set_sizes_are_checked():
+    target = MembershipSplit(_samples("m", 15), _samples("n", 15))
+    with pytest.raises(DataError, match=r"needs 40 auxiliary images but the auxiliary pool has 39"):
+        plan_auxiliary("disjoint", target, _samples("a", 39), shadow_members=20, overlap=0.5, n_shadows=1,
+                       rng=np.random.default_rng(0))  # fmt: skip
+    with pytest.raises(DataError, match=r"needs 20 real target members .* the target has 15"):
+        plan_auxiliary("overlap", target, _samples("a", 40), shadow_members=20, overlap=0.5, n_shadows=1,
+                       rng=np.random.default_rng(0))  # fmt: skip
+
+
+def test_membership_split_labels_members_first():
+    split = MembershipSplit(_samples("m", 2), _samples("n", 3))
+    assert [s.member for s in split.samples] == [True, True, False, False, False]
+    assert split.to_dict() == {"members": ["m0", "m1"], "nonmembers": ["n0", "n1", "n2"]}
+
+
+# --- validation before any query ----------------------------------------------------------------------------
+
+
+def _folder(root: Path, values: list[int], captions: bool = True, start: int = 0) -> Path:
+    """An image folder of flat grey 8x8 images, one per value (equal values, equal pixels)."""
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i, value in enumerate(values):
+        name = f"images/{root.name}-{start + i}.png"
+        Image.new("L", (8, 8), value).save(root / name)
+        record = {"file_name": name, "id": f"{root.name}-{start + i}"}
+        if captions:
+            record["caption"] = f"a grey square {value}"
+        lines.append(json.dumps(record))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_bad_audit_data_is_reported_at_once(tmp_path):
+    members = load_image_folder(_folder(tmp_path / "members", list(range(12)))).samples
+    nonmembers = load_image_folder(_folder(tmp_path / "non", [5, *range(100, 108)], captions=False)).samples
+    pool = load_image_folder(_folder(tmp_path / "aux", [107, *range(200, 230)])).samples
+    with pytest.raises(DataError) as error:
+        check_audit_data(members, nonmembers, pool, ["I", "IV"], members_need_captions=False)
+    message = str(error.value)
+    assert "9 non-members: an audit needs at least 10 of each" in message
+    assert "members and non-members share images (same pixels): members-5 = non-0" in message
+    assert "the auxiliary pool holds images of the target's data (same pixels): aux-0 = non-8" in message
+    assert "9 non-members (scenario I queries with given captions) have no caption" in message
+    # caption-free scenarios do not need the target's captions
+    uncaptioned = load_image_folder(_folder(tmp_path / "non2", list(range(100, 110)), captions=False)).samples
+    assert check_audit_data(members, uncaptioned, pool[1:], ["IV"], members_need_captions=False) is None
+
+
+def _folders_config(tmp_path: Path, **audit: object) -> dict:
+    members = _folder(tmp_path / "members", list(range(12)))
+    nonmembers = _folder(tmp_path / "non", list(range(100, 112)))
+    aux = _folder(tmp_path / "aux", list(range(200, 260)))
+    return {
+        "data": {"members": str(members), "nonmembers": str(nonmembers), "auxiliary": str(aux)},
+        "audit": {"runs_dir": str(tmp_path / "runs"), "name": "bad", "shadow_members": 10, **audit},
+    }
+
+
+def test_a_shadow_folder_that_is_not_a_pipeline_fails_before_any_query(tmp_path):
+    not_a_pipeline = tmp_path / "shadow"
+    not_a_pipeline.mkdir()
+    (not_a_pipeline / "weights.bin").write_bytes(b"")
+    given = {"model": str(not_a_pipeline), "members": str(tmp_path / "members"), "nonmembers": str(tmp_path / "non")}
+    config = parse_config(_folders_config(tmp_path, shadows=0, scenarios=["III"], given_shadows=[given]))
+    with pytest.raises(TargetError, match=r"given_shadows\[0\]\.model = .*shadow' is not a diffusers pipeline folder"):
+        run_audit(config, log=lambda _: None)
+    assert not (tmp_path / "runs" / "bad" / "config.toml").exists()  # a fixed config may use the folder
+    assert not (tmp_path / "runs" / "bad" / "cache").exists()  # nothing was generated
+    assert not (tmp_path / "runs" / "bad" / "models").exists()  # nothing was trained
+
+
+def test_scenario_without_shadows_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"scenario\(s\) I, II have no shadow model"):
+        parse_config({"audit": {"shadows": 0, "scenarios": ["I", "II"]}})
+
+
+def test_a_run_directory_of_another_config_is_not_reused(tmp_path):
+    config = parse_config(_folders_config(tmp_path, scenarios=["III"]))
+    run = tmp_path / "runs" / "bad"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text('[audit]\nname = "other"\n')
+    with pytest.raises(ConfigError, match="holds a run of a different configuration"):
+        run_audit(config, log=lambda _: None)
+
+
+# --- end to end ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`diffmia run` on a tiny, deliberately over-fitted audit of the built-in model (about 90 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("audit")
+    config = root / "tiny.toml"
+    config.write_text(TINY_AUDIT.format(runs=root / "runs"))
+    assert main(["run", str(config)]) == 0
+    return config, root / "runs" / "tiny"
+
+
+def _result(run: Path, scenario: str, model: str, channel: str, attack: str) -> dict:
+    result = json.loads((run / "result.json").read_text())
+    (hit,) = [r for r in result["results"] if (r["scenario"], r["model"], r["channel"], r["attack"]) ==
+              (scenario, model, channel, attack)]  # fmt: skip
+    return hit["evaluation"]
+
+
+@pytest.mark.slow
+def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
+    _, run = tiny_run
+    for name in ("config.toml", "splits.json", "prompts.json", "features.parquet", "scores.parquet", "result.json",
+                 "report.html"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert load_config(run / "config.toml").audit.name == "tiny"
+    splits = json.loads((run / "splits.json").read_text())
+    assert len(splits["target"]["members"]) == len(splits["target"]["nonmembers"]) == 20
+    overlap = splits["auxiliary"]["overlap"]
+    assert overlap["n_target_members"] == 20 and len(overlap["samples"]) == 40
+    assert set(overlap["samples"]) & set(splits["target"]["members"])  # scenario I/II: real members in D'
+    assert not set(splits["auxiliary"]["disjoint"]["samples"]) & set(
+        splits["target"]["members"] + splits["target"]["nonmembers"]
+    )
+    scores = pq.read_table(run / "scores.parquet").to_pydict()
+    result = json.loads((run / "result.json").read_text())
+    # 3 scenarios x (target + base) x 3 channel sets x 3 attacks + 3 blind controls, 40 samples each
+    assert len(result["results"]) == 3 * 2 * 3 * 3 + 3
+    assert len(scores["score"]) == 40 * len(result["results"])
+    # the over-fitted target leaks under scenario I, on the text-to-image channel alone
+    evaluation = _result(run, "I", "target", "text2img", "classifier")
+    assert evaluation["auc"] > 0.7
+    assert evaluation["n_members"] == evaluation["n_nonmembers"] == 20
+    assert evaluation["tpr_at_fpr"][0]["tpr"] is None  # 1% FPR is below 1/20: n/a, with its reason
+    assert "below 1/" in evaluation["tpr_at_fpr"][0]["reason"]
+    features = pq.read_table(run / "features.parquet")
+    assert {"model", "prompts", "sample_id", "member"} <= set(features.column_names)
+    assert "text2img/pixels/cosine/pooled/mean" in features.column_names
+    assert "img2img/pixels/ssim/pooled/max" in features.column_names
+    # 2 generations per image and channel, for 40 images per model and prompt source; identical queries (a caption
+    # the captioner got exactly right) are generated once
+    assert result["queries_per_image"] == 2
+    assert result["images_requested"] == {"target": 320, "base": 320, "shadow-overlap-0": 320, "shadow-disjoint-0": 160}
+    assert 0.8 * 1120 < len(list((run / "cache").glob("*/*.png"))) <= 1120
+    exposed = result["exposed"]["images"]
+    assert len(exposed) == 4 and all(row["sample_id"] in splits["target"]["members"] for row in exposed)
+    assert [row["score"] for row in exposed] == sorted((row["score"] for row in exposed), reverse=True)
+
+
+@pytest.mark.slow
+def test_rerun_reuses_everything_and_gives_the_same_numbers(tiny_run, capsys):
+    config, run = tiny_run
+    before = pq.read_table(run / "scores.parquet").to_pydict()
+    cached = sorted(p.name for p in (run / "cache").glob("*/*.png"))
+    models = {p: p.stat().st_mtime_ns for p in (run / "models").glob("*/card.json")}
+    assert main(["run", str(config)]) == 0
+    assert "fine-tuning" not in capsys.readouterr().err  # nothing trained again
+    assert sorted(p.name for p in (run / "cache").glob("*/*.png")) == cached  # nothing generated again
+    assert {p: p.stat().st_mtime_ns for p in (run / "models").glob("*/card.json")} == models
+    after = pq.read_table(run / "scores.parquet").to_pydict()
+    assert after == before
+
+
+@pytest.mark.slow
+def test_report_rerenders_from_saved_results(tiny_run):
+    _, run = tiny_run
+    first = (run / "report.html").read_text()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").read_text() == first
+    assert first.count("<img") >= 3 + 3 * 3 + 4 * 5  # ROC per scenario, histograms, exposed members + generations
+
+
+def test_report_of_a_folder_without_results_is_an_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no result.json: it is not a finished diffmia run directory" in capsys.readouterr().err
+
+
+# --- the report in a real browser -------------------------------------------------------------------------
+
+CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const out = document.createElement("pre");
+  out.id = "diffmia-check";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    rendered: images.filter((im) => im.complete && im.naturalWidth > 0).length,
+    rows: document.querySelectorAll("#results tr").length,
+    caption: document.querySelector("td.caption").textContent,
+    injected: typeof window.injected,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium_and_never_runs_a_caption(tiny_run, tmp_path):
+    if os.environ.get("DIFFMIA_NO_BROWSER") == "1":
+        pytest.skip("DIFFMIA_NO_BROWSER=1")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "headless Chromium is needed: `make test` installs Debian's chromium package"
+    _, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("cache", "models", "embeddings", "data"))
+    for folder in ("cache", "data"):
+        (copy / folder).symlink_to(run / folder)
+    result = json.loads((copy / "result.json").read_text())
+    hostile = "<script>window.injected = 1</script> a <b>bold</b> two"
+    result["exposed"]["images"][0]["prompt"] = hostile
+    (copy / "result.json").write_text(json.dumps(result))
+    assert main(["report", str(copy)]) == 0
+    page = (copy / "report.html").read_text()
+    assert "default-src 'none'" in page  # the report forbids scripts itself
+    assert hostile not in page and "&lt;script&gt;window.injected = 1&lt;/script&gt;" in page
+    # the check runs with that policy removed: escaping alone must keep the caption inert
+    checked = tmp_path / "checked.html"
+    checked.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page).replace(
+        "</body>", CHECK + "</body>"))  # fmt: skip
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+         checked.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(r'<pre id="diffmia-check">(.*?)</pre>', dom, re.DOTALL)
+    assert found, dom[-2000:]
+    check = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    assert check["images"] >= 3 + 4 * 5 and check["rendered"] == check["images"]
+    assert check["rows"] == 1 + 3 * 2 * 3 * 3 + 3
+    assert check["caption"] == hostile  # shown as text
+    assert check["injected"] == "undefined"  # and never run
+
+
+@pytest.mark.parametrize("name", ["sd15-lora.toml", "http-endpoint.toml", "generate.toml", "builtin-captioner.toml"])
+def test_example_configs_are_valid(name):
+    config = load_config(Path(__file__).parent.parent / "examples" / name)
+    if name == "sd15-lora.toml":
+        assert config.finetune.method == "lora" and config.finetune.lora_rank == 4
+        assert config.features.encoders == ["facebook/deit-base-distilled-patch16-384"]
+    if name == "http-endpoint.toml":
+        assert config.target.kind == "http" and config.target.token_env == "MY_TOKEN"
+
+
+def test_demo_config_prints_and_loads_back(tmp_path, capsys):
+    from diffmia.config import DEMO_CONFIG
+
+    assert main(["demo", "--print-config"]) == 0
+    printed = tmp_path / "demo.toml"
+    printed.write_text(capsys.readouterr().out)
+    demo = load_config(printed)
+    assert demo == load_config(DEMO_CONFIG)
+    assert demo.audit.finetune_target and demo.audit.scenarios == ["I", "II", "III", "IV"]
+    assert demo.generation.channels == ["text2img", "img2img"] and demo.data.builtin
