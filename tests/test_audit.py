@@ -17,7 +17,7 @@ from PIL import Image
 from diffmia.audit import run_audit
 from diffmia.cli import main
 from diffmia.config import load_config, parse_config
-from diffmia.data import MembershipSplit, check_audit_data, load_image_folder, plan_auxiliary
+from diffmia.data import MembershipSplit, check_audit_data, load_image_folder, plan_auxiliary, write_subset
 from diffmia.errors import ConfigError, DataError, TargetError
 from diffmia.records import Sample
 
@@ -252,6 +252,30 @@ def test_rerun_reuses_everything_and_gives_the_same_numbers(tiny_run, capsys):
     assert {p: p.stat().st_mtime_ns for p in (run / "models").glob("*/card.json")} == models
     after = pq.read_table(run / "scores.parquet").to_pydict()
     assert after == before
+
+
+@pytest.mark.slow
+def test_a_given_shadow_gives_the_numbers_of_the_same_shadow_trained_here(tiny_run, tmp_path):
+    """Audit the run's own target again, with its trained disjoint shadow handed in as a folder."""
+    config, run = tiny_run
+    splits = json.loads((run / "splits.json").read_text())
+    shadow = splits["auxiliary"]["disjoint"]["shadows"][0]
+    by_id = load_image_folder(run / "data" / "digits").by_id()
+    folders = {k: write_subset([by_id[i] for i in shadow[k]], tmp_path / k) for k in ("members", "nonmembers")}
+    settings = load_config(config).model_dump(mode="json", exclude_none=True)
+    settings["audit"].update(name="given", runs_dir=str(tmp_path / "runs"), finetune_target=False, shadows=0,
+                             scenarios=["III"], given_shadows=[{
+                                 "model": str(run / "models" / "shadow-disjoint-0" / "pipeline"),
+                                 "members": str(folders["members"]), "nonmembers": str(folders["nonmembers"]),
+                                 "scenarios": ["III"]}])  # fmt: skip
+    settings["target"]["model"] = str(run / "models" / "target" / "pipeline")
+    settings["generation"]["cache"] = str(run / "cache")
+    result = run_audit(parse_config(settings), show_progress=False, log=lambda _: None)
+    assert result.summary["models"]["given-shadow-0"]["given"] is True
+    before = pq.read_table(run / "scores.parquet").to_pylist()
+    after = pq.read_table(result.run_dir / "scores.parquet").to_pylist()
+    assert len(after) == (2 * 3 * 3 + 1) * 40
+    assert after == [row for row in before if row["scenario"] == "III"]
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_unknown_key_without_a_close_match_lists_the_valid_ones():
-    valid = "evaluation, attacks, finetune, captioner_training, target, generation"
+    valid = "evaluation, attacks, finetune, captioner_training, target, generation, data, features, audit"
     with pytest.raises(ConfigError, match=rf"zzz: unknown key \(valid keys: {valid}\)"):
         parse_config({"zzz": 1})
 
@@ -75,3 +75,18 @@ def test_file_problems(tmp_path):
     bad.write_text("[attacks\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(bad)
+
+
+def test_audit_sections_are_validated_together():
+    with pytest.raises(ConfigError) as error:
+        parse_config({"data": {"members": "m"}, "audit": {"name": "a/b", "overlap": 1.0, "scenarios": ["V"]},
+                      "features": {"distances": ["cosine", "manhattan"]}})  # fmt: skip
+    message = str(error.value)
+    assert message.startswith("config: 4 problems:")  # the name is checked once the fields are valid
+    assert "data: set members, nonmembers and auxiliary together, or none of them for the bundled digits" in message
+    assert "audit.overlap: input should be less than 1" in message
+    assert "audit.scenarios.0: input should be 'I', 'II', 'III' or 'IV'" in message
+    assert "features.distances.1: input should be 'cosine', 'l1', 'l2', 'hamming' or 'ssim'" in message
+    with pytest.raises(ConfigError, match="audit: name must be a plain folder name"):
+        parse_config({"audit": {"name": ".."}})
+    assert parse_config({}).data.builtin and parse_config({}).audit.captioner == "builtin"

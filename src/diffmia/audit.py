@@ -28,8 +28,10 @@ import numpy as np
 from diffmia import __version__
 from diffmia.attacks import fit_attacks, score_with
 from diffmia.cache import GenerationCache
+from diffmia.captioners import GivenCaptions
 from diffmia.config import Config, dump_config, load_config
 from diffmia.data import (
+    MIN_CLASS_SIZE,
     SCENARIOS,
     AuxiliarySet,
     MembershipSplit,
@@ -89,6 +91,10 @@ def run_audit(
     check_audit_data(members, nonmembers, pool, scenarios, members_need_captions=audit.finetune_target)
     given_shadows = _load_given_shadows(config)
     _check_model_source("audit.base_model", audit.base_model)
+    if any(SCENARIOS[s][0] == "captioner" for s in scenarios) and audit.captioner not in ("builtin", "tiny"):
+        from diffmia.captioners import load_captioner
+
+        load_captioner(audit.captioner)  # missing weights are reported now, not after the shadows are trained
     if not audit.finetune_target and config.target.kind == "diffusers":
         _check_model_source("target.model", config.target.model)
     encoders = _encoders(config, run)
@@ -260,8 +266,8 @@ def _write_config(run: Path, config: Config) -> None:
 def _load_data(config: Config, run: Path) -> tuple[list[Sample], list[Sample], list[Sample], str]:
     data = config.data
     if not data.builtin:
-        assert data.members and data.nonmembers and data.auxiliary  # DataConfig requires all three together
-        folders = [load_image_folder(p) for p in (data.members, data.nonmembers, data.auxiliary)]
+        # DataConfig requires all three folders together
+        folders = [load_image_folder(p) for p in (data.members, data.nonmembers, data.auxiliary) if p is not None]
         ids = [s.id for f in folders for s in f.samples]
         if len(set(ids)) != len(ids):
             raise DataError("sample ids repeat across the members, non-members and auxiliary folders; "
@@ -300,6 +306,13 @@ def _load_given_shadows(config: Config) -> list[tuple[Model, MembershipSplit, se
         if shadow.lora is not None and not Path(shadow.lora).exists():
             raise TargetError(f"audit.given_shadows[{j}].lora = {shadow.lora!r} does not exist")
         split = MembershipSplit(load_image_folder(shadow.members).samples, load_image_folder(shadow.nonmembers).samples)
+        small = [f"{len(g)} {n}" for n, g in (("members", split.members), ("non-members", split.nonmembers))
+                 if len(g) < MIN_CLASS_SIZE]  # fmt: skip
+        if small:
+            raise DataError(f"audit.given_shadows[{j}] has {' and '.join(small)}; a shadow needs at least "
+                            f"{MIN_CLASS_SIZE} of each")  # fmt: skip
+        if any(SCENARIOS[s][0] == "given" for s in shadow.scenarios):
+            GivenCaptions().caption(split.samples)  # a DataError naming every sample without a caption
         spec = _spec(config, shadow.model, shadow.lora)
         regime = {"model": shadow.model, "lora": shadow.lora, "given": True, "members": len(split.members),
                   "nonmembers": len(split.nonmembers)}  # fmt: skip
@@ -312,7 +325,12 @@ def _encoders(config: Config, run: Path) -> dict[str, Encoder]:
 
     encoders: dict[str, Encoder] = {}
     for name in dict.fromkeys(config.features.encoders):
-        encoder: Encoder = PixelEncoder(config.features.pixel_size) if name == "pixels" else HFVisionEncoder(name)
+        encoder: Encoder
+        if name == "pixels":
+            encoder = PixelEncoder(config.features.pixel_size)
+        else:
+            encoder = HFVisionEncoder(name)
+            encoder.load()  # missing weights are reported before any model is trained or queried
         short = name if name == "pixels" else Path(name.rstrip("/")).name
         encoders[short] = CachedEncoder(encoder, run / "embeddings")
     return encoders
@@ -384,7 +402,7 @@ class _Prompts:
 
     def get(self, source: str, samples: Sequence[Sample]) -> list[str]:
         if source == "given":
-            return [s.caption or "" for s in samples]
+            return GivenCaptions().caption(samples)
         known = self.saved.setdefault(source, {})
         todo = [s for s in samples if s.id not in known]
         if todo:

@@ -166,7 +166,7 @@ class CaptionerTrainingConfig(_Section):
 
     The defaults fine-tune the shipped ``builtin`` tiny BLIP on D' (200 steps at 1e-4: about 15 s on 2 CPU
     cores). The shipped captioner itself was trained from scratch (``--model tiny``) on the public digits with
-    ``learning_rate = 1e-3``, ``max_steps = 3000``, ``lr_warmup_steps = 100`` (``examples/builtin-captioner.toml``).
+    ``learning_rate = 1e-3``, ``max_steps = 8000``, ``lr_warmup_steps = 100`` (``examples/builtin-captioner.toml``).
     For the pretrained BLIP base use a lower rate (e.g. 1e-5) or ``method = "lora"``.
     """
 

@@ -96,6 +96,10 @@ class HFVisionEncoder:
     def local(self) -> bool:
         return Path(self.model).is_dir()
 
+    def load(self) -> None:
+        """Load the weights now (a TargetError now, not at the first image, when they are not available)."""
+        self._load()
+
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             from transformers import AutoImageProcessor, AutoModel

@@ -53,7 +53,7 @@ def test_builtin_captioner_names_the_digit_of_unseen_digits():
 
     captions = BlipCaptioner("builtin", max_length=32).caption_images([Image.fromarray(pixels[i]) for i in private])
     agreement = caption_agreement(captions, [records[i]["caption"] for i in private])
-    assert agreement["digit"] >= 0.8  # 0.885 measured (chance 0.1)
+    assert agreement["digit"] >= 0.8  # 0.95 measured (chance 0.1)
     assert min(agreement.values()) > 0.35  # every attribute word above chance (0.2-0.33)
 
 

@@ -21,6 +21,9 @@ from diffmia.report.plots import histogram_figure, roc_figure
 from diffmia.tables import atomic_path, read_table
 
 TEMPLATE = "report.html.j2"
+REQUIRED = ("name", "finished", "diffmia_version", "data", "queries_per_image", "channels", "scenarios", "results",
+            "warnings", "exposed", "models", "captioners", "seeds", "generation", "images_requested", "versions",
+            "machine", "timings_seconds")  # fmt: skip
 CONTROL_NAMES = {"target": "target", "base": "base model (control)", "blind": "blind (control)"}
 
 
@@ -43,15 +46,18 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
+def _rows(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Table rows, and the reasons behind any n/a (each once, under the table)."""
+    rows: list[dict[str, Any]] = []
+    notes: dict[str, None] = {}
     for r in results:
         ev = r["evaluation"]
         auc_ci = ev["auc_interval"]
         tprs = []
         for t in ev["tpr_at_fpr"]:
             if t["tpr"] is None:
-                tprs.append({"value": "n/a", "detail": t["reason"] or ""})
+                notes[t["reason"] or "undefined"] = None
+                tprs.append({"value": "n/a", "detail": ""})
             else:
                 ci = t["interval"]
                 tprs.append(
@@ -67,7 +73,7 @@ def _rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "balanced_accuracy": _fmt(ev["balanced_accuracy"]), "members": ev["n_members"],
             "nonmembers": ev["n_nonmembers"],
         })  # fmt: skip
-    return rows
+    return rows, list(notes)
 
 
 def render_report(run_dir: str | Path) -> Path:
@@ -82,6 +88,10 @@ def render_report(run_dir: str | Path) -> Path:
         result = json.loads(result_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{result_path} is not valid JSON ({exc.msg}); rerun the audit to rewrite it") from None
+    missing = [k for k in REQUIRED if k not in result]
+    if missing:
+        raise DataError(f"{result_path} lacks {', '.join(missing)}: it was written by another diffmia version or "
+                        "edited; rerun the audit to rewrite it")  # fmt: skip
     scores = read_table(run / "scores.parquet").to_pydict()
     groups: dict[tuple[str, str, str, str], tuple[list[float], list[bool]]] = {}
     for scenario, model, channel, attack, score, member in zip(
@@ -117,8 +127,9 @@ def render_report(run_dir: str | Path) -> Path:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("diffmia.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
+    rows, notes = _rows(result["results"])
     page = environment.get_template(TEMPLATE).render(
-        result=result, rows=_rows(result["results"]), fprs=fprs, figures=figures, exposed=exposed,
+        result=result, rows=rows, notes=notes, fprs=fprs, figures=figures, exposed=exposed,
         exposed_images=exposed_images, json_block=lambda value: json.dumps(value, indent=2),
     )  # fmt: skip
     out = run / "report.html"

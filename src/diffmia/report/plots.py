@@ -35,10 +35,12 @@ def roc_figure(curves: Mapping[str, tuple[FloatArray, BoolArray]], title: str) -
     for name, (scores, labels) in curves.items():
         curve = roc_curve(scores, labels)
         fpr, tpr = curve.fpr, curve.tpr
-        linear.plot(fpr, tpr, label=name, drawstyle="steps-post")
+        style = "--" if "control" in name else "-"  # controls dashed: they share colours with the attacks
+        linear.plot(fpr, tpr, label=name, drawstyle="steps-post", linestyle=style)
         n_neg = int(np.count_nonzero(~labels))
         floor = min(floor, 1.0 / max(n_neg, 1))
-        loglog.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), label=name, drawstyle="steps-post")
+        loglog.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), label=name, drawstyle="steps-post",
+                    linestyle=style)  # fmt: skip
     linear.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     for axis in (linear, loglog):
         axis.set_xlabel("false positive rate")
