@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,28 @@ def test_demo_config_prints_and_loads_back(tmp_path, capsys):
     assert demo == load_config(DEMO_CONFIG)
     assert demo.audit.finetune_target and demo.audit.scenarios == ["I", "II", "III", "IV"]
     assert demo.generation.channels == ["text2img", "img2img"] and demo.data.builtin
+
+
+def test_controls_warn_only_when_clearly_separable():
+    from diffmia.audit import _warnings
+    from diffmia.metrics import evaluate
+    from diffmia.records import ScoreSet
+
+    labels = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    rng = np.random.default_rng(0)
+
+    def score_set(model: str, shift: float) -> ScoreSet:
+        scores = rng.normal(size=200) + shift * labels
+        evaluation = evaluate(scores, labels, n_bootstrap=200, seed=0)
+        return ScoreSet("I", model, "text2img", "classifier", tuple(map(str, range(200))), scores, labels, evaluation)
+
+    separable, noise, target = score_set("blind", 1.5), score_set("base", 0.0), score_set("target", 3.0)
+    assert separable.evaluation.auc > 0.8 and separable.evaluation.auc_interval.low > 0.5
+    (warning,) = _warnings([separable, noise, target])  # the target itself never warns, nor a control near 0.5
+    assert warning.startswith("attacks on the query images alone (blind) separate members from non-members")
+    assert f"I/text2img/classifier {separable.evaluation.auc:.3f}" in warning
+    # a control outside 0.5 +/- 0.1 whose interval still holds 0.5 is chance at this sample size: no warning
+    wide = ScoreSet("I", "base", "text2img", "threshold", noise.sample_ids, noise.scores, noise.labels,
+                    replace(noise.evaluation, auc=0.62, auc_interval=replace(noise.evaluation.auc_interval,
+                                                                             low=0.45, high=0.75)))  # fmt: skip
+    assert _warnings([wide]) == []

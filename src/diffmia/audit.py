@@ -10,7 +10,7 @@
 8. evaluate, and write the run directory: splits, features, scores, result.json, report.html
 
 A run killed at any point restarts where it stopped (finished fine-tunes and captioners, cached generations
-and embeddings are reused) and ends with the numbers of an uninterrupted run.
+and embeddings are reused); rerunning a finished run gives identical numbers.
 """
 
 from __future__ import annotations
