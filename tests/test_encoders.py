@@ -83,3 +83,23 @@ def test_undecodable_and_tiny_images_are_named(tmp_path):
     Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
     with pytest.raises(DataError, match=r"dot\.png is 1x1: too small"):
         load_rgb(tmp_path / "dot.png")
+
+
+def test_weights_digest_is_remembered_until_a_weight_file_changes(tmp_path):
+    import hashlib
+    import os
+
+    from diffmia.encoders import _content_digest, weights_digest
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "model.safetensors").write_bytes(b"weights-1")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("not hashed")
+    expected = hashlib.sha256(b"config.json{}unet/model.safetensorsweights-1").hexdigest()[:16]
+    assert weights_digest(tmp_path) == expected
+    hits = _content_digest.cache_info().hits
+    assert weights_digest(tmp_path) == expected and _content_digest.cache_info().hits == hits + 1  # not read again
+    weights = tmp_path / "unet" / "model.safetensors"
+    weights.write_bytes(b"weights-2")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
+    assert weights_digest(tmp_path) == hashlib.sha256(b"config.json{}unet/model.safetensorsweights-2").hexdigest()[:16]

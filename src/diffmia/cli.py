@@ -341,6 +341,7 @@ def finetune_captioner_command(
     """Fine-tune a BLIP captioner on auxiliary images (scenarios II and IV caption queries with it).
 
     The shipped `builtin` captioner came from: diffmia finetune-captioner --model tiny --data digits --split public
+    --config examples/builtin-captioner.toml
     """
     from diffmia.config import load_config, with_options
     from diffmia.lab.captioner import finetune_captioner

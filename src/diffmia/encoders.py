@@ -8,6 +8,7 @@ parameters and weights identity) that keys cached embeddings.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,14 +46,24 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def weights_digest(folder: Path) -> str:
-    """Content hash of a local model folder's weights and configuration."""
+    """Content hash of a local model folder's weights and configuration.
+
+    Reading gigabytes of weights is slow, so the hash is remembered for as long as no weight file's name, size
+    or modification time changes: an audit asks for the same model's fingerprint many times.
+    """
+    files = sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
+    signature = tuple((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _content_digest(str(Path(folder).resolve()), signature)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_digest(folder: str, signature: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(folder.rglob("*")):
-        if file.is_file() and file.suffix in (".safetensors", ".bin", ".json"):
-            digest.update(file.relative_to(folder).as_posix().encode())
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+    for name, _, _ in signature:
+        digest.update(name.encode())
+        with (Path(folder) / name).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 
