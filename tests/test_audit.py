@@ -256,6 +256,18 @@ def test_rerun_reuses_everything_and_gives_the_same_numbers(tiny_run, capsys):
 
 
 @pytest.mark.slow
+def test_a_moved_run_directory_resumes(tiny_run, tmp_path, capsys):
+    """Where a run lives is not what it holds: a copied run directory trains and generates nothing again."""
+    config, run = tiny_run
+    moved = shutil.copytree(run, tmp_path / "elsewhere" / "tiny")
+    cached = sorted(p.name for p in (moved / "cache").glob("*/*.png"))
+    assert main(["run", str(config), "--runs-dir", str(tmp_path / "elsewhere")]) == 0
+    assert "fine-tuning" not in capsys.readouterr().err
+    assert sorted(p.name for p in (moved / "cache").glob("*/*.png")) == cached
+    assert pq.read_table(moved / "scores.parquet").to_pydict() == pq.read_table(run / "scores.parquet").to_pydict()
+
+
+@pytest.mark.slow
 def test_a_given_shadow_gives_the_numbers_of_the_same_shadow_trained_here(tiny_run, tmp_path):
     """Audit the run's own target again, with its trained disjoint shadow handed in as a folder."""
     config, run = tiny_run

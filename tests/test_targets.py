@@ -108,3 +108,19 @@ def test_bad_target_settings(tiny_model, tmp_path):
     target = DiffusersTarget(tiny_model, scheduler="euler", device="cpu")
     assert len(target.generate(_queries(1))) == 1
     assert "scheduler=euler" in target.fingerprint
+
+
+def test_fingerprint_is_the_weights_not_the_folder(tiny_model, tmp_path):
+    """A copied or moved model folder keeps its cache; one changed weight file makes it another model."""
+    import shutil
+
+    copy = shutil.copytree(tiny_model, tmp_path / "moved" / "pipeline")
+    original, moved = DiffusersTarget(tiny_model), DiffusersTarget(copy)
+    assert original.fingerprint == moved.fingerprint
+    assert str(tiny_model) not in original.fingerprint
+    weights = next((copy / "unet").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert DiffusersTarget(copy).fingerprint != original.fingerprint
+    assert DiffusersTarget(copy, scheduler="euler").fingerprint != DiffusersTarget(copy).fingerprint

@@ -248,9 +248,16 @@ def run_audit(
 
 
 def _check_run_dir(run: Path, config: Config) -> None:
-    """A run directory of another configuration is never reused (its models and splits belong to that one)."""
+    """A run directory of another configuration is never reused (its models and splits belong to that one).
+    Where the folder lives (``audit.runs_dir`` and ``audit.name``) is not part of what it holds: a moved run
+    resumes."""
     saved = run / "config.toml"
-    if saved.exists() and dump_config(load_config(saved)) != dump_config(config):
+    if not saved.exists():
+        return
+    previous = load_config(saved)
+    where = {"runs_dir": config.audit.runs_dir, "name": config.audit.name}
+    previous = previous.model_copy(update={"audit": previous.audit.model_copy(update=where)})
+    if dump_config(previous) != dump_config(config):
         raise ConfigError(
             f"{run} holds a run of a different configuration ({saved}); choose another audit.name or runs_dir, "
             "or delete that folder"

@@ -91,14 +91,15 @@ class DiffusersTarget:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
+            # a local folder is identified by its weights alone, so a moved or copied model keeps its cache
             path = Path(self.model)
-            identity = weights_digest(path) if path.is_dir() else "hub"
+            identity = f"local@{weights_digest(path)}" if path.is_dir() else f"{self.model}@hub"
             lora = "none"
             if self.lora is not None:
                 lora_path = Path(self.lora)
                 lora = weights_digest(lora_path) if lora_path.is_dir() else weights_digest(lora_path.parent)
             self._fingerprint = (
-                f"diffusers({self.model}@{identity},lora={lora}x{self.lora_scale},scheduler={self.scheduler},"
+                f"diffusers({identity},lora={lora}x{self.lora_scale},scheduler={self.scheduler},"
                 f"dtype={self.dtype},device={self.device.split(':')[0]},safety_checker={self.safety_checker})"
             )
         return self._fingerprint
