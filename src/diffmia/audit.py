@@ -560,16 +560,21 @@ def _write_scores(path: Path, score_sets: Sequence[ScoreSet]) -> None:
         pq.write_table(pa.table(columns), tmp)
 
 
+def headline(scenarios: Sequence[str], channels: Sequence[str], attacks: Sequence[str]) -> tuple[str, str, str]:
+    """The (scenario, channel, attack) a run leads with, by a rule fixed in advance and never chosen by the
+    results: the first scenario, all query channels together, the classifier (else the first attack)."""
+    channel = COMBINED if len(channels) > 1 else channels[0]
+    return scenarios[0], channel, "classifier" if "classifier" in attacks else attacks[0]
+
+
 def _most_exposed(config: Config, score_sets: Sequence[ScoreSet], target: Model, split: MembershipSplit,
                   prompts: _Prompts, cache: GenerationCache, scenarios: Sequence[str]) -> dict[str, Any]:  # fmt: skip
-    """The members the target leaks most, by a rule fixed in advance (never chosen by the results): the first
-    scenario's classifier (else its first attack) on all channels, highest scores first."""
+    """The members the target leaks most by the :func:`headline` score set, highest scores first."""
     if config.audit.exposed == 0:
         return {}
-    channels = list(config.generation.channels)
-    channel = COMBINED if len(channels) > 1 else channels[0]
-    candidates = [s for s in score_sets if s.scenario == scenarios[0] and s.model == "target" and s.channel == channel]
-    chosen = next((s for s in candidates if s.attack == "classifier"), candidates[0])
+    attacks = list(dict.fromkeys(s.attack for s in score_sets if s.model == "target"))
+    key = headline(scenarios, list(config.generation.channels), attacks)
+    (chosen,) = [s for s in score_sets if (s.scenario, s.model, s.channel, s.attack) == (key[0], "target", *key[1:])]
     order = np.argsort(-chosen.scores, kind="stable")
     by_id = {s.id: s for s in split.members}
     source = "given" if SCENARIOS[chosen.scenario][0] == "given" else f"captioner-{SCENARIOS[chosen.scenario][1]}"

@@ -516,6 +516,90 @@ def report(
     typer.echo(f"wrote {render_report(run_dir)}")
 
 
+@app.command("set-test")
+def set_test_command(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by `diffmia run` or `diffmia demo`.", file_okay=False)
+    ],
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            help="The set to test: 'members' or 'nonmembers' of the run, or a text file of sample ids (one per "
+            "line). It is tested against the run's non-members that are not candidates. Without it: how the test "
+            "behaves with the set size, on random member and non-member sets."
+        ),
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="Scenario of the scores. [default: the run's first]")] = None,
+    channel: Annotated[
+        str | None, typer.Option(help="Query channel of the scores. [default: combined, or the only one]")
+    ] = None,
+    attack: Annotated[str | None, typer.Option(help="Attack of the scores. [default: classifier]")] = None,
+    k: Annotated[
+        list[int] | None,
+        typer.Option("--k", help="Set size for the curve; repeat for several. [default: 1 2 5 10 20 50 that fit]"),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Random sets per size and kind, for the curve.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the random sets.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Dataset-level inference: was a set of images, as a whole, in the target's training data?
+
+    Combines the per-image scores of a finished run into one one-sided rank test (Mann-Whitney U) against reference
+    non-members and reports a p-value. Results are saved to RUN_DIR/set-test.json.
+    """
+    import numpy as np
+
+    from diffmia.errors import DataError
+    from diffmia.settest import METHOD, load_run_scores, set_test, set_test_curve
+    from diffmia.tables import atomic_path
+
+    scores = load_run_scores(run_dir, scenario, channel, attack)
+    ids = np.asarray(scores.sample_ids)
+    chosen = {"scenario": scores.scenario, "channel": scores.channel, "attack": scores.attack, "method": METHOD}
+    if candidates is not None:
+        if candidates in ("members", "nonmembers"):
+            picked = list(ids[scores.labels if candidates == "members" else ~scores.labels])
+        else:
+            path = Path(candidates)
+            if not path.is_file():
+                raise DataError(f"--candidates {candidates!r} is neither 'members', 'nonmembers' nor a file of ids")
+            picked = list(dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                                        if line.strip()))  # fmt: skip
+        reference = ~scores.labels & ~np.isin(ids, picked)
+        if not reference.any():
+            raise DataError("no reference non-members are left once the candidates are set aside")
+        result = {**chosen, "candidates": candidates, **set_test(scores.subset(picked), scores.scores[reference])
+                  .to_dict()}  # fmt: skip
+    else:
+        n_members, n_nonmembers = int(scores.labels.sum()), int((~scores.labels).sum())
+        sizes = k or [s for s in (1, 2, 5, 10, 20, 50) if s <= n_members and s < n_nonmembers]
+        curve = set_test_curve(scores.scores, scores.labels, sizes, repeats=repeats, seed=seed)
+        result = {**chosen, "curve": curve.to_dict()}
+    with atomic_path(Path(run_dir) / "set-test.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
+    where = f"scenario {scores.scenario}, channel {scores.channel}, attack {scores.attack}"
+    if "curve" not in result:
+        console.print(f"Set test of {result['k']} candidate(s) ({candidates}) against {result['n_reference']} "
+                      f"reference non-members ({where}): AUC {result['auc']:.3f}, p = {result['p_value']:.3g} "
+                      f"({METHOD})")  # fmt: skip
+        return
+    table = Table(title=f"Set test against the remaining non-members ({where}); {repeats} seeded sets per row",
+                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+    for column in ("k", "references", "members: median p", "share p<0.001", "non-members: median p",
+                   "share p>0.05"):  # fmt: skip
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in result["curve"]["rows"]:
+        values = list(row.values())
+        table.add_row(str(values[0]), str(values[1]), *(f"{v:.3g}" for v in values[2:]))
+    console.print(table)
+    console.print(f"{METHOD}; a member set is detected at p < 0.001; a non-member set should give p > 0.05 in about "
+                  "95% of draws.")  # fmt: skip
+
+
 @cache_app.command("verify")
 def cache_verify(
     directory: Annotated[Path, typer.Argument(help="A generation cache folder.", file_okay=False)],
