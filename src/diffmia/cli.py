@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmia import __version__
-from diffmia.errors import DiffmiaError
+from diffmia.errors import ConfigError, DiffmiaError
 
 if TYPE_CHECKING:
     from diffmia.config import Config
@@ -305,18 +305,57 @@ def finetune(
     batch_size: Annotated[int | None, typer.Option(help="[default: finetune.batch_size]")] = None,
     seed: Annotated[int | None, typer.Option(help="[default: finetune.seed]")] = None,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoints when present.")] = True,
+    dp: Annotated[
+        bool,
+        typer.Option(
+            "--dp",
+            help="Train by DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise; Opacus RDP accounting) "
+            "with --epsilon or --noise-multiplier, or the config's [finetune.dp]. Implies --method lora.",
+        ),
+    ] = False,
+    epsilon: Annotated[
+        float | None, typer.Option(help="DP-SGD: the epsilon to reach; the noise multiplier is solved for it.")
+    ] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP-SGD: noise std / clip norm, instead.")] = None,
+    delta: Annotated[float | None, typer.Option(help="DP-SGD delta [default: finetune.dp.delta, 1e-5]")] = None,
+    max_grad_norm: Annotated[
+        float | None, typer.Option(help="DP-SGD per-sample clip norm [default: finetune.dp.max_grad_norm, 1.0]")
+    ] = None,
 ) -> None:
-    """Fine-tune the UNet of a Stable Diffusion model (full or LoRA) on a captioned image folder."""
-    from diffmia.config import load_config, with_options
+    """Fine-tune the UNet of a Stable Diffusion model (full or LoRA) on a captioned image folder.
+
+    With --dp the LoRA parameters train by DP-SGD; card.json records epsilon, delta, the clip norm, the noise
+    multiplier and the sampling rate.
+    """
+    from diffmia.config import load_config, parse_config, with_options
     from diffmia.lab.finetune import finetune as run_finetune
 
     settings = load_config(config)
     if steps is not None:  # --steps replaces the config's duration, whichever way it was given
         settings = settings.model_copy(update={"finetune": settings.finetune.model_copy(update={"epochs": None})})
+    privacy = {"epsilon": epsilon, "noise_multiplier": noise_multiplier, "delta": delta, "max_grad_norm": max_grad_norm}
+    if not dp and any(v is not None for v in privacy.values()):
+        raise ConfigError("--epsilon, --noise-multiplier, --delta and --max-grad-norm need --dp")
+    if dp:
+        resolved = settings.model_dump(mode="json", exclude_none=True)
+        section = resolved["finetune"].setdefault("dp", {})
+        if epsilon is not None or noise_multiplier is not None:  # a budget given here replaces the config's
+            section.pop("epsilon", None)
+            section.pop("noise_multiplier", None)
+        section.update({k: v for k, v in privacy.items() if v is not None})
+        if method is None:
+            resolved["finetune"]["method"] = "lora"
+        settings = parse_config(resolved, "options")
     settings = with_options(settings, "finetune", method=method, lora_rank=rank, max_steps=steps,
                             learning_rate=learning_rate, batch_size=batch_size, seed=seed)  # fmt: skip
     result = run_finetune(model, data, out, settings.finetune, resume=resume)
     typer.echo(f"fine-tune written to {result} (card: {result / 'card.json'})")
+    card = json.loads((result / "card.json").read_text(encoding="utf-8"))
+    if card.get("privacy"):
+        p = card["privacy"]
+        typer.echo(f"DP-SGD: epsilon {p['epsilon']:.3g} at delta {p['delta']:g} (noise multiplier "
+                   f"{p['noise_multiplier']:.3g}, clip {p['max_grad_norm']:g}, sampling rate {p['sample_rate']:.3g}, "
+                   f"{p['steps']} steps; {p['accountant']})")  # fmt: skip
 
 
 @app.command("finetune-captioner")

@@ -118,6 +118,27 @@ class AttacksConfig(_Section):
         return {name: sections[name].build() for name in dict.fromkeys(self.use)}
 
 
+class PrivacyConfig(_Section):
+    """DP-SGD for a fine-tune (``[finetune.dp]``; ``diffmia finetune --dp``): Poisson-sampled batches of expected
+    size ``finetune.batch_size``, every per-sample gradient clipped to ``max_grad_norm``, Gaussian noise of std
+    ``noise_multiplier x max_grad_norm`` added to their sum; privacy accounted by Opacus's RDP accountant.
+
+    Give ``epsilon`` (the noise multiplier is then solved for it over the recipe's steps) or ``noise_multiplier``
+    (the epsilon spent is then reported), not both. DP-SGD trains the LoRA parameters (``method = "lora"``).
+    """
+
+    epsilon: Annotated[float, Field(gt=0.0)] | None = None
+    noise_multiplier: Annotated[float, Field(ge=0.0)] | None = None
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = 1.0
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PrivacyConfig:
+        if (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("give epsilon or noise_multiplier, exactly one")
+        return self
+
+
 class FinetuneConfig(_Section):
     """A fine-tuning recipe (``diffmia finetune``): what trains the targets and shadows.
 
@@ -142,11 +163,16 @@ class FinetuneConfig(_Section):
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: Annotated[int, Field(ge=0)] = 250
+    dp: PrivacyConfig | None = None
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> FinetuneConfig:
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("set max_steps or epochs, not both")
+        if self.dp is not None and self.method != "lora":
+            raise ValueError('method must be "lora" with [finetune.dp]: DP-SGD trains the LoRA parameters')
+        if self.dp is not None and self.gradient_accumulation_steps != 1:
+            raise ValueError("gradient_accumulation_steps must be 1 with [finetune.dp]: DP-SGD takes one Poisson batch a step")
         return self
 
     def total_steps(self, n_images: int) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 from diffmia.config import FinetuneConfig
 from diffmia.data import load_image_folder
 from diffmia.errors import ConfigError, DataError, TargetError
+from diffmia.lab.privacy import plan_privacy, poisson_batch
 from diffmia.lab.training import (
     TrainImages,
     denoising_loss,
@@ -110,7 +111,9 @@ def finetune(
     unet = pipe.unet
     unet.requires_grad_(recipe.method == "full")
     if recipe.method == "lora":
-        _add_lora(unet, recipe)
+        with torch.random.fork_rng():  # the adapters' random initialisation is part of the seeded recipe
+            torch.manual_seed(recipe.seed)
+            _add_lora(unet, recipe)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     ids = pipe.tokenizer(
         list(data.captions), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
@@ -129,10 +132,19 @@ def finetune(
         )
         embeddings = pipe.text_encoder(ids.to(device))[0]
 
+    steps = recipe.total_steps(n)
+    plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
+
     def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
         (model_unet,) = modules
         rng = step_rng(recipe.seed, micro, process)
-        index = epoch_batches(n, recipe.batch_size, recipe.seed, micro)
+        weight = 1.0
+        if plan is None:
+            index = epoch_batches(n, recipe.batch_size, recipe.seed, micro)
+        else:
+            index = poisson_batch(n, plan.sample_rate, recipe.seed, micro)
+            if index.size == 0:  # an empty Poisson sample: a zero gradient, to which DP-SGD still adds noise
+                index, weight = np.array([0]), 0.0
         generator = torch_generator(rng)
         with torch.no_grad():
             if posterior is not None:
@@ -140,18 +152,17 @@ def finetune(
             else:
                 dist = pipe.vae.encode(to_tensor(data.batch(index, rng)).to(device, dtype)).latent_dist
                 mean, std = dist.mean, dist.std
-        return denoising_loss(
+        return weight * denoising_loss(
             model_unet, noise_scheduler, mean, std, scaling, embeddings[index], generator, device, dtype
         )
 
-    steps = recipe.total_steps(n)
     log = train(
         modules=[unet], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate, seed=recipe.seed,
         checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
         lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
-        resume=resume, description=f"fine-tune ({recipe.method})", show_progress=show_progress,
-        accelerator=accelerator,
+        resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
+        show_progress=show_progress, accelerator=accelerator, privacy=plan,
     )  # fmt: skip
     unet = accelerator.unwrap_model(unet)
     if recipe.method == "lora":
@@ -175,6 +186,7 @@ def finetune(
         "final_loss": log.final_loss(),
         "resumed_from": log.resumed_from,
         "scheduler": type(pipe.scheduler).__name__,
+        "privacy": plan.card(steps) if plan is not None else None,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}",
     }

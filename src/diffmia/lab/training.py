@@ -27,6 +27,8 @@ from diffmia.records import Sample
 if TYPE_CHECKING:
     import torch
 
+    from diffmia.lab.privacy import PrivacyPlan
+
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 
 
@@ -185,12 +187,17 @@ def train(
     description: str = "training",
     show_progress: bool = True,
     accelerator: Any = None,
+    privacy: PrivacyPlan | None = None,
 ) -> TrainingLog:
     """Optimise the trainable parameters of ``modules`` with AdamW for ``max_steps`` optimizer steps.
 
     ``loss_fn(prepared_modules, micro_step, process_index)`` returns the loss of one micro-batch; it must
     draw all its randomness from :func:`step_rng` so that resuming is exact. Pass an ``accelerator`` when
     the caller must place other tensors on its device first; it must use ``gradient_accumulation_steps``.
+
+    With a ``privacy`` plan the single module trains by DP-SGD (:mod:`diffmia.lab.privacy`): ``loss_fn`` must
+    then compute the mean loss of that step's Poisson sample, and ``max_grad_norm`` gives way to per-sample
+    clipping.
     """
     import torch
     from accelerate import Accelerator
@@ -209,6 +216,14 @@ def train(
     scheduler = get_scheduler(
         lr_scheduler, optimizer=optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=max_steps
     )
+    private_optimizer = None
+    if privacy is not None:
+        from diffmia.lab.privacy import make_private, seed_noise
+
+        if len(modules) != 1 or gradient_accumulation_steps != 1:
+            raise ConfigError("DP-SGD trains one module with one Poisson-sampled batch per step")
+        wrapped, optimizer = make_private(modules[0], optimizer, privacy)
+        modules, private_optimizer = [wrapped], optimizer
     prepared = accelerator.prepare(*modules, optimizer, scheduler)
     models, optimizer, scheduler = list(prepared[:-2]), prepared[-2], prepared[-1]
     log = TrainingLog()
@@ -228,7 +243,9 @@ def train(
                 with accelerator.accumulate(*models):
                     loss = loss_fn(models, step * gradient_accumulation_steps + micro, accelerator.process_index)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients:
+                    if private_optimizer is not None:
+                        seed_noise(private_optimizer, seed, step)
+                    elif accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, max_grad_norm)
                     optimizer.step()
                     scheduler.step()
@@ -240,6 +257,8 @@ def train(
             if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
                 _save_checkpoint(accelerator, checkpoint_dir, done, keep_checkpoints)
     log.seconds = time.perf_counter() - began
+    if private_optimizer is not None:
+        accelerator.unwrap_model(models[0]).remove_hooks()  # the module is a plain module again
     accelerator.wait_for_everyone()
     return log
 
