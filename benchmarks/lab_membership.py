@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[500], help="fine-tuning steps to measure")
     parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--lora-targets", nargs="+", help="LoRA target modules [default: the recipe's attention]")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--m", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
@@ -105,7 +106,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_folder(Path(tmp) / "members", pixels, records, members)
         for steps in args.steps:
-            recipe = FinetuneConfig(method=args.method, lora_rank=args.rank, max_steps=steps, learning_rate=args.lr)
+            recipe = FinetuneConfig(method=args.method, lora_rank=args.rank, max_steps=steps, learning_rate=args.lr,
+                                    **({"lora_target_modules": args.lora_targets} if args.lora_targets else {}))
             began = time.perf_counter()
             out = finetune("builtin", folder, Path(tmp) / f"ft-{steps}", recipe)
             tune_seconds = time.perf_counter() - began

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from diffmia.data import (
     AuxiliarySet,
     MembershipSplit,
     check_audit_data,
+    content_digests,
     load_image_folder,
     plan_auxiliary,
     write_subset,
@@ -44,8 +45,11 @@ from diffmia.encoders import PixelEncoder, load_rgb
 from diffmia.errors import ConfigError, DataError, TargetError
 from diffmia.features import CachedEncoder, Encoder, blind_features, build_features
 from diffmia.queries import build_queries
-from diffmia.records import FeatureTable, Sample, ScoreSet
+from diffmia.records import FeatureTable, Query, Sample, ScoreSet
 from diffmia.tables import atomic_path
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 KINDS = ("overlap", "disjoint")
 COMBINED = "combined"
@@ -184,6 +188,14 @@ def run_audit(
                                    attack_order.index(s.attack) if s.model != "blind" else 0))  # fmt: skip
     timings["attacks and evaluation"] = time.perf_counter() - stage - query_time
 
+    # generation quality, where the data can tell (the bundled digits and their classifier)
+    stage = time.perf_counter()
+    quality: dict[str, Any] = {}
+    if config.data.builtin:
+        rated = [target, base] if audit.base_control else [target]
+        quality = _digit_quality(config, run, rated, target_split.nonmembers, cache, show_progress)
+    timings["generation quality"] = time.perf_counter() - stage
+
     # 8. write the run directory
     stage = time.perf_counter()
     _write_features(run / "features.parquet", tables)
@@ -223,6 +235,7 @@ def run_audit(
         "models": models,
         "captioners": prompts.cards,
         "images_requested": images_requested,
+        "generation_quality": quality,
         "warnings": _warnings(score_sets),
         "exposed": exposed,
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
@@ -361,12 +374,25 @@ def _target_model(config: Config, run: Path, members: Sequence[Sample], show_pro
     return Model("target", spec, {"given": True, **regime})
 
 
+def _model_folder(config: Config, run: Path, name: str, recipe: dict[str, Any], samples: Sequence[Sample]) -> Path:
+    """run/models/<name>, or in a shared ``audit.models_dir`` <name>-<digest of the recipe and training data>."""
+    if config.audit.models_dir is None:
+        return run / "models" / name
+    import hashlib
+
+    digests = content_digests(samples)
+    data = sorted((digests[s.id], s.caption or "") for s in samples)
+    key = hashlib.sha256(json.dumps({"recipe": recipe, "data": data}, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(config.audit.models_dir) / f"{name}-{key}"
+
+
 def _finetuned(config: Config, run: Path, name: str, members: Sequence[Sample], show_progress: bool,
                log: Callable[[str], None]) -> Model:  # fmt: skip
-    """``base_model`` fine-tuned on ``members`` with the [finetune] recipe into run/models/name (reused if done)."""
+    """``base_model`` fine-tuned on ``members`` with the [finetune] recipe (reused if done)."""
     from diffmia.lab.finetune import finetune
 
-    out = run / "models" / name
+    out = _model_folder(config, run, name, {"base_model": config.audit.base_model,
+                                            "recipe": config.finetune.model_dump(mode="json")}, members)  # fmt: skip
     if not (out / "card.json").exists():
         log(f"fine-tuning {name} on {len(members)} images ({config.finetune.method}, "
             f"{config.finetune.total_steps(len(members))} steps)")  # fmt: skip
@@ -420,10 +446,14 @@ class _Prompts:
 
 def _captioner(config: Config, run: Path, kind: str, aux: AuxiliarySet, show_progress: bool,
                log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:  # fmt: skip
-    """The captioner fine-tuned on D' of ``kind`` (trained once per run directory)."""
-    from diffmia.lab.captioner import finetune_captioner
+    """The captioner fine-tuned on D' of ``kind`` (trained once), or as given (``finetune_captioner = false``)."""
+    from diffmia.lab.captioner import finetune_captioner, resolve_captioner
 
-    out = run / "models" / f"captioner-{kind}"
+    if not config.audit.finetune_captioner:
+        return Path(resolve_captioner(config.audit.captioner)), {"captioner": config.audit.captioner,
+                                                                 "fine-tuned": False}  # fmt: skip
+    recipe = {"captioner": config.audit.captioner, "recipe": config.captioner_training.model_dump(mode="json")}
+    out = _model_folder(config, run, f"captioner-{kind}", recipe, aux.samples)
     if not (out / "card.json").exists():
         log(f"fine-tuning the captioner ({config.audit.captioner}) on D' of the {kind} scenarios "
             f"({len(aux.samples)} images, {config.captioner_training.max_steps} steps)")  # fmt: skip
@@ -446,11 +476,7 @@ def _query_features(
     images_requested: dict[str, int],
 ) -> FeatureTable:
     """Generate (through the cache) and compare: one row per sample, columns ``channel/encoder/...``."""
-    from diffmia.execution import generate, generate_on_ray
-    from diffmia.targets import make_target
-
     settings = config.generation
-    target = make_target(model.spec) if settings.executor == "local" else None
     m = settings.queries_per_image
     originals = [load_rgb(s.image_path) for s in samples]
     ids = tuple(s.id for s in samples)
@@ -459,11 +485,7 @@ def _query_features(
     for channel in dict.fromkeys(settings.channels):
         # one channel at a time: every chunk holds queries of one kind, which the target runs as one batch
         queries = build_queries(samples, prompts, settings.model_copy(update={"channels": [channel]}))
-        if target is None:
-            images = generate_on_ray(model.spec, queries, cache, workers=settings.workers,
-                                     chunk_size=settings.chunk_size, show_progress=show_progress)  # fmt: skip
-        else:
-            images = generate(target, queries, cache, chunk_size=settings.chunk_size, show_progress=show_progress)
+        images = _generate(config, model, queries, cache, show_progress)
         images_requested[model.name] = images_requested.get(model.name, 0) + len(images)
         generations = [images[i * m : (i + 1) * m] for i in range(len(samples))]  # by sample, then index
         table = build_features(
@@ -472,6 +494,45 @@ def _query_features(
         )  # fmt: skip
         parts.append(FeatureTable(ids, table.X, tuple(f"{channel}/{n}" for n in table.names), labels))
     return FeatureTable(ids, np.hstack([p.X for p in parts]), tuple(n for p in parts for n in p.names), labels)
+
+
+def _generate(config: Config, model: Model, queries: Sequence[Query], cache: GenerationCache,
+              show_progress: bool) -> list[Image.Image]:  # fmt: skip
+    """The images of ``queries`` from ``model``, through the cache, on the configured executor."""
+    from diffmia.execution import generate, generate_on_ray
+    from diffmia.targets import make_target
+
+    settings = config.generation
+    if settings.executor == "local":
+        return generate(make_target(model.spec), queries, cache, chunk_size=settings.chunk_size,
+                        show_progress=show_progress)  # fmt: skip
+    return generate_on_ray(model.spec, queries, cache, workers=settings.workers, chunk_size=settings.chunk_size,
+                           show_progress=show_progress)  # fmt: skip
+
+
+def _digit_quality(config: Config, run: Path, models: Sequence[Model], samples: Sequence[Sample],
+                   cache: GenerationCache, show_progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Generation quality on the bundled digits, per model: its text-to-image generations from the non-members'
+    captions (prompts it never trained on) read by the shipped digit classifier — the share that show the prompted
+    digit, and the Fréchet distance to the real non-members in the classifier's 10-d logit space."""
+    from diffmia.lab.classifier import CLASSIFIER_PATH, DigitClassifier, frechet_distance
+
+    extra = load_image_folder(run / "data" / "digits").extra
+    classifier = DigitClassifier.load(CLASSIFIER_PATH)
+    settings = config.generation.model_copy(update={"channels": ["text2img"]})
+    queries = build_queries(samples, GivenCaptions().caption(samples), settings)
+    labels = np.repeat([int(extra[s.id]["label"]) for s in samples], settings.queries_per_image)  # by sample, index
+    real = classifier.logits(np.stack([np.asarray(load_rgb(s.image_path)) for s in samples]))
+    quality: dict[str, Any] = {}
+    for model in models:
+        generated = classifier.logits(np.stack([np.asarray(im.convert("RGB")) for im in
+                                                _generate(config, model, queries, cache, show_progress)]))  # fmt: skip
+        quality[model.name] = {
+            "digit_accuracy": float(np.mean(generated.argmax(axis=1) == labels)),
+            "frechet_distance": frechet_distance(generated, real),
+            "generations": len(generated),
+        }
+    return quality
 
 
 def _pool_tables(tables: Sequence[FeatureTable]) -> FeatureTable:

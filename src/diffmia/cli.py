@@ -555,6 +555,34 @@ def report(
     typer.echo(f"wrote {render_report(run_dir)}")
 
 
+@app.command()
+def study(
+    study_file: Annotated[
+        Path, typer.Argument(metavar="STUDY.toml", help="Study file (see examples/studies/).", dir_okay=False)
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and list the runs, run nothing.")] = False,
+) -> None:
+    """Run a study: audits varying one factor at a time from a base configuration, sharing caches and models.
+
+    Writes <runs_dir>/<name>/: runs/ (one run directory per level), study.json, and per factor a Markdown table
+    and a plot of AUC against its levels. A rerun resumes: finished runs, models and generations are reused.
+    """
+    from diffmia.config import load_study
+    from diffmia.study import plan_study, run_study, slug, study_dir
+
+    settings = load_study(study_file)
+    runs = plan_study(settings)
+    if dry_run:
+        for run in runs:
+            typer.echo(f"{run.factor} = {run.label}: {Path(run.config.audit.runs_dir) / run.config.audit.name}")
+        return
+    run_study(settings, log=lambda line: typer.echo(line, err=True))
+    root = study_dir(settings)
+    for factor in settings.study.factors:
+        typer.echo((root / f"{slug(factor.name)}.md").read_text(encoding="utf-8"))
+    typer.echo(f"study directory: {root} (study.json, a table and a plot per factor, runs/)")
+
+
 @app.command("set-test")
 def set_test_command(
     run_dir: Annotated[

@@ -172,7 +172,7 @@ class FinetuneConfig(_Section):
         if self.dp is not None and self.method != "lora":
             raise ValueError('method must be "lora" with [finetune.dp]: DP-SGD trains the LoRA parameters')
         if self.dp is not None and self.gradient_accumulation_steps != 1:
-            raise ValueError("gradient_accumulation_steps must be 1 with [finetune.dp]: DP-SGD takes one Poisson batch a step")
+            raise ValueError("gradient_accumulation_steps must be 1 with [finetune.dp] (one Poisson batch a step)")
         return self
 
     def total_steps(self, n_images: int) -> int:
@@ -333,7 +333,10 @@ class AuditConfig(_Section):
     ``shadow_members`` images of D' are the shadow's non-members. ``finetune_target`` fine-tunes the target
     itself on the members with the same recipe (the built-in demo); otherwise ``[target]`` is the model audited.
     ``captioner`` (``builtin``: the shipped tiny BLIP of the digits; or a BLIP folder or hub id) is fine-tuned on
-    each D' with ``[captioner_training]``.
+    each D' with ``[captioner_training]`` (``finetune_captioner = false``: used as it is). ``models_dir`` shares
+    fine-tuned models between run directories (a study): each is kept under its name and a digest of what made
+    it (base model, recipe, training images and captions) and reused by any run that needs the same one; by
+    default models live in the run directory's ``models/``.
     """
 
     name: str = "audit"
@@ -345,6 +348,8 @@ class AuditConfig(_Section):
     shadow_members: Annotated[int, Field(ge=10)] | None = None
     overlap: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     captioner: str = "builtin"
+    finetune_captioner: bool = True
+    models_dir: str | None = None
     base_control: bool = True
     blind_control: bool = True
     exposed: Annotated[int, Field(ge=0)] = 10
@@ -361,6 +366,62 @@ class AuditConfig(_Section):
         if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
             raise ValueError("name must be a plain folder name")
         return self
+
+
+UNSET = "unset"
+
+
+class FactorConfig(_Section):
+    """One factor of a study: the dotted config ``key`` it sets, and its levels (``"unset"`` removes the key)."""
+
+    name: str
+    key: Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_0-9]+)+$")]
+    values: list[Any] = Field(min_length=1)
+    labels: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _labels(self) -> FactorConfig:
+        if self.labels is not None and len(self.labels) != len(self.values):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.values)} values")
+        if len(set(self.level_labels)) != len(self.level_labels):
+            raise ValueError("two levels share a label; give distinct labels")
+        return self
+
+    @property
+    def level_labels(self) -> list[str]:
+        return self.labels or [v if isinstance(v, str) else json_label(v) for v in self.values]
+
+
+def json_label(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", "="), sort_keys=True).replace('"', "")
+
+
+class StudySettings(_Section):
+    """A study (``diffmia study``): audits of ``base`` (``demo`` or an audit TOML) with the ``fixed`` settings,
+    varying one factor at a time; every run shares the study's generation cache and model store."""
+
+    name: str = "study"
+    runs_dir: str = "runs/studies"
+    base: str = "demo"
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    factors: list[FactorConfig] = Field(min_length=1)
+
+
+class StudyConfig(_Section):
+    study: StudySettings
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file (every problem in one ConfigError)."""
+    data = read_toml(path)
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error, StudyConfig) for error in exc.errors()]
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(f"{path}: {count}: " + "; ".join(problems)) from None
 
 
 class Config(_Section):
@@ -427,6 +488,11 @@ def load_config(path: str | Path | None) -> Config:
     """Read and validate a TOML configuration file; ``None`` gives the defaults."""
     if path is None:
         return Config()
+    return parse_config(read_toml(path), str(path))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's contents; a missing, unreadable or invalid file is a ConfigError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -438,7 +504,7 @@ def load_config(path: str | Path | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, str(path))
+    return data
 
 
 def dump_config(config: Config) -> str:

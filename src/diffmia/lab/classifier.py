@@ -44,9 +44,12 @@ class DigitClassifier:
         model.fit(X, y)
         return cls(model.coef_, model.intercept_, accuracy)
 
+    def logits(self, images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
+        """(n, 10) class scores: the features of the Fréchet distance between generated and real digits."""
+        return np.asarray(digit_features(images) @ self.coef.T + self.intercept)
+
     def predict(self, images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
-        scores = digit_features(images) @ self.coef.T + self.intercept
-        return np.asarray(scores.argmax(axis=1))
+        return np.asarray(self.logits(images).argmax(axis=1))
 
     def save(self, path: str | Path) -> None:
         data = {
@@ -83,3 +86,16 @@ def train_digit_classifier(data_dir: str | Path, out: str | Path, split: str | N
     classifier = DigitClassifier.fit(images, [int(x) for x in labels if x is not None])
     classifier.save(out)
     return classifier
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The Fréchet distance between Gaussians fitted to the rows of ``a`` and ``b`` (as FID, in any feature space):
+    |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))."""
+    from scipy.linalg import sqrtm
+
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise DataError(f"Fréchet distance needs two sets of >= 2 feature rows of one width, got {a.shape}, {b.shape}")
+    mean = np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = sqrtm(ca @ cb)
+    return float(mean + np.trace(ca) + np.trace(cb) - 2 * np.trace(np.real(root)))

@@ -6,7 +6,7 @@ Each figure comes back as PNG bytes, so the report can embed it and stay one sel
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -71,5 +71,32 @@ def histogram_figure(scores: FloatArray, labels: BoolArray, title: str) -> bytes
     axis.set_xlabel("score (higher = more likely a member)")
     axis.set_ylabel("images")
     axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def levels_figure(
+    factor: str, levels: Sequence[str], series: Mapping[str, Sequence[tuple[float, float, float] | None]]
+) -> bytes:
+    """AUC with its interval at each level of a study factor, one line per named series of (auc, low, high)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for k, (name, points) in enumerate(series.items()):
+        shift = 0.06 * (k - (len(series) - 1) / 2)  # side by side, so intervals do not hide each other
+        kept = [(x + shift, p) for x, p in enumerate(points) if p is not None]
+        aucs = np.array([p[0] for _, p in kept])
+        below = aucs - np.array([p[1] for _, p in kept])
+        above = np.array([p[2] for _, p in kept]) - aucs
+        axis.errorbar([x for x, _ in kept], aucs, yerr=[below, above], marker="o", capsize=3, label=name)
+    axis.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    axis.set_xticks(range(len(levels)), list(levels))
+    axis.set_xlabel(factor)
+    axis.set_ylabel("AUC (95% interval)")
+    axis.set_ylim(0.3, 1.02)
+    axis.set_title(f"Membership leakage against {factor}", fontsize=10)
     axis.legend(fontsize=7)
     return _png(figure)

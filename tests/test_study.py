@@ -1,0 +1,127 @@
+"""`diffmia study`: one factor at a time from a base audit, shared models and generations, tables and plots."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from diffmia.cli import main
+from diffmia.config import load_study
+from diffmia.errors import ConfigError
+from diffmia.study import plan_study
+
+BASE = """
+[audit]
+finetune_target = true
+scenarios = ["III"]
+exposed = 2
+
+[data]
+builtin_members = 20
+builtin_nonmembers = 20
+
+[finetune]
+max_steps = 60
+batch_size = 20
+learning_rate = 1e-3
+checkpoint_every = 0
+
+[generation]
+channels = ["text2img"]
+queries_per_image = 2
+steps = 5
+guidance = 3.0
+
+[target]
+batch_size = 40
+
+[evaluation]
+n_bootstrap = 100
+"""
+
+STUDY = """
+[study]
+name = "tiny"
+runs_dir = "{root}/studies"
+base = "{root}/base.toml"
+
+[[study.factors]]
+name = "queries per image"
+key = "generation.queries_per_image"
+values = [2, 1]
+
+[[study.factors]]
+name = "fine-tuning steps"
+key = "finetune.max_steps"
+values = [60, 20]
+"""
+
+
+def _write(tmp_path, study=STUDY):
+    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "study.toml").write_text(study.format(root=tmp_path))
+    return tmp_path / "study.toml"
+
+
+def test_plan_and_bad_studies(tmp_path, capsys):
+    path = _write(tmp_path)
+    runs = plan_study(load_study(path))
+    assert [(r.factor, r.label) for r in runs] == [("queries per image", "2"), ("queries per image", "1"),
+                                                   ("fine-tuning steps", "60"), ("fine-tuning steps", "20")]  # fmt: skip
+    assert [r.config.generation.queries_per_image for r in runs] == [2, 1, 2, 2]
+    assert [r.config.finetune.max_steps for r in runs] == [60, 60, 60, 20]
+    assert {r.config.audit.models_dir for r in runs} == {str((tmp_path / "studies" / "tiny" / "models").resolve())}
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "fine-tuning steps = 20: " in capsys.readouterr().out
+    bad = STUDY.replace("finetune.max_steps", "finetune.max_stepz").replace("values = [2, 1]", 'values = [2, "x"]')
+    with pytest.raises(ConfigError) as error:
+        plan_study(load_study(_write(tmp_path, bad)))
+    message = str(error.value)  # every bad level is reported, before anything runs
+    assert "queries per image = x" in message and "generation.queries_per_image" in message
+    assert "fine-tuning steps = 60" in message and "max_stepz: unknown key (did you mean 'max_steps'?)" in message
+    assert not (tmp_path / "studies").exists()
+    unset = STUDY.replace('key = "finetune.max_steps"', 'key = "finetune.max_steps"\nlabels = ["a"]')
+    with pytest.raises(ConfigError, match="1 labels for 2 values"):
+        load_study(_write(tmp_path, unset))
+
+
+@pytest.mark.slow
+def test_study_shares_models_and_generations_and_tabulates_each_factor(tmp_path, capsys):
+    path = _write(tmp_path)
+    assert main(["study", str(path)]) == 0
+    captured = capsys.readouterr()
+    root = tmp_path / "studies" / "tiny"
+    output = json.loads((root / "study.json").read_text())
+    records = output["runs"]
+    assert [(r["factor"], r["level"]) for r in records] == [("queries per image", "2"), ("queries per image", "1"),
+                                                             ("fine-tuning steps", "60"), ("fine-tuning steps", "20")]  # fmt: skip
+    # the 60-step level of the second factor is the first factor's base level: run once, reported twice
+    assert records[2]["run_dir"] == records[0]["run_dir"]
+    assert "the same audit as" in captured.err
+    # one model store: a target and a shadow per fine-tuning recipe (60 and 20 steps), nothing trained twice
+    assert len(list((root / "models").glob("*/card.json"))) == 4
+    assert not list((root / "runs").glob("*/models"))
+    # one generation cache: 40 images x 2 queries for the base, the 60-step target and shadow, the 20-step target
+    # and shadow; one query per image (m = 1) and the generation-quality check need no new image
+    assert len(list((root / "cache").glob("*/*.png"))) == 5 * 40 * 2
+    # every table cell is the run's own headline number (scenario III, text2img, classifier)
+    for record in records:
+        result = json.loads((tmp_path / record["run_dir"] / "result.json").read_text())
+        (ev,) = [r["evaluation"] for r in result["results"]
+                 if (r["scenario"], r["model"], r["channel"], r["attack"]) == ("III", "target", "text2img",
+                                                                                "classifier")]  # fmt: skip
+        table = (root / f"{'queries-per-image' if record['factor'].startswith('q') else 'fine-tuning-steps'}.md")
+        row = re.search(rf"^\| {record['level']} \| (\S+) \[", table.read_text(), re.M)
+        assert row is not None and row.group(1) == f"{ev['auc']:.3f}"
+        quality = record["generation_quality"]
+        assert quality["target"]["generations"] == 20 * result["queries_per_image"]
+        assert 0 <= quality["target"]["digit_accuracy"] <= 1 and quality["target"]["frechet_distance"] >= 0
+    # the base model is the same in every run, so its generation quality is too
+    assert len({json.dumps(r["generation_quality"]["base"]) for r in records if r["level"] != "1"}) == 1
+    for name in ("queries-per-image", "fine-tuning-steps"):
+        with Image.open(root / f"{name}.png") as figure:
+            assert figure.size[0] > 300
+    assert "### fine-tuning steps" in captured.out
