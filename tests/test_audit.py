@@ -29,6 +29,8 @@ runs_dir = "{runs}"
 finetune_target = true
 scenarios = ["I", "II", "III"]
 exposed = 4
+baselines = ["gan-leaks", "loss", "secmi", "pia"]
+gan_leaks_samples = 40
 
 [data]
 builtin_members = 20
@@ -218,8 +220,8 @@ def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
     )
     scores = pq.read_table(run / "scores.parquet").to_pydict()
     result = json.loads((run / "result.json").read_text())
-    # 3 scenarios x (target + base) x 3 channel sets x 3 attacks + 3 blind controls, 40 samples each
-    assert len(result["results"]) == 3 * 2 * 3 * 3 + 3
+    # 3 scenarios x (target + base) x (3 channel sets x 3 attacks + 4 baselines) + 3 blind controls, 40 samples each
+    assert len(result["results"]) == 3 * 2 * (3 * 3 + 4) + 3
     assert len(scores["score"]) == 40 * len(result["results"])
     # the over-fitted target leaks under scenario I, on the text-to-image channel alone
     evaluation = _result(run, "I", "target", "text2img", "classifier")
@@ -227,6 +229,12 @@ def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
     assert evaluation["n_members"] == evaluation["n_nonmembers"] == 20
     assert evaluation["tpr_at_fpr"][0]["tpr"] is None  # 1% FPR is below 1/20: n/a, with its reason
     assert "below 1/" in evaluation["tpr_at_fpr"][0]["reason"]
+    # the shadow-free baselines: the gray-box ones read the over-fitted target's weights and find every member;
+    # on the un-fine-tuned base they find nothing (20 + 20 samples: within 0.5 +/- 0.2)
+    for attack in ("loss", "secmi", "pia"):
+        assert _result(run, "I", "target", "weights", attack)["auc"] > 0.9, attack
+        assert abs(_result(run, "I", "base", "weights", attack)["auc"] - 0.5) < 0.2, attack
+    assert abs(_result(run, "I", "base", "none", "gan-leaks")["auc"] - 0.5) < 0.2
     features = pq.read_table(run / "features.parquet")
     assert {"model", "prompts", "sample_id", "member"} <= set(features.column_names)
     assert "text2img/pixels/cosine/pooled/mean" in features.column_names
@@ -234,8 +242,9 @@ def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
     # 2 generations per image and channel, for 40 images per model and prompt source; identical queries (a caption
     # the captioner got exactly right) are generated once
     assert result["queries_per_image"] == 2
-    assert result["images_requested"] == {"target": 320, "base": 320, "shadow-overlap-0": 320, "shadow-disjoint-0": 160}
-    assert 0.8 * 1120 < len(list((run / "cache").glob("*/*.png"))) <= 1120
+    # (+ 40 caption-free generations of the target and of the base for the GAN-Leaks baseline)
+    assert result["images_requested"] == {"target": 360, "base": 360, "shadow-overlap-0": 320, "shadow-disjoint-0": 160}
+    assert 0.8 * 1200 < len(list((run / "cache").glob("*/*.png"))) <= 1200
     exposed = result["exposed"]["images"]
     assert len(exposed) == 4 and all(row["sample_id"] in splits["target"]["members"] for row in exposed)
     assert [row["score"] for row in exposed] == sorted((row["score"] for row in exposed), reverse=True)
@@ -287,7 +296,7 @@ def test_a_given_shadow_gives_the_numbers_of_the_same_shadow_trained_here(tiny_r
     assert result.summary["models"]["given-shadow-0"]["given"] is True
     before = pq.read_table(run / "scores.parquet").to_pylist()
     after = pq.read_table(result.run_dir / "scores.parquet").to_pylist()
-    assert len(after) == (2 * 3 * 3 + 1) * 40
+    assert len(after) == (2 * (3 * 3 + 4) + 1) * 40
     assert after == [row for row in before if row["scenario"] == "III"]
 
 
@@ -358,7 +367,7 @@ def test_report_renders_in_chromium_and_never_runs_a_caption(tiny_run, tmp_path)
     assert found, dom[-2000:]
     check = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
     assert check["images"] >= 3 + 4 * 5 and check["rendered"] == check["images"]
-    assert check["rows"] == 1 + 3 * 2 * 3 * 3 + 3
+    assert check["rows"] == 1 + 3 * 2 * (3 * 3 + 4) + 3
     assert check["caption"] == hostile  # shown as text
     assert check["injected"] == "undefined"  # and never run
 

@@ -59,6 +59,9 @@ key = "finetune.max_steps"
 values = [60, 20]
 """
 
+LEVELS = [("queries per image", "2"), ("queries per image", "1"), ("fine-tuning steps", "60"),
+          ("fine-tuning steps", "20")]  # fmt: skip
+
 
 def _write(tmp_path, study=STUDY):
     (tmp_path / "base.toml").write_text(BASE)
@@ -69,11 +72,10 @@ def _write(tmp_path, study=STUDY):
 def test_plan_and_bad_studies(tmp_path, capsys):
     path = _write(tmp_path)
     runs = plan_study(load_study(path))
-    assert [(r.factor, r.label) for r in runs] == [("queries per image", "2"), ("queries per image", "1"),
-                                                   ("fine-tuning steps", "60"), ("fine-tuning steps", "20")]  # fmt: skip
+    assert [(r.factor, r.label) for r in runs] == LEVELS
     assert [r.config.generation.queries_per_image for r in runs] == [2, 1, 2, 2]
     assert [r.config.finetune.max_steps for r in runs] == [60, 60, 60, 20]
-    assert {r.config.audit.models_dir for r in runs} == {str((tmp_path / "studies" / "tiny" / "models").resolve())}
+    assert {r.config.audit.models_dir for r in runs} == {str((tmp_path / "studies" / "models").resolve())}
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "fine-tuning steps = 20: " in capsys.readouterr().out
     bad = STUDY.replace("finetune.max_steps", "finetune.max_stepz").replace("values = [2, 1]", 'values = [2, "x"]')
@@ -96,24 +98,23 @@ def test_study_shares_models_and_generations_and_tabulates_each_factor(tmp_path,
     root = tmp_path / "studies" / "tiny"
     output = json.loads((root / "study.json").read_text())
     records = output["runs"]
-    assert [(r["factor"], r["level"]) for r in records] == [("queries per image", "2"), ("queries per image", "1"),
-                                                             ("fine-tuning steps", "60"), ("fine-tuning steps", "20")]  # fmt: skip
+    assert [(r["factor"], r["level"]) for r in records] == LEVELS
     # the 60-step level of the second factor is the first factor's base level: run once, reported twice
     assert records[2]["run_dir"] == records[0]["run_dir"]
     assert "the same audit as" in captured.err
     # one model store: a target and a shadow per fine-tuning recipe (60 and 20 steps), nothing trained twice
-    assert len(list((root / "models").glob("*/card.json"))) == 4
+    assert len(list((root.parent / "models").glob("*/card.json"))) == 4
     assert not list((root / "runs").glob("*/models"))
     # one generation cache: 40 images x 2 queries for the base, the 60-step target and shadow, the 20-step target
     # and shadow; one query per image (m = 1) and the generation-quality check need no new image
-    assert len(list((root / "cache").glob("*/*.png"))) == 5 * 40 * 2
+    assert len(list((root.parent / "cache").glob("*/*.png"))) == 5 * 40 * 2
     # every table cell is the run's own headline number (scenario III, text2img, classifier)
     for record in records:
         result = json.loads((tmp_path / record["run_dir"] / "result.json").read_text())
         (ev,) = [r["evaluation"] for r in result["results"]
                  if (r["scenario"], r["model"], r["channel"], r["attack"]) == ("III", "target", "text2img",
                                                                                 "classifier")]  # fmt: skip
-        table = (root / f"{'queries-per-image' if record['factor'].startswith('q') else 'fine-tuning-steps'}.md")
+        table = root / f"{'queries-per-image' if record['factor'].startswith('q') else 'fine-tuning-steps'}.md"
         row = re.search(rf"^\| {record['level']} \| (\S+) \[", table.read_text(), re.M)
         assert row is not None and row.group(1) == f"{ev['auc']:.3f}"
         quality = record["generation_quality"]

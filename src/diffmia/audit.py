@@ -27,6 +27,7 @@ import numpy as np
 
 from diffmia import __version__
 from diffmia.attacks import fit_attacks, score_with
+from diffmia.attacks.baselines import gan_leaks_queries, graybox_scores, nearest_generation_scores
 from diffmia.cache import GenerationCache
 from diffmia.captioners import GivenCaptions
 from diffmia.config import Config, dump_config, load_config
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 KINDS = ("overlap", "disjoint")
 COMBINED = "combined"
 MODELS = ("target", "base", "blind")
+# where a baseline's evidence comes from: caption-free generations ("none": no query channel), or the weights
+BASELINE_CHANNELS = {"gan-leaks": "none", "loss": "weights", "secmi": "weights", "pia": "weights"}
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,33 @@ def run_audit(
             query_time += time.perf_counter() - started
         return tables[key]
 
+    baseline_memo: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def baseline(name: str, model: Model, source: str) -> np.ndarray:
+        """A shadow-free baseline's scores of the target's candidates (caption-free ones once per model)."""
+        nonlocal query_time
+        key = (name, model.name, "" if name == "gan-leaks" else source)
+        if key not in baseline_memo:
+            started = time.perf_counter()
+            samples = target_split.samples
+            if name == "gan-leaks":
+                log(f"GAN-Leaks baseline: {audit.gan_leaks_samples} caption-free generations of {model.name}")
+                generated = _generate(config, model, gan_leaks_queries(audit.gan_leaks_samples, config.generation),
+                                      cache, show_progress)  # fmt: skip
+                images_requested[model.name] = images_requested.get(model.name, 0) + len(generated)
+                scores = nearest_generation_scores([load_rgb(s.image_path) for s in samples], generated,
+                                                   next(iter(encoders.values())))  # fmt: skip
+            else:
+                from diffmia.targets import make_target
+
+                log(f"gray-box baseline {name} on {model.name}'s weights ({_source_name(source)} prompts)")
+                pipe = make_target(model.spec).pipeline()  # type: ignore[attr-defined]
+                scores = graybox_scores(pipe, [load_rgb(s.image_path) for s in samples], prompts.get(source, samples),
+                                        name, seed=audit.seed)  # fmt: skip
+            baseline_memo[key] = scores
+            query_time += time.perf_counter() - started
+        return baseline_memo[key]
+
     # 7. attacks
     score_sets: list[ScoreSet] = []
     blind_cache: dict[str, tuple[FeatureTable, FeatureTable]] = {}
@@ -173,6 +203,13 @@ def run_audit(
                     continue
                 for attack, scores in score_with(fitted, names, _columns(table, names)).items():
                     score_sets.append(_score_set(config, scenario, model_name, channel, attack, table, scores))
+        for name in audit.baselines:
+            for model_name, model in (("target", target), ("base", base)):
+                if model_name == "base" and not audit.base_control:
+                    continue
+                scores = baseline(name, model, source)
+                score_sets.append(_score_set(config, scenario, model_name, BASELINE_CHANNELS[name], name, target_table,
+                                             scores))  # fmt: skip
         if audit.blind_control:
             used_names = ",".join(m.name for m, _ in used)
             if used_names not in blind_cache:
@@ -182,8 +219,8 @@ def run_audit(
             for attack, scores in score_with(fitted, blind_shadow.names, blind_target).items():
                 score_sets.append(_score_set(config, scenario, "blind", "none", attack, blind_target, scores))
     timings["generate and features"] = query_time
-    channel_order: list[str] = [*dict.fromkeys(config.generation.channels), COMBINED, "none"]
-    attack_order: list[str] = list(config.attacks.use)
+    channel_order: list[str] = [*dict.fromkeys(config.generation.channels), COMBINED, "weights", "none"]
+    attack_order: list[str] = [*config.attacks.use, *audit.baselines]
     score_sets.sort(key=lambda s: (scenarios.index(s.scenario), MODELS.index(s.model), channel_order.index(s.channel),
                                    attack_order.index(s.attack) if s.model != "blind" else 0))  # fmt: skip
     timings["attacks and evaluation"] = time.perf_counter() - stage - query_time

@@ -336,6 +336,8 @@ def finetune(
     privacy = {"epsilon": epsilon, "noise_multiplier": noise_multiplier, "delta": delta, "max_grad_norm": max_grad_norm}
     if not dp and any(v is not None for v in privacy.values()):
         raise ConfigError("--epsilon, --noise-multiplier, --delta and --max-grad-norm need --dp")
+    if dp and epsilon is None and noise_multiplier is None and settings.finetune.dp is None:
+        raise ConfigError("--dp needs a privacy budget: --epsilon or --noise-multiplier (or [finetune.dp] in --config)")
     if dp:
         resolved = settings.model_dump(mode="json", exclude_none=True)
         section = resolved["finetune"].setdefault("dp", {})
@@ -500,7 +502,10 @@ def _print_audit(summary: dict[str, Any]) -> None:
         f"{summary['queries_per_image']} generation(s) per image and channel; models 'base' and 'blind' are controls "
         "(un-fine-tuned base model; query images alone) and should sit near AUC 0.5. n/a: the target FPR is below "
         "1 / number of non-members."
-    )
+        + (" Baselines without shadows: channel 'none' gan-leaks (nearest caption-free generation); channel "
+           "'weights' (gray-box, reads the model's weights)." if any(r["channel"] in ("none", "weights") and
+                                                                     r["model"] != "blind" for r in results) else "")
+    )  # fmt: skip
     for warning in summary["warnings"]:
         console.print(f"Warning: {warning}")
 
@@ -565,7 +570,8 @@ def study(
     """Run a study: audits varying one factor at a time from a base configuration, sharing caches and models.
 
     Writes <runs_dir>/<name>/: runs/ (one run directory per level), study.json, and per factor a Markdown table
-    and a plot of AUC against its levels. A rerun resumes: finished runs, models and generations are reused.
+    and a plot of AUC against its levels. All studies under one runs_dir share <runs_dir>/cache and /models. A
+    rerun resumes: finished runs, models and generations are reused.
     """
     from diffmia.config import load_study
     from diffmia.study import plan_study, run_study, slug, study_dir

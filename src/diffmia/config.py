@@ -143,7 +143,9 @@ class FinetuneConfig(_Section):
     """A fine-tuning recipe (``diffmia finetune``): what trains the targets and shadows.
 
     The defaults are the built-in model's recipe: a full UNet fine-tune. For Stable Diffusion practice set
-    ``method = "lora"`` with a small ``lora_rank`` (the reference study used rank 4).
+    ``method = "lora"`` with a small ``lora_rank`` (the reference study used rank 4). Defences: ``[finetune.dp]``
+    (DP-SGD), early stopping on held-out images (``early_stopping_patience``), augmentation (``random_flip``,
+    ``center_crop = false`` for random crops when the images are larger than ``resolution``).
     """
 
     method: Literal["full", "lora"] = "full"
@@ -164,6 +166,11 @@ class FinetuneConfig(_Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: Annotated[int, Field(ge=0)] = 250
     dp: PrivacyConfig | None = None
+    # early stopping: hold out validation_fraction of the images, measure their denoising loss every validate_every
+    # steps, stop after early_stopping_patience measurements without a new best (unset: train every step)
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
+    validation_fraction: Annotated[float, Field(gt=0.0, le=0.5)] = 0.1
+    validate_every: Annotated[int, Field(ge=1)] = 50
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> FinetuneConfig:
@@ -336,7 +343,10 @@ class AuditConfig(_Section):
     each D' with ``[captioner_training]`` (``finetune_captioner = false``: used as it is). ``models_dir`` shares
     fine-tuned models between run directories (a study): each is kept under its name and a digest of what made
     it (base model, recipe, training images and captions) and reused by any run that needs the same one; by
-    default models live in the run directory's ``models/``.
+    default models live in the run directory's ``models/``. ``baselines`` adds peer attacks that need no shadow
+    model, scored on the target and the base model like every attack: ``gan-leaks`` (caption-free: the nearest of
+    ``gan_leaks_samples`` generations from an empty prompt) and the gray-box ``loss``, ``secmi`` and ``pia``, which
+    read the target's weights (a local diffusers target, or ``finetune_target``).
     """
 
     name: str = "audit"
@@ -350,6 +360,8 @@ class AuditConfig(_Section):
     captioner: str = "builtin"
     finetune_captioner: bool = True
     models_dir: str | None = None
+    baselines: list[Literal["gan-leaks", "loss", "secmi", "pia"]] = Field(default_factory=list)
+    gan_leaks_samples: Annotated[int, Field(ge=1)] = 500
     base_control: bool = True
     blind_control: bool = True
     exposed: Annotated[int, Field(ge=0)] = 10
@@ -400,7 +412,7 @@ def json_label(value: Any) -> str:
 
 class StudySettings(_Section):
     """A study (``diffmia study``): audits of ``base`` (``demo`` or an audit TOML) with the ``fixed`` settings,
-    varying one factor at a time; every run shares the study's generation cache and model store."""
+    varying one factor at a time; every study under one ``runs_dir`` shares its generation cache and model store."""
 
     name: str = "study"
     runs_dir: str = "runs/studies"
@@ -436,6 +448,14 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="after")
+    def _weights_for_graybox(self) -> Config:
+        needed = [b for b in self.audit.baselines if b in ("loss", "secmi", "pia")]
+        if needed and not (self.audit.finetune_target or self.target.kind == "diffusers"):
+            raise ValueError(f"audit.baselines {', '.join(needed)} read the target's weights, which an "
+                             f"{self.target.kind} target does not give; drop them or audit a local model")  # fmt: skip
+        return self
 
 
 def _describe(error: Any, model: type[BaseModel]) -> str:

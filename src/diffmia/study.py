@@ -1,9 +1,10 @@
 """Studies (``diffmia study STUDY.toml``): audits that vary one factor at a time from one base configuration.
 
-Every run of a study shares one generation cache and one model store (``audit.models_dir``), so levels that need
-the same model or the same images reuse them: a factor of features or attacks costs no generation, a factor of
-sampling or queries costs no fine-tune, and a level whose configuration equals an earlier one is not run twice.
-Each run is an ordinary run directory under ``<study>/runs/``; the study adds ``study.json`` (every evaluation of
+Every run of every study under one ``runs_dir`` shares one generation cache (``<runs_dir>/cache``) and one
+content-keyed model store (``<runs_dir>/models``, ``audit.models_dir``), so levels that need the same model or the
+same images reuse them: a factor of features or attacks costs no generation, a factor of sampling or queries costs
+no fine-tune, and a level whose configuration equals an earlier one is not run twice. Each run is an ordinary run
+directory under ``<runs_dir>/<study>/runs/``; the study adds ``study.json`` (every evaluation of
 every run) and, per factor, a Markdown table and a plot of AUC against the factor's levels. Tables show each
 run's headline score set (:func:`diffmia.audit.headline`: fixed in advance, never picked by the results).
 """
@@ -59,6 +60,7 @@ def plan_study(study: StudyConfig) -> list[StudyRun]:
     settings = study.study
     base = load_config(DEMO_CONFIG if settings.base == "demo" else settings.base)
     root = study_dir(study).resolve()
+    shared = root.parent  # every study under one runs_dir shares its models and generations
     runs, problems = [], []
     for factor in settings.factors:
         for value, label in zip(factor.values, factor.level_labels, strict=True):
@@ -69,8 +71,8 @@ def plan_study(study: StudyConfig) -> list[StudyRun]:
                 _set(tree, factor.key, value)
                 _set(tree, "audit.name", f"{slug(factor.name)}-{slug(label)}")
                 _set(tree, "audit.runs_dir", str(root / "runs"))
-                _set(tree, "audit.models_dir", str(root / "models"))
-                _set(tree, "generation.cache", str(root / "cache"))
+                _set(tree, "audit.models_dir", str(shared / "models"))
+                _set(tree, "generation.cache", str(shared / "cache"))
                 runs.append(StudyRun(factor.name, label, value, parse_config(tree, f"{factor.name} = {label}")))
             except ConfigError as exc:
                 problems.append(str(exc))
@@ -126,7 +128,8 @@ def _headline_result(record: dict[str, Any], scenario: str, model: str = "target
     channel, attack = record["headline"][scenario]
     for r in record["results"]:
         if (r["scenario"], r["model"], r["channel"], r["attack"]) == (scenario, model, channel, attack):
-            return r["evaluation"]
+            evaluation: dict[str, Any] = r["evaluation"]
+            return evaluation
     return None
 
 

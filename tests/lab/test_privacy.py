@@ -132,6 +132,11 @@ def test_privacy_config_errors(tmp_path, digit_folder, capsys):
     with pytest.raises(ConfigError, match="give epsilon or noise_multiplier, exactly one"):
         parse_config({"finetune": {"method": "lora", "dp": {}}})
     data = digit_folder(tmp_path / "data", 12)
+    assert main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "o"), "--dp"]) == 2
+    assert "--dp needs a privacy budget: --epsilon or --noise-multiplier" in capsys.readouterr().err
+    assert main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "o"), "--epsilon",
+                 "2"]) == 2  # fmt: skip
+    assert "need --dp" in capsys.readouterr().err
     code = main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "out"), "--dp",
                  "--epsilon", "4", "--batch-size", "16", "--steps", "2"])  # fmt: skip
     assert code == 2
@@ -160,3 +165,33 @@ def test_dp_fine_tune_card_and_determinism(tmp_path, digit_folder):
     assert a.keys() == b.keys()
     for name in a:  # seeded Poisson batches and noise: the same fine-tune twice gives the same adapter
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_early_stopping_holds_out_images_and_stops_by_its_rule(tmp_path, digit_folder):
+    data = digit_folder(tmp_path / "data", 20)
+    recipe = FinetuneConfig(method="lora", batch_size=6, max_steps=60, checkpoint_every=0, learning_rate=3e-2,
+                            early_stopping_patience=2, validate_every=3,
+                            dp=PrivacyConfig(noise_multiplier=0.7))  # fmt: skip
+    out = [finetune("builtin", data, tmp_path / f"es{i}", recipe, show_progress=False) for i in range(2)]
+    cards = [json.loads((o / "card.json").read_text()) for o in out]
+    stop = cards[0]["early_stopping"]
+    assert stop == cards[1]["early_stopping"]  # measured and decided the same way twice
+    held_out = cards[0]["data"]["held_out_for_early_stopping"]
+    assert len(held_out) == 2 and stop["held_out_images"] == 2  # 10% of 20
+    history = stop["validation_loss"]
+    assert [step for step, _ in history] == list(range(3, stop["stopped_at"] + 1, 3))
+    # the rule: stop at the first measurement that is the 2nd in a row without a new best
+    best, since = float("inf"), 0
+    for step, loss in history:
+        best, since = (loss, 0) if loss < best else (best, since + 1)
+        if since == 2:
+            assert step == stop["stopped_at"]
+            break
+    else:
+        pytest.fail("the recorded losses never met the stopping rule")
+    assert stop["stopped_at"] < 60 and cards[0]["steps"] == stop["stopped_at"]
+    # DP-SGD spends only the steps taken
+    assert cards[0]["privacy"]["steps"] == stop["stopped_at"]
+    accountant = RDPAccountant()
+    accountant.history = [(0.7, 6 / 18, stop["stopped_at"])]
+    assert cards[0]["privacy"]["epsilon"] == pytest.approx(accountant.get_epsilon(delta=1e-5))

@@ -95,8 +95,9 @@ def finetune(
     pipe = load_pipeline(model)
     _check_resumable(out, recipe, model, data_dir, resume)
     resolution = recipe.resolution or int(pipe.vae.config.sample_size)
+    training, held_out = _hold_out(folder.samples, recipe)
     data = TrainImages.from_samples(
-        folder.samples, resolution, center_crop=recipe.center_crop, random_flip=recipe.random_flip
+        training, resolution, center_crop=recipe.center_crop, random_flip=recipe.random_flip
     )
     began = time.perf_counter()
     accelerator = Accelerator(
@@ -134,6 +135,11 @@ def finetune(
 
     steps = recipe.total_steps(n)
     plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
+    stopper = None
+    if held_out:
+        validation = TrainImages.from_samples(held_out, resolution)
+        stopper = _EarlyStopping(recipe, out / "checkpoints" / "validation.json", validation, pipe, noise_scheduler,
+                                 device, dtype)  # fmt: skip
 
     def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
         (model_unet,) = modules
@@ -163,7 +169,9 @@ def finetune(
         gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
         resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
         show_progress=show_progress, accelerator=accelerator, privacy=plan,
+        should_stop=stopper.should_stop if stopper is not None else None,
     )  # fmt: skip
+    trained = log.stopped_at or steps
     unet = accelerator.unwrap_model(unet)
     if recipe.method == "lora":
         _save_lora(pipe, unet, out / "lora")
@@ -178,15 +186,17 @@ def finetune(
         "data": {
             "folder": str(data_dir),
             "n_images": n,
-            "ids_sha256": _digest([s.id for s in folder.samples]),
+            "ids_sha256": _digest([s.id for s in training]),
+            "held_out_for_early_stopping": [s.id for s in held_out],
         },
         "resolution": resolution,
-        "steps": steps,
-        "passes_over_data": round(steps * recipe.batch_size * recipe.gradient_accumulation_steps / n, 2),
+        "steps": trained,
+        "passes_over_data": round(trained * recipe.batch_size * recipe.gradient_accumulation_steps / n, 2),
         "final_loss": log.final_loss(),
         "resumed_from": log.resumed_from,
         "scheduler": type(pipe.scheduler).__name__,
-        "privacy": plan.card(steps) if plan is not None else None,
+        "privacy": plan.card(trained) if plan is not None else None,
+        "early_stopping": stopper.card(log.stopped_at) if stopper is not None else None,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}",
     }
@@ -194,6 +204,73 @@ def finetune(
         tmp.write_text(json.dumps(card, indent=2) + "\n")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: the card and weights are the result
     return out
+
+
+def _hold_out(samples: Sequence[Any], recipe: FinetuneConfig) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """(training images, images held out for early stopping), split by the recipe's seed."""
+    if recipe.early_stopping_patience is None:
+        return tuple(samples), ()
+    n_out = max(1, round(recipe.validation_fraction * len(samples)))
+    if len(samples) - n_out < 1:
+        raise DataError(f"early stopping holds out {n_out} of {len(samples)} images and leaves none to train on")
+    chosen = set(np.random.default_rng([recipe.seed, 31]).permutation(len(samples))[:n_out].tolist())
+    return (tuple(s for i, s in enumerate(samples) if i not in chosen),
+            tuple(s for i, s in enumerate(samples) if i in chosen))  # fmt: skip
+
+
+class _EarlyStopping:
+    """Measures the held-out images' denoising loss every ``validate_every`` steps (the same noise, timesteps and
+    posterior draws each time, so the numbers compare) and stops after ``patience`` measurements without a new
+    best. The measurements are kept beside the checkpoints, so a resumed run decides exactly as the whole would."""
+
+    def __init__(self, recipe: FinetuneConfig, path: Path, images: TrainImages, pipe: Any, noise_scheduler: Any,
+                 device: Any, dtype: Any) -> None:  # fmt: skip
+        import torch
+
+        self.recipe, self.path, self.noise_scheduler = recipe, path, noise_scheduler
+        self.device, self.dtype = device, dtype
+        self.scaling = float(pipe.vae.config.scaling_factor)
+        ids = pipe.tokenizer(list(images.captions), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        with torch.no_grad():
+            pixels = to_tensor(images.batch(np.arange(len(images)), np.random.default_rng(0))).to(device, dtype)
+            self.posterior = pipe.vae.encode(pixels).latent_dist
+            self.context = pipe.text_encoder(ids.to(device))[0]
+        self.history: dict[int, float] = (
+            {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+        )
+
+    def loss(self, unet: Any) -> float:
+        import torch
+
+        generator = torch_generator(step_rng(self.recipe.seed, 0, 0, stream=21))
+        with torch.no_grad():
+            posterior = (self.posterior.mean, self.posterior.std, self.scaling, self.context)
+            draws = [
+                float(denoising_loss(unet, self.noise_scheduler, *posterior, generator, self.device, self.dtype))
+                for _ in range(4)
+            ]
+        return float(np.mean(draws))
+
+    def should_stop(self, modules: Sequence[Any], done: int) -> bool:
+        if done % self.recipe.validate_every:
+            return False
+        self.history[done] = self.loss(modules[0])
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps(self.history))
+        seen = sorted((step, loss) for step, loss in self.history.items() if step <= done)
+        best = min(range(len(seen)), key=lambda i: (seen[i][1], seen[i][0]))
+        patience = self.recipe.early_stopping_patience or 0
+        return len(seen) - 1 - best >= patience
+
+    def card(self, stopped_at: int | None) -> dict[str, Any]:
+        return {
+            "patience": self.recipe.early_stopping_patience,
+            "validate_every": self.recipe.validate_every,
+            "held_out_images": len(self.context),
+            "stopped_at": stopped_at,
+            "validation_loss": sorted(self.history.items()),
+        }
 
 
 def _check_resumable(out: Path, recipe: FinetuneConfig, model: str | Path, data_dir: str | Path, resume: bool) -> None:

@@ -150,6 +150,7 @@ class TrainingLog:
     losses: list[float] = field(default_factory=list)
     resumed_from: int | None = None
     seconds: float = 0.0
+    stopped_at: int | None = None  # the step an early stop ended training at
 
     def final_loss(self, window: int = 50) -> float:
         tail = self.losses[-window:]
@@ -188,6 +189,7 @@ def train(
     show_progress: bool = True,
     accelerator: Any = None,
     privacy: PrivacyPlan | None = None,
+    should_stop: Callable[[Sequence[Any], int], bool] | None = None,
 ) -> TrainingLog:
     """Optimise the trainable parameters of ``modules`` with AdamW for ``max_steps`` optimizer steps.
 
@@ -197,7 +199,8 @@ def train(
 
     With a ``privacy`` plan the single module trains by DP-SGD (:mod:`diffmia.lab.privacy`): ``loss_fn`` must
     then compute the mean loss of that step's Poisson sample, and ``max_grad_norm`` gives way to per-sample
-    clipping.
+    clipping. ``should_stop(prepared_modules, steps_done)`` is asked after every step and ends training early
+    when it says so (it must decide from the weights alone, so that a resumed run stops where the whole would).
     """
     import torch
     from accelerate import Accelerator
@@ -254,6 +257,9 @@ def train(
             log.losses.append(total)
             advance(1, f"loss {total:.4f}")
             done = step + 1
+            if should_stop is not None and done < max_steps and should_stop(models, done):
+                log.stopped_at = done
+                break
             if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
                 _save_checkpoint(accelerator, checkpoint_dir, done, keep_checkpoints)
     log.seconds = time.perf_counter() - began

@@ -134,6 +134,10 @@ class DiffusersTarget:
             self._pipes = (text2img, img2img)
         return self._pipes
 
+    def pipeline(self) -> Any:
+        """The loaded text-to-image pipeline (LoRA and scheduler applied): its weights, for gray-box baselines."""
+        return self._load()[0]
+
     def generate(self, queries: Sequence[Query]) -> list[Image.Image]:
         """One image per query, in order; batched by identical settings."""
         import torch

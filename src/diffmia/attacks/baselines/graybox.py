@@ -1,0 +1,131 @@
+"""Gray-box reference attacks: they read the target's weights (a local diffusers pipeline), not only its outputs.
+
+All three work in the VAE's latent space (the posterior mean of the candidate image) with the candidate's prompt
+as condition and no guidance, and return scores where higher = more likely a member:
+
+- ``loss``: minus the denoising loss (the network's noise-prediction error) at fixed timesteps and seeded noise,
+  averaged (the loss-threshold attack of Matsumoto et al. 2023 / Carlini et al. 2023);
+- ``secmi``: minus SecMI's t-error (Duan et al., ICML 2023): the latent is deterministically inverted (DDIM) to
+  step t, taken one DDIM step further to t + delta and denoised back to t; members come back closer;
+- ``pia``: minus PIA's error (Kong et al., ICLR 2024): the network's own noise prediction at t = 0 initialises
+  the noise, the latent is noised with it to step t, and the prediction there is compared with it (l4 norm).
+
+The default timesteps are those of the papers for 1,000-step schedules (SecMI t = 100, delta = 10; PIA t = 200).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from diffmia.errors import ConfigError
+from diffmia.records import FloatArray
+
+GRAYBOX_ATTACKS = ("loss", "secmi", "pia")
+
+
+class _Denoiser:
+    """The pipeline's pieces the attacks need: latents, prompt embeddings, noise prediction, DDIM steps."""
+
+    def __init__(self, pipe: Any, batch_size: int) -> None:
+        import torch
+
+        self.pipe, self.batch_size = pipe, batch_size
+        self.alphas = pipe.scheduler.alphas_cumprod.to(torch.float64)
+        self.prediction = pipe.scheduler.config.prediction_type
+        if self.prediction not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"gray-box attacks need an epsilon or v prediction model, got {self.prediction!r}")
+
+    def latents(self, images: Sequence[Any]) -> Any:
+        import torch
+
+        pipe = self.pipe
+        pixels = pipe.image_processor.preprocess(list(images)).to(pipe.device, pipe.vae.dtype)
+        with torch.no_grad():
+            mean = pipe.vae.encode(pixels).latent_dist.mean
+        return (mean * pipe.vae.config.scaling_factor).to(torch.float64)
+
+    def context(self, prompts: Sequence[str]) -> Any:
+        import torch
+
+        pipe = self.pipe
+        ids = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
+        with torch.no_grad():
+            return pipe.text_encoder(ids.to(pipe.device))[0]
+
+    def epsilon(self, x: Any, t: int, context: Any) -> Any:
+        """The predicted noise of ``x`` at step ``t`` (v predictions converted)."""
+        import torch
+
+        unet = self.pipe.unet
+        with torch.no_grad():
+            steps = torch.full((len(x),), t, device=x.device)
+            out = unet(x.to(unet.dtype), steps, context).sample.to(torch.float64)
+        if self.prediction == "epsilon":
+            return out
+        a = self.alphas[t]
+        return a.sqrt() * out + (1 - a).sqrt() * x
+
+    def ddim(self, x: Any, t: int, s: int, context: Any) -> Any:
+        """The deterministic DDIM map from step ``t`` to step ``s`` (s > t inverts, s < t denoises)."""
+        eps = self.epsilon(x, t, context)
+        a_t, a_s = self.alphas[t], self.alphas[s]
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+
+
+def graybox_scores(
+    pipe: Any,
+    images: Sequence[Any],
+    prompts: Sequence[str],
+    attack: str,
+    *,
+    loss_timesteps: Sequence[int] = (100, 200, 300, 400),
+    secmi_t: int = 100,
+    secmi_delta: int = 10,
+    pia_t: int = 200,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> FloatArray:
+    """The ``attack``'s score of every (image, prompt) against the pipeline ``pipe`` (higher = member)."""
+    import torch
+
+    if attack not in GRAYBOX_ATTACKS:
+        raise ConfigError(f"unknown gray-box attack {attack!r}; valid: {', '.join(GRAYBOX_ATTACKS)}")
+    if len(images) != len(prompts):
+        raise ConfigError(f"{len(images)} images but {len(prompts)} prompts")
+    model = _Denoiser(pipe, batch_size)
+    horizon = len(model.alphas)
+    needed = {"loss": max(loss_timesteps), "secmi": secmi_t + secmi_delta, "pia": pia_t}[attack]
+    if needed >= horizon:
+        raise ConfigError(f"{attack}: timestep {needed} is beyond the schedule's {horizon} steps")
+    scores = []
+    for start in range(0, len(images), batch_size):
+        x0 = model.latents(images[start : start + batch_size])
+        context = model.context(prompts[start : start + batch_size])
+        if attack == "loss":
+            generator = torch.Generator().manual_seed(seed)  # the same noise for every batch position and run
+            errors = []
+            for t in loss_timesteps:
+                noise = torch.randn(x0.shape[1:], generator=generator, dtype=torch.float64).expand_as(x0)
+                a = model.alphas[t]
+                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                errors.append(((model.epsilon(xt, t, context) - noise) ** 2).mean(dim=(1, 2, 3)))
+            error = torch.stack(errors).mean(dim=0)
+        elif attack == "secmi":
+            x = x0
+            for t in range(0, secmi_t, secmi_delta):  # deterministic inversion to secmi_t
+                x = model.ddim(x, t, t + secmi_delta, context)
+            ahead = model.ddim(x, secmi_t, secmi_t + secmi_delta, context)
+            back = model.ddim(ahead, secmi_t + secmi_delta, secmi_t, context)
+            error = ((back - x) ** 2).mean(dim=(1, 2, 3))
+        else:
+            eps0 = model.epsilon(x0, 0, context)
+            a = model.alphas[pia_t]
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * eps0
+            error = ((model.epsilon(xt, pia_t, context) - eps0).abs() ** 4).mean(dim=(1, 2, 3))
+        scores.append(-error.cpu().numpy())
+    return np.concatenate(scores)
