@@ -106,8 +106,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_folder(Path(tmp) / "members", pixels, records, members)
         for steps in args.steps:
-            recipe = FinetuneConfig(method=args.method, lora_rank=args.rank, max_steps=steps, learning_rate=args.lr,
-                                    **({"lora_target_modules": args.lora_targets} if args.lora_targets else {}))
+            recipe = FinetuneConfig(
+                method=args.method,
+                lora_rank=args.rank,
+                max_steps=steps,
+                learning_rate=args.lr,
+                **({"lora_target_modules": args.lora_targets} if args.lora_targets else {}),
+            )
             began = time.perf_counter()
             out = finetune("builtin", folder, Path(tmp) / f"ft-{steps}", recipe)
             tune_seconds = time.perf_counter() - began
