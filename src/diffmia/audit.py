@@ -15,6 +15,7 @@ and embeddings are reused); rerunning a finished run gives identical numbers.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import time
@@ -52,6 +53,8 @@ from diffmia.tables import atomic_path
 if TYPE_CHECKING:
     from PIL import Image
 
+    from diffmia.targets import Target
+
 KINDS = ("overlap", "disjoint")
 COMBINED = "combined"
 MODELS = ("target", "base", "blind")
@@ -66,6 +69,13 @@ class Model:
     name: str
     spec: dict[str, Any]
     regime: dict[str, Any]
+
+    @functools.cached_property
+    def target(self) -> Target:
+        """The model as a target to query, built (and its pipeline loaded) once per audit."""
+        from diffmia.targets import make_target
+
+        return make_target(self.spec)
 
 
 @dataclass(frozen=True)
@@ -175,10 +185,8 @@ def run_audit(
                 scores = nearest_generation_scores([load_rgb(s.image_path) for s in samples], generated,
                                                    next(iter(encoders.values())))  # fmt: skip
             else:
-                from diffmia.targets import make_target
-
                 log(f"gray-box baseline {name} on {model.name}'s weights ({_source_name(source)} prompts)")
-                pipe = make_target(model.spec).pipeline()  # type: ignore[attr-defined]
+                pipe = model.target.pipeline()  # type: ignore[attr-defined]  # a local DiffusersTarget (config check)
                 scores = graybox_scores(pipe, [load_rgb(s.image_path) for s in samples], prompts.get(source, samples),
                                         name, seed=audit.seed)  # fmt: skip
             baseline_memo[key] = scores
@@ -537,11 +545,10 @@ def _generate(config: Config, model: Model, queries: Sequence[Query], cache: Gen
               show_progress: bool) -> list[Image.Image]:  # fmt: skip
     """The images of ``queries`` from ``model``, through the cache, on the configured executor."""
     from diffmia.execution import generate, generate_on_ray
-    from diffmia.targets import make_target
 
     settings = config.generation
     if settings.executor == "local":
-        return generate(make_target(model.spec), queries, cache, chunk_size=settings.chunk_size,
+        return generate(model.target, queries, cache, chunk_size=settings.chunk_size,
                         show_progress=show_progress)  # fmt: skip
     return generate_on_ray(model.spec, queries, cache, workers=settings.workers, chunk_size=settings.chunk_size,
                            show_progress=show_progress)  # fmt: skip
@@ -677,9 +684,7 @@ def _most_exposed(config: Config, score_sets: Sequence[ScoreSet], target: Model,
     by_id = {s.id: s for s in split.members}
     source = "given" if SCENARIOS[chosen.scenario][0] == "given" else f"captioner-{SCENARIOS[chosen.scenario][1]}"
     rows = []
-    from diffmia.targets import make_target
-
-    fingerprint = make_target(target.spec).fingerprint
+    fingerprint = target.target.fingerprint
     for index in order:
         sample = by_id.get(chosen.sample_ids[index])
         if sample is None:
