@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomli_w
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +24,7 @@ AttackName = Literal["threshold", "distribution", "classifier"]
 ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
 DEFAULT_FINETUNE_STEPS = 500
 DEMO_CONFIG = Path(__file__).parent / "demo.toml"
+_Model = TypeVar("_Model", bound=BaseModel)
 Channel = Literal["text2img", "img2img"]
 DEFAULT_CHANNELS: tuple[Channel, ...] = ("text2img",)
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -427,13 +428,7 @@ class StudyConfig(_Section):
 
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study file (every problem in one ConfigError)."""
-    data = read_toml(path)
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [_describe(error, StudyConfig) for error in exc.errors()]
-        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(f"{path}: {count}: " + "; ".join(problems)) from None
+    return _validated(StudyConfig, read_toml(path), str(path))
 
 
 class Config(_Section):
@@ -486,10 +481,14 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     """Validate a parsed TOML document; report every problem in one ConfigError."""
+    return _validated(Config, data, source)
+
+
+def _validated(model: type[_Model], data: dict[str, Any], source: str) -> _Model:
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(error, Config) for error in exc.errors()]
+        problems = [_describe(error, model) for error in exc.errors()]
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise ConfigError(f"{source}: {count}: " + "; ".join(problems)) from None
 
