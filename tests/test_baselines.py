@@ -57,6 +57,9 @@ def test_graybox_errors_by_hand_on_a_model_that_predicts_no_noise(silent_pipe):
     expected = np.mean([float((torch.randn((4, 8, 8), generator=generator, dtype=torch.float64) ** 2).mean())
                         for _ in range(4)])  # fmt: skip
     np.testing.assert_allclose(graybox_scores(silent_pipe, images, prompts, "loss"), -expected, rtol=1e-12)
+    # images of another size are read at the model's resolution
+    mixed = [images[0].resize((48, 48)), images[1].resize((20, 20))]
+    np.testing.assert_allclose(graybox_scores(silent_pipe, mixed, prompts[:2], "secmi"), 0.0, atol=1e-12)
 
 
 def test_graybox_bad_arguments(silent_pipe):

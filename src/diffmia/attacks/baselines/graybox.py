@@ -42,7 +42,8 @@ class _Denoiser:
         import torch
 
         pipe = self.pipe
-        pixels = pipe.image_processor.preprocess(list(images)).to(pipe.device, pipe.vae.dtype)
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own resolution, whatever the images'
+        pixels = pipe.image_processor.preprocess(list(images), height=size, width=size).to(pipe.device, pipe.vae.dtype)
         with torch.no_grad():
             mean = pipe.vae.encode(pixels).latent_dist.mean
         return (mean * pipe.vae.config.scaling_factor).to(torch.float64)
