@@ -269,14 +269,42 @@ def lab_pretrain(
     vae_steps: Annotated[int, typer.Option(min=1, help="VAE optimizer steps.")] = 400,
     unet_steps: Annotated[int, typer.Option(min=1, help="UNet + text encoder optimizer steps.")] = 3500,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
+    vae_channels: Annotated[str, typer.Option(help="VAE block widths, comma-separated (levels = entries).")] = (
+        "32,64,64"
+    ),
+    unet_channels: Annotated[str, typer.Option(help="UNet block widths, comma-separated (levels = entries).")] = (
+        "32,64"
+    ),
+    unet_layers: Annotated[int, typer.Option(min=1, help="ResNet (+ attention) layers per UNet block.")] = 2,
+    text_width: Annotated[int, typer.Option(min=4, help="Text encoder width (= cross-attention width).")] = 64,
+    text_layers: Annotated[int, typer.Option(min=1, help="Text encoder transformer layers.")] = 3,
     resume: Annotated[bool, typer.Option(help="Resume from out_dir/checkpoints when present.")] = True,
 ) -> None:
-    """Pretrain the tiny base model (VAE, then UNet with its text encoder); the shipped base came from this."""
+    """Pretrain a tiny base model (VAE, then UNet with its text encoder). The defaults build the shipped base;
+    other sizes give a base of another family (e.g. for shadows that do not share the target's architecture)."""
+    import shlex
+
+    from diffmia.lab.pipeline import TinySDConfig
     from diffmia.lab.pretrain import PretrainConfig, pretrain
 
     recipe = PretrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, seed=seed)
-    path = pretrain(data, out_dir, split=None if split == "all" else split, recipe=recipe, resume=resume)
+    model = TinySDConfig(vae_channels=_channels("--vae-channels", vae_channels), unet_layers_per_block=unet_layers,
+                         unet_channels=_channels("--unet-channels", unet_channels), text_width=text_width,
+                         text_layers=text_layers)  # fmt: skip
+    command = shlex.join(["diffmia", "lab", "pretrain", str(data), str(out_dir), "--split", str(split), "--vae-steps",
+                          str(vae_steps), "--unet-steps", str(unet_steps), "--seed", str(seed), "--vae-channels",
+                          vae_channels, "--unet-channels", unet_channels, "--unet-layers", str(unet_layers),
+                          "--text-width", str(text_width), "--text-layers", str(text_layers)])  # fmt: skip
+    path = pretrain(data, out_dir, split=None if split == "all" else split, recipe=recipe, model=model,
+                    resume=resume, command=command)  # fmt: skip
     typer.echo(f"base pipeline written to {path}; its card: {out_dir / 'card.json'}")
+
+
+def _channels(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give comma-separated integers, e.g. 32,64,128") from None
 
 
 @lab_app.command("classifier")

@@ -149,3 +149,29 @@ def test_finetune_bad_input_fails_before_training(lab, digit_folder, tmp_path, c
     assert main(["finetune", "--model", str(tmp_path / "nothing"), "--data", str(members), "--out", str(out)]) == 2
     assert "cannot load a Stable Diffusion pipeline" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_pretrain_command_builds_another_family_and_refuses_to_mix_checkpoints(lab, capsys):
+    from diffusers import UNet2DConditionModel
+
+    out = lab["root"] / "other-family"
+    sizes = ["--vae-channels", "16,32,32", "--unet-channels", "16,32,64", "--unet-layers", "1", "--text-width",
+             "32", "--text-layers", "1"]  # fmt: skip
+    args = ["lab", "pretrain", str(lab["members"]), str(out), "--split", "all", "--vae-steps", "1", "--unet-steps",
+            "1", "--seed", "4"]  # fmt: skip
+    assert main([*args, *sizes]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert (card["model"]["vae_channels"], card["model"]["unet_channels"]) == ([16, 32, 32], [16, 32, 64])
+    assert (card["model"]["unet_layers_per_block"], card["model"]["text_width"], card["recipe"]["seed"]) == (1, 32, 4)
+    assert card["command"].startswith("diffmia lab pretrain ") and "--unet-channels 16,32,64" in card["command"]
+    unet = UNet2DConditionModel.from_pretrained(out / "pipeline" / "unet")
+    assert list(unet.config.block_out_channels) == [16, 32, 64] and unet.config.cross_attention_dim == 32
+    capsys.readouterr()
+    # the checkpoints of one architecture never resume into another
+    assert main([*args, *sizes[:2], "--unet-channels", "16,32"]) == 2
+    assert "checkpoints was written with another model" in capsys.readouterr().err
+    assert main([*args, "--unet-channels", "48,96", "--text-width", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "unet_channels [48, 96] must be multiples of 32" in err and "text_width 30 must be a multiple of" in err
+    assert main([*args, "--unet-channels", "16,x"]) == 2
+    assert "--unet-channels '16,x': give comma-separated integers" in capsys.readouterr().err

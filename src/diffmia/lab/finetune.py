@@ -25,6 +25,7 @@ from diffmia.errors import ConfigError, DataError, TargetError
 from diffmia.lab.privacy import plan_privacy, poisson_batch
 from diffmia.lab.training import (
     TrainImages,
+    check_resumable,
     denoising_loss,
     epoch_batches,
     step_rng,
@@ -93,7 +94,8 @@ def finetune(
         raise DataError(f"{out} already holds a finished fine-tune (card.json); choose another output folder")
     folder = load_image_folder(data_dir, require_captions=True)
     pipe = load_pipeline(model)
-    _check_resumable(out, recipe, model, data_dir, resume)
+    stamp = {"recipe": recipe.model_dump(mode="json"), "model": str(model), "data": str(Path(data_dir).resolve())}
+    check_resumable(out / "checkpoints", stamp, resume)
     resolution = recipe.resolution or int(pipe.vae.config.sample_size)
     training, held_out = _hold_out(folder.samples, recipe)
     data = TrainImages.from_samples(
@@ -271,27 +273,6 @@ class _EarlyStopping:
             "stopped_at": stopped_at,
             "validation_loss": sorted(self.history.items()),
         }
-
-
-def _check_resumable(out: Path, recipe: FinetuneConfig, model: str | Path, data_dir: str | Path, resume: bool) -> None:
-    """Refuse to resume checkpoints written by a different recipe, model or data folder."""
-    stamp = {
-        "recipe": recipe.model_dump(mode="json"),
-        "model": str(model),
-        "data": str(Path(data_dir).resolve()),
-    }
-    path = out / "checkpoints" / "run.json"
-    if resume and path.exists():
-        previous = json.loads(path.read_text())
-        if previous != stamp:
-            changed = sorted(k for k in stamp if stamp[k] != previous.get(k))
-            raise ConfigError(
-                f"{out}/checkpoints were written with another {', '.join(changed)}; "
-                "use the same settings to resume, or another output folder"
-            )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(stamp))
 
 
 def _add_lora(unet: Any, recipe: FinetuneConfig) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from diffmia.errors import ConfigError
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -37,6 +39,29 @@ class TinySDConfig:
     text_heads: int = 4
     max_length: int = 32
     train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vae_channels", "unet_channels"):
+            channels = getattr(self, name)
+            if not channels or channels[0] < 1:
+                problems.append(f"{name} {list(channels)} must be a list of positive channel counts")
+            elif any(c % min(32, channels[0]) for c in channels):
+                problems.append(f"{name} {list(channels)} must be multiples of {min(32, channels[0])} "
+                                "(the group-norm groups)")  # fmt: skip
+        if any(c % self.attention_head_dim for c in self.unet_channels):
+            problems.append(f"unet_channels {list(self.unet_channels)} must be multiples of the attention head "
+                            f"size {self.attention_head_dim}")  # fmt: skip
+        if self.text_width % self.text_heads:
+            problems.append(f"text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
+        latent = self.resolution // 2 ** (len(self.vae_channels) - 1)
+        if self.resolution % 2 ** (len(self.vae_channels) - 1) or latent % 2 ** (len(self.unet_channels) - 1):
+            problems.append(f"{len(self.vae_channels)} VAE levels and {len(self.unet_channels)} UNet levels do not "
+                            f"divide the {self.resolution}px resolution evenly")  # fmt: skip
+        if min(self.vae_layers_per_block, self.unet_layers_per_block, self.text_layers) < 1:
+            problems.append("layer counts must be at least 1")
+        if problems:
+            raise ConfigError("tiny model: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

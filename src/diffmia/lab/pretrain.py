@@ -22,6 +22,7 @@ from diffmia.errors import DataError
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 from diffmia.lab.training import (
     TrainImages,
+    check_resumable,
     denoising_loss,
     epoch_batches,
     step_rng,
@@ -78,6 +79,7 @@ def pretrain(
     model: TinySDConfig | None = None,
     resume: bool = True,
     show_progress: bool = True,
+    command: str | None = None,
 ) -> Path:
     """Pretrain the tiny base model on ``data_dir`` (its ``split`` part); write the pipeline and its card.
 
@@ -92,6 +94,9 @@ def pretrain(
     folder = load_image_folder(data_dir, require_captions=True)
     samples = select_split(folder.samples, folder.extra, split)
     data = TrainImages.from_samples(samples, model.resolution)
+    stamp = {"recipe": recipe.__dict__, "model": model.to_dict(), "data": str(Path(data_dir).resolve()),
+             "split": split}  # fmt: skip
+    check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)
     began = time.perf_counter()
     pipe = build_pipeline(data.captions, model, seed=recipe.seed)
     n = len(data)
@@ -159,7 +164,7 @@ def pretrain(
         "latent_scaling_factor": scaling,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "command": f"diffmia lab pretrain {data_dir} {out_dir}",
+        "command": command or f"diffmia.lab.pretrain.pretrain({str(data_dir)!r}, {str(out_dir)!r})",
     }
     with atomic_path(out / "card.json") as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n")

@@ -168,6 +168,26 @@ def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
+def check_resumable(checkpoints: Path, stamp: dict[str, Any], resume: bool) -> None:
+    """Refuse to resume checkpoints written with settings other than ``stamp``; record ``stamp`` for next time."""
+    import json
+
+    from diffmia.tables import atomic_path
+
+    path = checkpoints / "run.json"
+    if resume and path.exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in stamp if stamp[k] != previous.get(k))
+        if changed:
+            raise ConfigError(
+                f"{checkpoints} was written with another {', '.join(changed)}; "
+                "use the same settings to resume, or another output folder"
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(stamp))
+
+
 def train(
     *,
     modules: Sequence[torch.nn.Module],
