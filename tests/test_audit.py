@@ -169,6 +169,16 @@ def test_a_shadow_folder_that_is_not_a_pipeline_fails_before_any_query(tmp_path)
     assert not (tmp_path / "runs" / "bad" / "models").exists()  # nothing was trained
 
 
+def test_a_missing_shadow_base_model_fails_before_anything_is_written(tmp_path):
+    config = parse_config(_folders_config(tmp_path, scenarios=["III"], shadow_base_model=str(tmp_path / "nowhere")))
+    with pytest.raises(TargetError, match=r"audit.shadow_base_model = .*nowhere': no such folder"):
+        run_audit(config, log=lambda _: None)
+    assert not (tmp_path / "runs" / "bad" / "config.toml").exists()
+    with pytest.raises(ConfigError, match="shadow_base_model is set but no shadow is fine-tuned"):
+        parse_config({"audit": {"shadows": 0, "scenarios": ["III"], "shadow_base_model": "builtin",
+                                "given_shadows": [{"model": "m", "members": "a", "nonmembers": "b"}]}})  # fmt: skip
+
+
 def test_scenario_without_shadows_is_a_config_error():
     with pytest.raises(ConfigError, match=r"scenario\(s\) I, II have no shadow model"):
         parse_config({"audit": {"shadows": 0, "scenarios": ["I", "II"]}})

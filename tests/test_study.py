@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from diffmia.cli import main
 from diffmia.config import load_study
-from diffmia.errors import ConfigError
-from diffmia.study import plan_study
+from diffmia.errors import ConfigError, TargetError
+from diffmia.study import plan_study, run_study
 
 BASE = """
 [audit]
@@ -90,6 +91,28 @@ def test_plan_and_bad_studies(tmp_path, capsys):
         load_study(_write(tmp_path, unset))
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples" / "studies").glob("*.toml")),
+                         ids=lambda p: p.stem)  # fmt: skip
+def test_example_studies_plan_one_valid_audit_per_level(path):
+    study = load_study(path)
+    runs = plan_study(study)
+    assert len(runs) == sum(len(f.values) for f in study.study.factors) >= 1
+    if path.stem == "shadow-family":
+        assert [r.config.audit.shadow_base_model for r in runs] == [None, "runs/studies/bases/unet3/pipeline"]
+        assert {r.config.audit.base_model for r in runs} == {"builtin"}  # the control stays the target's base
+
+
+def test_a_missing_model_folder_stops_the_study_before_its_first_level(tmp_path):
+    missing = tmp_path / "not-pretrained" / "pipeline"
+    study = STUDY.replace('key = "finetune.max_steps"', 'key = "audit.shadow_base_model"').replace(
+        "values = [60, 20]", f'values = ["unset", "{missing}"]'
+    )
+    with pytest.raises(TargetError, match=rf"fine-tuning steps = {re.escape(str(missing))}: audit.shadow_base_model "
+                                          r"= .*: no such folder"):  # fmt: skip
+        run_study(load_study(_write(tmp_path, study)), show_progress=False, log=lambda _: None)
+    assert not (tmp_path / "studies").exists()
+
+
 @pytest.mark.slow
 def test_study_shares_models_and_generations_and_tabulates_each_factor(tmp_path, capsys):
     path = _write(tmp_path)
@@ -126,3 +149,42 @@ def test_study_shares_models_and_generations_and_tabulates_each_factor(tmp_path,
         with Image.open(root / f"{name}.png") as figure:
             assert figure.size[0] > 300
     assert "### fine-tuning steps" in captured.out
+
+
+@pytest.mark.slow
+def test_shadows_of_another_model_family_change_the_fitted_attacks_but_not_the_target(tmp_path):
+    """Factor ``audit.shadow_base_model``: shadows fine-tuned from a base of another architecture. The target, its
+    features and the base-model control are the same at both levels; only what is fitted on shadows can move."""
+    from diffmia.lab.pipeline import TinySDConfig, build_pipeline
+
+    other = tmp_path / "other-family" / "pipeline"
+    family = TinySDConfig(vae_channels=(16, 32, 32), unet_channels=(16, 32, 64), unet_layers_per_block=1,
+                          text_width=32, text_layers=1, text_heads=2)  # fmt: skip
+    build_pipeline(["a handwritten digit"], family, seed=3).save_pretrained(other)
+    head = STUDY.split("[[study.factors]]")[0]
+    factor = f'name = "shadow family"\nkey = "audit.shadow_base_model"\nvalues = ["unset", "{other}"]\n'
+    study = head + '[study.fixed]\n"audit.base_control" = true\n\n[[study.factors]]\n' + factor
+    study += 'labels = ["same", "other"]\n'
+    assert main(["study", str(_write(tmp_path, study))]) == 0
+    root = tmp_path / "studies" / "tiny"
+    same, changed = json.loads((root / "study.json").read_text())["runs"]
+    # one target for both levels, and one shadow per base model, each fine-tuned from its own base
+    cards = [json.loads(p.read_text()) for p in sorted((root.parent / "models").glob("*/card.json"))]
+    assert sorted(c["base_model"] for c in cards) == sorted(["builtin", "builtin", str(other)])
+    results = {}
+    for record in (same, changed):
+        result = json.loads((tmp_path / record["run_dir"] / "result.json").read_text())
+        assert result["models"]["shadow-disjoint-0"]["base_model"] == ("builtin" if record is same else str(other))
+        results[record["level"]] = {(r["model"], r["attack"]): r["evaluation"] for r in result["results"]
+                                    if r["channel"] == "text2img"}  # fmt: skip
+    # the threshold attack's AUC reads the target's own features in a fixed direction: no shadow can change it
+    for model in ("target", "base"):
+        assert results["same"][(model, "threshold")]["auc"] == results["other"][(model, "threshold")]["auc"]
+    assert results["same"][("target", "threshold")]["auc"] > 0.7
+    # the classifier is fitted on the shadows' features, which come from another model
+    assert results["same"][("target", "classifier")] != results["other"][("target", "classifier")]
+    # the other base's own generation quality is measured (20 non-member captions x 2 queries) and tabulated
+    assert "shadow-base" not in same["generation_quality"]
+    assert changed["generation_quality"]["shadow-base"]["generations"] == 40
+    table = (root / "shadow-family.md").read_text()
+    assert "The shadows' own base model at level other (not fine-tuned): digit accuracy" in table

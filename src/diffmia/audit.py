@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from diffmia.data import (
     plan_auxiliary,
     write_subset,
 )
-from diffmia.encoders import PixelEncoder, load_rgb
+from diffmia.encoders import PixelEncoder, load_rgb, weights_digest
 from diffmia.errors import ConfigError, DataError, TargetError
 from diffmia.features import CachedEncoder, Encoder, blind_features, build_features
 from diffmia.queries import build_queries
@@ -107,13 +108,11 @@ def run_audit(
     members, nonmembers, pool, data_source = _load_data(config, run)
     check_audit_data(members, nonmembers, pool, scenarios, members_need_captions=audit.finetune_target)
     given_shadows = _load_given_shadows(config)
-    _check_model_source("audit.base_model", audit.base_model)
+    check_model_sources(config)
     if any(SCENARIOS[s][0] == "captioner" for s in scenarios) and audit.captioner not in ("builtin", "tiny"):
         from diffmia.captioners import load_captioner
 
         load_captioner(audit.captioner)  # missing weights are reported now, not after the shadows are trained
-    if not audit.finetune_target and config.target.kind == "diffusers":
-        _check_model_source("target.model", config.target.model)
     encoders = _encoders(config, run)
     _write_config(run, config)
     target_split = MembershipSplit(tuple(members), tuple(nonmembers))
@@ -140,7 +139,8 @@ def run_audit(
     shadows: dict[str, list[tuple[Model, MembershipSplit]]] = {kind: [] for kind in kinds}
     for kind, aux in auxiliary.items():
         for j, split in enumerate(aux.shadow_splits):
-            model = _finetuned(config, run, f"shadow-{kind}-{j}", split.members, show_progress, log)
+            model = _finetuned(config, run, f"shadow-{kind}-{j}", split.members, show_progress, log,
+                               base_model=audit.shadow_base_model or audit.base_model)  # fmt: skip
             shadows[kind].append((model, split))
     base = Model("base", _spec(config, audit.base_model), {"model": audit.base_model, "fine-tuned": False})
     timings["fine-tune"] = time.perf_counter() - stage
@@ -238,6 +238,9 @@ def run_audit(
     quality: dict[str, Any] = {}
     if config.data.builtin:
         rated = [target, base] if audit.base_control else [target]
+        other = audit.shadow_base_model
+        if other is not None and other != audit.base_model:  # how good is the shadows' other base model?
+            rated.append(Model("shadow-base", _spec(config, other), {"model": other, "fine-tuned": False}))
         quality = _digit_quality(config, run, rated, target_split.nonmembers, cache, show_progress)
     timings["generation quality"] = time.perf_counter() - stage
 
@@ -355,13 +358,25 @@ def _load_data(config: Config, run: Path) -> tuple[list[Sample], list[Sample], l
     return chosen[:n_m], chosen[n_m : n_m + n_n], chosen[n_m + n_n :], "bundled digits (private split)"
 
 
+def check_model_sources(config: Config) -> None:
+    """The base model, the shadows' base model and a local target are diffusers folders or read as hub ids."""
+    audit = config.audit
+    _check_model_source("audit.base_model", audit.base_model)
+    if audit.shadow_base_model is not None:
+        _check_model_source("audit.shadow_base_model", audit.shadow_base_model)
+    if not audit.finetune_target and config.target.kind == "diffusers":
+        _check_model_source("target.model", config.target.model)
+
+
 def _check_model_source(name: str, model: str) -> None:
-    """A local model folder must be a diffusers pipeline; anything else not on disk is taken as a hub id."""
+    """A local model folder must be a diffusers pipeline; anything else must read as a hub id (owner/name)."""
     if model == "builtin":
         return
     path = Path(model)
     if path.exists() and not (path / "model_index.json").is_file():
         raise TargetError(f"{name} = {model!r} is not a diffusers pipeline folder (no model_index.json in it)")
+    if not path.exists() and not re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", model):
+        raise TargetError(f"{name} = {model!r}: no such folder (and not a hub id of the form owner/name)")
 
 
 def _load_given_shadows(config: Config) -> list[tuple[Model, MembershipSplit, set[str]]]:
@@ -431,23 +446,31 @@ def _model_folder(config: Config, run: Path, name: str, recipe: dict[str, Any], 
     return Path(config.audit.models_dir) / f"{name}-{key}"
 
 
+def _model_identity(model: str) -> str:
+    """What names a base model in the model store: a local folder by its weights (so a re-pretrained base is never
+    mistaken for the old one, and a moved one still matches), ``builtin`` and hub ids by name."""
+    path = Path(model)
+    return f"local@{weights_digest(path)}" if model != "builtin" and path.is_dir() else model
+
+
 def _finetuned(config: Config, run: Path, name: str, members: Sequence[Sample], show_progress: bool,
-               log: Callable[[str], None]) -> Model:  # fmt: skip
-    """``base_model`` fine-tuned on ``members`` with the [finetune] recipe (reused if done)."""
+               log: Callable[[str], None], base_model: str | None = None) -> Model:  # fmt: skip
+    """``base_model`` (default: the audit's) fine-tuned on ``members`` with the [finetune] recipe (reused if done)."""
     from diffmia.lab.finetune import finetune
 
-    out = _model_folder(config, run, name, {"base_model": config.audit.base_model,
+    base_model = base_model or config.audit.base_model
+    out = _model_folder(config, run, name, {"base_model": _model_identity(base_model),
                                             "recipe": config.finetune.model_dump(mode="json")}, members)  # fmt: skip
     if not (out / "card.json").exists():
         log(f"fine-tuning {name} on {len(members)} images ({config.finetune.method}, "
             f"{config.finetune.total_steps(len(members))} steps)")  # fmt: skip
         folder = write_subset(members, run / "splits" / name)
-        finetune(config.audit.base_model, folder, out, config.finetune, show_progress=show_progress)
+        finetune(base_model, folder, out, config.finetune, show_progress=show_progress)
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     if (out / "pipeline").is_dir():
         spec = _spec(config, str(out / "pipeline"))
     else:
-        spec = _spec(config, config.audit.base_model, str(out / "lora"))
+        spec = _spec(config, base_model, str(out / "lora"))
     return Model(name, spec, card)
 
 

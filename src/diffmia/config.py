@@ -337,9 +337,11 @@ class AuditConfig(_Section):
     Scenarios I and III query with the given captions, II and IV with captions from a captioner fine-tuned on
     the auxiliary set D'. In I and II half of D' (``overlap``) are real target members; in III and IV D' is
     disjoint from the target's data. Shadow models are fine-tuned with the ``[finetune]`` recipe on the
-    ``base_model``, on ``shadow_members`` images of D' (default: as many as the target has members); the other
-    ``shadow_members`` images of D' are the shadow's non-members. ``finetune_target`` fine-tunes the target
-    itself on the members with the same recipe (the built-in demo); otherwise ``[target]`` is the model audited.
+    ``shadow_base_model`` (default: ``base_model``; another family tests whether the attack transfers across
+    architectures), on ``shadow_members`` images of D' (default: as many as the target has members); the other
+    ``shadow_members`` images of D' are the shadow's non-members. The base-model control is always ``base_model``.
+    ``finetune_target`` fine-tunes the target itself on the members with the same recipe (the built-in demo);
+    otherwise ``[target]`` is the model audited.
     ``captioner`` (``builtin``: the shipped tiny BLIP of the digits; or a BLIP folder or hub id) is fine-tuned on
     each D' with ``[captioner_training]`` (``finetune_captioner = false``: used as it is). ``models_dir`` shares
     fine-tuned models between run directories (a study): each is kept under its name and a digest of what made
@@ -354,6 +356,7 @@ class AuditConfig(_Section):
     runs_dir: str = "runs"
     scenarios: list[Scenario] = Field(default_factory=lambda: list(ALL_SCENARIOS), min_length=1)
     base_model: str = "builtin"
+    shadow_base_model: str | None = None
     finetune_target: bool = False
     shadows: Annotated[int, Field(ge=0)] = 1
     shadow_members: Annotated[int, Field(ge=10)] | None = None
@@ -376,6 +379,8 @@ class AuditConfig(_Section):
         if self.shadows == 0 and uncovered:
             raise ValueError(f"scenario(s) {', '.join(uncovered)} have no shadow model: set shadows >= 1 "
                              "or list given_shadows for them")  # fmt: skip
+        if self.shadows == 0 and self.shadow_base_model is not None:
+            raise ValueError("shadow_base_model is set but no shadow is fine-tuned (shadows = 0)")
         if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
             raise ValueError("name must be a plain folder name")
         return self

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from diffmia.config import DEMO_CONFIG, UNSET, Config, StudyConfig, dump_config, load_config, parse_config
-from diffmia.errors import ConfigError
+from diffmia.errors import ConfigError, TargetError
 from diffmia.tables import atomic_path
 
 
@@ -88,9 +88,17 @@ def _same_audit(config: Config) -> str:
 
 def run_study(study: StudyConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every level of every factor (resuming finished runs); write study.json, tables and plots."""
-    from diffmia.audit import headline, run_audit
+    from diffmia.audit import check_model_sources, headline, run_audit
 
     runs = plan_study(study)
+    missing = []
+    for run in runs:  # a model folder missing at the last level is reported before the first level runs
+        try:
+            check_model_sources(run.config)
+        except TargetError as exc:
+            missing.append(f"{run.factor} = {run.label}: {exc}")
+    if missing:
+        raise TargetError("the study's models are not all there: " + " | ".join(missing))
     root = study_dir(study)
     done: dict[str, dict[str, Any]] = {}
     records = []
@@ -135,7 +143,8 @@ def _headline_result(record: dict[str, Any], scenario: str, model: str = "target
 
 def factor_table(name: str, records: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per level; per scenario the headline AUC [95% CI] and TPR at the first FPR; the base
-    model's headline AUC; the target's generation quality where measured (and the base model's, when it is one)."""
+    model's headline AUC; the target's generation quality where measured (and the base model's, when it is one,
+    and that of the shadows' own base model where it differs)."""
     scenarios = list(dict.fromkeys(s for r in records for s in r["headline"]))
     quality = any(r["generation_quality"].get("target") for r in records)
     head = ["level", *(f"{s}: AUC [95% CI], TPR@low FPR" for s in scenarios), "base-model control AUC"]
@@ -170,6 +179,12 @@ def factor_table(name: str, records: Sequence[dict[str, Any]]) -> str:
         base = json.loads(bases.pop())
         lines += ["", f"The un-fine-tuned base model: digit accuracy {base['digit_accuracy']:.3f}, Fréchet distance "
                   f"{base['frechet_distance']:.2f} ({base['generations']} generations)."]  # fmt: skip
+    for record in records:
+        other = record["generation_quality"].get("shadow-base")
+        if other:
+            lines += ["", f"The shadows' own base model at level {record['level']} (not fine-tuned): digit accuracy "
+                      f"{other['digit_accuracy']:.3f}, Fréchet distance {other['frechet_distance']:.2f} "
+                      f"({other['generations']} generations)."]  # fmt: skip
     channels = sorted({f"{c}/{a}" for r in records for c, a in r["headline"].values()})
     lines += ["", f"Headline score set of each run (fixed in advance): {', '.join(channels)}; all: study.json.", ""]
     return "\n".join(lines)
