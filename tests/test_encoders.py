@@ -103,3 +103,20 @@ def test_weights_digest_is_remembered_until_a_weight_file_changes(tmp_path):
     weights.write_bytes(b"weights-2")
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
     assert weights_digest(tmp_path) == hashlib.sha256(b"config.json{}unet/model.safetensorsweights-2").hexdigest()[:16]
+
+
+def test_the_built_in_captioners_vision_tower_is_an_offline_vit_encoder():
+    """The encoders study compares pixels with this ViT: HFVisionEncoder must keep BLIP's trained image tower."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from diffmia.lab.captioner import BUILTIN_DIR
+
+    folder = BUILTIN_DIR / "captioner"
+    images = _images(3, size=32)
+    tokens = HFVisionEncoder(folder).encode(images)
+    assert tokens.shape == (3, 1 + (32 // 8) ** 2, 96)  # class token + 16 patches of 8x8, width 96
+    blip = BlipForConditionalGeneration.from_pretrained(folder).eval()
+    inputs = BlipProcessor.from_pretrained(folder)(images=images, return_tensors="pt")
+    with torch.no_grad():
+        expected = blip.vision_model(pixel_values=inputs.pixel_values).last_hidden_state.numpy()
+    np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
