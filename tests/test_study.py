@@ -187,4 +187,4 @@ def test_shadows_of_another_model_family_change_the_fitted_attacks_but_not_the_t
     assert "shadow-base" not in same["generation_quality"]
     assert changed["generation_quality"]["shadow-base"]["generations"] == 40
     table = (root / "shadow-family.md").read_text()
-    assert "The shadows' own base model at level other (not fine-tuned): digit accuracy" in table
+    assert 'The shadows\' own base model, not fine-tuned, at level "other": digit accuracy' in table

@@ -182,8 +182,8 @@ def factor_table(name: str, records: Sequence[dict[str, Any]]) -> str:
     for record in records:
         other = record["generation_quality"].get("shadow-base")
         if other:
-            lines += ["", f"The shadows' own base model at level {record['level']} (not fine-tuned): digit accuracy "
-                      f"{other['digit_accuracy']:.3f}, Fréchet distance {other['frechet_distance']:.2f} "
+            lines += ["", f"The shadows' own base model, not fine-tuned, at level \"{record['level']}\": digit "
+                      f"accuracy {other['digit_accuracy']:.3f}, Fréchet distance {other['frechet_distance']:.2f} "
                       f"({other['generations']} generations)."]  # fmt: skip
     channels = sorted({f"{c}/{a}" for r in records for c, a in r["headline"].values()})
     lines += ["", f"Headline score set of each run (fixed in advance): {', '.join(channels)}; all: study.json.", ""]
