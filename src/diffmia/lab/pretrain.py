@@ -96,7 +96,7 @@ def pretrain(
     data = TrainImages.from_samples(samples, model.resolution)
     stamp = {"recipe": recipe.__dict__, "model": model.to_dict(), "data": str(Path(data_dir).resolve()),
              "split": split}  # fmt: skip
-    check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)
+    check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)  # tuples as the stamp reads back
     began = time.perf_counter()
     pipe = build_pipeline(data.captions, model, seed=recipe.seed)
     n = len(data)
