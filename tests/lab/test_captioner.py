@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,29 @@ def test_builtin_captioner_fine_tunes_on_a_split(tmp_path, digit_folder):
     assert card["data"] == {"folder": str(data), "split": "public", "n_images": n_public} and 0 < n_public < 30
     assert card["base_model"] == "builtin" and card["recipe"]["learning_rate"] == 1e-4
     assert main([*args[:-4], "--out", str(tmp_path / "none"), "--split", "nope"]) == 2
+
+
+def test_captioner_fine_tunes_are_reproducible_whatever_the_global_random_state(tmp_path, digit_folder):
+    """BLIP trains with dropout (0.1 here), which draws from torch's global generator: the training loop seeds it
+    per step, so two runs of one recipe give the same weights, and the caller's random state is left alone."""
+    import torch
+    from safetensors.torch import load_file
+
+    from diffmia.config import CaptionerTrainingConfig
+    from diffmia.lab.captioner import finetune_captioner
+
+    data = digit_folder(tmp_path / "aux", 16)
+    recipe = CaptionerTrainingConfig(max_steps=3, batch_size=8, learning_rate=1e-3, checkpoint_every=0)
+    weights = []
+    for run in range(2):
+        torch.manual_seed(100 + run)  # a different global state before each run
+        before = torch.random.get_rng_state()
+        folder = finetune_captioner("builtin", data, tmp_path / f"run{run}", recipe, show_progress=False)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        weights.append(load_file(folder / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=0)
+    # and training did move the weights (dropout is active: the recipe's steps are not no-ops)
+    base = load_file(Path(BlipCaptioner("builtin").model) / "model.safetensors")
+    assert max(float((weights[0][k] - base[k]).abs().max()) for k in base if k in weights[0]) > 1e-4

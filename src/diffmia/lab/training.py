@@ -1,7 +1,8 @@
 """The training loop shared by pretraining and fine-tuning: seeded, resumable, built on accelerate.
 
 Every source of randomness of micro-batch m (which images, crops, flips, caption drop-outs, noise and
-timesteps) is drawn from a generator seeded with (seed, m, process), so a run resumed from a checkpoint takes
+timesteps, and the dropout masks of the modules themselves) is drawn from a generator seeded with (seed, m,
+process), so two runs of one recipe train the same weights, and a run resumed from a checkpoint takes
 exactly the steps the uninterrupted run would have taken. Checkpoints are written to a temporary folder and
 renamed into place: a run killed at any moment resumes from its last complete checkpoint.
 """
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from diffmia.lab.privacy import PrivacyPlan
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+MODULE_STREAM = 2**16  # the step_rng stream that seeds torch's global generator (loss functions use small streams)
 
 
 def step_rng(seed: int, micro_step: int, process: int = 0, stream: int = 0) -> np.random.Generator:
@@ -259,12 +261,18 @@ def train(
     began = time.perf_counter()
     for model in models:
         model.train()
-    with progress(max_steps, description, start=start, enabled=show_progress) as advance:
+    # torch's global generator (dropout, and anything else a module draws by itself) is seeded per micro-step too,
+    # inside a fork so that the caller's random state is left as it was
+    with progress(max_steps, description, start=start, enabled=show_progress) as advance, torch.random.fork_rng():
         for step in range(start, max_steps):
             total = 0.0
             for micro in range(gradient_accumulation_steps):
                 with accelerator.accumulate(*models):
-                    loss = loss_fn(models, step * gradient_accumulation_steps + micro, accelerator.process_index)
+                    index = step * gradient_accumulation_steps + micro
+                    torch.manual_seed(
+                        int(step_rng(seed, index, accelerator.process_index, MODULE_STREAM).integers(2**62))
+                    )
+                    loss = loss_fn(models, index, accelerator.process_index)
                     accelerator.backward(loss)
                     if private_optimizer is not None:
                         seed_noise(private_optimizer, seed, step)
