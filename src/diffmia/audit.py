@@ -140,7 +140,7 @@ def run_audit(
     for kind, aux in auxiliary.items():
         for j, split in enumerate(aux.shadow_splits):
             model = _finetuned(config, run, f"shadow-{kind}-{j}", split.members, show_progress, log,
-                               base_model=audit.shadow_base_model or audit.base_model)  # fmt: skip
+                               base_model=audit.shadow_base_model)  # fmt: skip
             shadows[kind].append((model, split))
     base = Model("base", _spec(config, audit.base_model), {"model": audit.base_model, "fine-tuned": False})
     timings["fine-tune"] = time.perf_counter() - stage
