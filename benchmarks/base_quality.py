@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from _digits import private_split
 
-from diffmia.lab.classifier import CLASSIFIER_PATH, DigitClassifier
+from diffmia.assets import CLASSIFIER_PATH
+from diffmia.lab.classifier import DigitClassifier
 from diffmia.lab.finetune import load_pipeline
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffmia.encoders import HFVisionEncoder, PixelEncoder, load_rgb
-from diffmia.errors import DataError, TargetError
+from diffmia.assets import CAPTIONER_DIR
+from diffmia.encoders import HFVisionEncoder, PixelEncoder
+from diffmia.errors import TargetError
 
 
 def _images(n, size=24, seed=0):
@@ -63,55 +64,11 @@ def test_pixel_encoder():
     np.testing.assert_allclose(out, np.ones((1, 12)))
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "I;16", "LA", "CMYK"])
-def test_image_modes_are_converted(tmp_path, mode):
-    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8))
-    grey16 = np.asarray(rgb.convert("L"), np.uint16) * 257
-    image = Image.fromarray(grey16) if mode == "I;16" else rgb.convert(mode)
-    path = tmp_path / f"x.{'tiff' if mode == 'CMYK' else 'png'}"
-    image.save(path)
-    loaded = load_rgb(path)
-    assert loaded.mode == "RGB" and loaded.size == (5, 6)
-    if mode == "I;16":
-        np.testing.assert_array_equal(np.asarray(loaded)[..., 0], np.asarray(rgb.convert("L")))
-
-
-def test_undecodable_and_tiny_images_are_named(tmp_path):
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"bad\.png cannot be decoded"):
-        load_rgb(tmp_path / "bad.png")
-    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
-    with pytest.raises(DataError, match=r"dot\.png is 1x1: too small"):
-        load_rgb(tmp_path / "dot.png")
-
-
-def test_weights_digest_is_remembered_until_a_weight_file_changes(tmp_path):
-    import hashlib
-    import os
-
-    from diffmia.encoders import _content_digest, weights_digest
-
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "unet" / "model.safetensors").write_bytes(b"weights-1")
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "notes.txt").write_text("not hashed")
-    expected = hashlib.sha256(b"config.json{}unet/model.safetensorsweights-1").hexdigest()[:16]
-    assert weights_digest(tmp_path) == expected
-    hits = _content_digest.cache_info().hits
-    assert weights_digest(tmp_path) == expected and _content_digest.cache_info().hits == hits + 1  # not read again
-    weights = tmp_path / "unet" / "model.safetensors"
-    weights.write_bytes(b"weights-2")
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
-    assert weights_digest(tmp_path) == hashlib.sha256(b"config.json{}unet/model.safetensorsweights-2").hexdigest()[:16]
-
-
 def test_the_built_in_captioners_vision_tower_is_an_offline_vit_encoder():
     """The encoders study compares pixels with this ViT: HFVisionEncoder must keep BLIP's trained image tower."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from diffmia.lab.captioner import BUILTIN_DIR
-
-    folder = BUILTIN_DIR / "captioner"
+    folder = CAPTIONER_DIR / "captioner"
     images = _images(3, size=32)
     tokens = HFVisionEncoder(folder).encode(images)
     assert tokens.shape == (3, 1 + (32 // 8) ** 2, 96)  # class token + 16 patches of 8x8, width 96

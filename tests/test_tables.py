@@ -9,7 +9,7 @@ import pytest
 
 from diffmia.errors import DataError
 from diffmia.records import FeatureTable
-from diffmia.tables import atomic_path, read_feature_table, read_scores, write_feature_table
+from diffmia.tables import read_feature_table, read_scores, write_feature_table
 
 
 def test_feature_table_round_trip(tmp_path):
@@ -41,24 +41,6 @@ def test_partly_missing_labels_and_non_numeric_scores(tmp_path):
     (tmp_path / "c.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="could not be read as Parquet"):
         read_scores(tmp_path / "c.parquet")
-
-
-def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "out.txt"
-    path.write_text("old")
-
-    def interrupted_write():
-        with atomic_path(path) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError):
-        interrupted_write()
-    assert path.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
-    with atomic_path(path) as tmp:
-        tmp.write_text("new")
-    assert path.read_text() == "new"
 
 
 def test_feature_table_rejects_inconsistent_shapes():

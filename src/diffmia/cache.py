@@ -18,8 +18,8 @@ from typing import Any
 from PIL import Image
 
 from diffmia.errors import DataError
+from diffmia.files import atomic_path
 from diffmia.records import Query
-from diffmia.tables import atomic_path
 
 
 @dataclass(frozen=True)

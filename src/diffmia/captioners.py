@@ -12,8 +12,10 @@ from typing import Any
 
 from PIL import Image
 
-from diffmia.encoders import load_rgb, weights_digest
+from diffmia.assets import resolve_captioner
 from diffmia.errors import DataError, TargetError
+from diffmia.files import weights_digest
+from diffmia.images import load_rgb
 from diffmia.records import Sample
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -48,8 +50,6 @@ class BlipCaptioner:
 
     def __init__(self, model: str | Path = DEFAULT_CAPTIONER, *, batch_size: int = 16, max_length: int = 77,
                  num_beams: int = 1, device: str = "cpu") -> None:  # fmt: skip
-        from diffmia.lab.captioner import resolve_captioner
-
         self.model, self.batch_size, self.max_length = resolve_captioner(model), batch_size, max_length
         self.num_beams, self.device = num_beams, device
         self._loaded: tuple[Any, Any] | None = None

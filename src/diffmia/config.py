@@ -23,7 +23,6 @@ from diffmia.records import Evaluation
 AttackName = Literal["threshold", "distribution", "classifier"]
 ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
 DEFAULT_FINETUNE_STEPS = 500
-DEMO_CONFIG = Path(__file__).parent / "demo.toml"
 _Model = TypeVar("_Model", bound=BaseModel)
 Channel = Literal["text2img", "img2img"]
 DEFAULT_CHANNELS: tuple[Channel, ...] = ("text2img",)
@@ -161,7 +160,7 @@ class FinetuneConfig(_Section):
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-4
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
-    max_steps: Annotated[int, Field(ge=1)] | None = None  # neither set: DEFAULT_FINETUNE_STEPS
+    max_steps: Annotated[int, Field(ge=1)] | None = None  # max_steps and epochs both unset: 500 steps
     epochs: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"

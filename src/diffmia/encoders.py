@@ -8,63 +8,18 @@ parameters and weights identity) that keys cached embeddings.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from diffmia.errors import ConfigError, DataError, TargetError
+from diffmia.errors import ConfigError, TargetError
+from diffmia.files import weights_digest
 
 DEFAULT_ENCODER = "facebook/deit-base-distilled-patch16-384"
 POOLINGS = ("cls", "mean", "pooler")
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """An image file as 8-bit RGB: grey, palette, RGBA and 16-bit images are converted, not rejected."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                grey = np.asarray(image, dtype=np.float64)
-                top = 65535.0 if image.mode.startswith("I;16") else max(float(grey.max()), 1.0)
-                eight_bit = np.clip(grey / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                rgb = Image.fromarray(eight_bit, mode="L").convert("RGB")
-            else:
-                rgb = image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"image {path} cannot be decoded: {exc}") from None
-    if min(rgb.size) < 2:
-        raise DataError(f"image {path} is {rgb.width}x{rgb.height}: too small to encode")
-    return rgb
-
-
-def weights_digest(folder: Path) -> str:
-    """Content hash of a local model folder's weights and configuration.
-
-    Reading gigabytes of weights is slow, so the hash is remembered for as long as no weight file's name, size
-    or modification time changes: an audit asks for the same model's fingerprint many times.
-    """
-    files = sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
-    signature = tuple((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _content_digest(str(Path(folder).resolve()), signature)
-
-
-@functools.lru_cache(maxsize=64)
-def _content_digest(folder: str, signature: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in signature:
-        digest.update(name.encode())
-        with (Path(folder) / name).open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class PixelEncoder:

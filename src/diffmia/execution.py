@@ -16,7 +16,7 @@ from diffmia.cache import GenerationCache
 from diffmia.errors import MissingDependencyError
 from diffmia.progress import progress
 from diffmia.records import Query
-from diffmia.targets import Target
+from diffmia.targets import Target, make_target
 
 
 def missing(queries: Sequence[Query], fingerprint: str, cache: GenerationCache) -> tuple[list[str], dict[str, Query]]:
@@ -75,8 +75,6 @@ def generate_on_ray(
         import ray
     except ImportError:
         raise MissingDependencyError("ray", extra="ray", purpose="the Ray executor") from None
-    from diffmia.targets import make_target
-
     make_target(target_spec)  # validate the spec here, before any worker starts
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
@@ -109,8 +107,6 @@ class _Worker:
     """A Ray actor holding one target; it writes what it generates into the shared cache."""
 
     def __init__(self, target_spec: dict[str, Any], cache_root: str) -> None:
-        from diffmia.targets import make_target
-
         self.target = make_target(target_spec)
         self.cache = GenerationCache(cache_root)
 

@@ -20,8 +20,9 @@ from PIL import Image
 
 from diffmia.distances import aggregate, similarity, ssim
 from diffmia.errors import ConfigError, DataError
+from diffmia.files import atomic_path
+from diffmia.images import image_digest
 from diffmia.records import BoolArray, FeatureTable
-from diffmia.tables import atomic_path
 
 GRANULARITIES = ("pooled", "token")
 
@@ -31,13 +32,6 @@ class Encoder(Protocol):
     def fingerprint(self) -> str: ...
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
-
-
-def image_digest(image: Image.Image) -> str:
-    """Content hash of an image's pixels (mode and size included): equal pixels, equal digest."""
-    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
-    digest.update(np.ascontiguousarray(np.asarray(image)).tobytes())
-    return digest.hexdigest()
 
 
 class CachedEncoder:

@@ -6,11 +6,8 @@ file; writers are atomic, so a failed run never leaves a partial output file beh
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +18,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from diffmia.errors import DataError
+from diffmia.files import atomic_path
 from diffmia.records import BoolArray, FeatureTable, FloatArray
 
 ID_COLUMN = "sample_id"
 MEMBER_COLUMN = "member"
 METADATA_KEY = b"diffmia"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only if the ``with`` block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def read_table(path: str | Path) -> pa.Table:

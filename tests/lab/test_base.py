@@ -7,9 +7,10 @@ import json
 import numpy as np
 import torch
 
-from diffmia.lab.classifier import CLASSIFIER_PATH, DigitClassifier
+from diffmia.assets import BASE_DIR, CLASSIFIER_PATH
+from diffmia.lab.classifier import DigitClassifier
 from diffmia.lab.data import digits_records
-from diffmia.lab.finetune import BASE_DIR, load_pipeline
+from diffmia.lab.finetune import load_pipeline
 
 
 def test_shipped_base_is_small_and_has_its_card():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffmia.assets import CLASSIFIER_PATH
 from diffmia.errors import DataError
-from diffmia.lab.classifier import CLASSIFIER_PATH, DigitClassifier
+from diffmia.lab.classifier import DigitClassifier
 from diffmia.lab.data import digits_records
 
 

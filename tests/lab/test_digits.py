@@ -6,9 +6,10 @@ from collections import Counter
 
 import numpy as np
 
+from diffmia.assets import CLASSIFIER_PATH
 from diffmia.cli import main
 from diffmia.data import load_image_folder
-from diffmia.lab.classifier import CLASSIFIER_PATH, DigitClassifier
+from diffmia.lab.classifier import DigitClassifier
 from diffmia.lab.data import N_PRIVATE, digits_records, levels_within_class
 
 

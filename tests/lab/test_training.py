@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from diffmia.lab.training import TrainImages, epoch_batches, latest_checkpoint, step_rng
+from diffmia.lab.seeding import step_rng
+from diffmia.lab.training import TrainImages, epoch_batches, latest_checkpoint
 from diffmia.records import Sample
 
 

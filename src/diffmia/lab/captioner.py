@@ -20,16 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from diffmia.assets import resolve_captioner
+from diffmia.captioners import load_captioner
 from diffmia.config import CaptionerTrainingConfig
 from diffmia.data import load_image_folder
-from diffmia.encoders import load_rgb
-from diffmia.errors import TargetError
-from diffmia.lab.training import epoch_batches, step_rng, train
-from diffmia.tables import atomic_path
+from diffmia.files import atomic_path
+from diffmia.images import load_rgb
+from diffmia.lab.pretrain import select_split
+from diffmia.lab.seeding import step_rng
+from diffmia.lab.training import epoch_batches, train
 
 TINY = "tiny"
-BUILTIN = "builtin"
-BUILTIN_DIR = Path(__file__).parent / "assets" / "captioner"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
 
 
@@ -74,16 +75,6 @@ def build_tiny_blip(
     return model, processor
 
 
-def resolve_captioner(model: str | Path) -> str:
-    """``builtin`` is the shipped tiny BLIP; anything else is a folder or a hub id, as given."""
-    if str(model) == BUILTIN:
-        path = BUILTIN_DIR / "captioner"
-        if not (path / "config.json").is_file():
-            raise TargetError(f"the built-in captioner is missing from {path}; reinstall diffmia")
-        return str(path)
-    return str(model)
-
-
 def finetune_captioner(
     model: str,
     data_dir: str | Path,
@@ -97,9 +88,6 @@ def finetune_captioner(
     """Train a captioner on the captioned images of ``data_dir`` (only those of metadata ``split``, if given);
     return the folder BlipCaptioner loads."""
     import torch
-
-    from diffmia.captioners import load_captioner
-    from diffmia.lab.pretrain import select_split
 
     recipe = recipe or CaptionerTrainingConfig()
     out = Path(out_dir)

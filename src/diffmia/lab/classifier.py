@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffmia.data import load_image_folder
 from diffmia.errors import DataError
-from diffmia.tables import atomic_path
-
-CLASSIFIER_PATH = Path(__file__).parent / "assets" / "digit_classifier.json"
+from diffmia.files import atomic_path
+from diffmia.lab.pretrain import select_split
 
 
 def digit_features(images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
@@ -71,9 +71,6 @@ class DigitClassifier:
 
 def train_digit_classifier(data_dir: str | Path, out: str | Path, split: str | None = "public") -> DigitClassifier:
     """Fit the digit classifier on a labelled image folder's ``split`` part and save it to ``out``."""
-    from diffmia.data import load_image_folder
-    from diffmia.lab.pretrain import select_split
-
     folder = load_image_folder(data_dir)
     samples = select_split(folder.samples, folder.extra, split)
     labels = [folder.extra[s.id].get("label") for s in samples]

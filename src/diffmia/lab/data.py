@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from diffmia.errors import DataError
-from diffmia.tables import atomic_path
+from diffmia.files import atomic_path
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LEVEL_WORDS: dict[str, tuple[str, ...]] = {

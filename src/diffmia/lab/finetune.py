@@ -14,42 +14,32 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffmia.assets import resolve_model
 from diffmia.config import FinetuneConfig
 from diffmia.data import load_image_folder
 from diffmia.errors import ConfigError, DataError, TargetError
-from diffmia.lab.privacy import plan_privacy, poisson_batch
+from diffmia.files import atomic_path
+from diffmia.lab.privacy import PrivacyPlan, plan_privacy, poisson_batch
+from diffmia.lab.seeding import step_rng, torch_generator
 from diffmia.lab.training import (
     TrainImages,
+    TrainingLog,
     check_resumable,
     denoising_loss,
     epoch_batches,
-    step_rng,
     to_tensor,
-    torch_generator,
-    train,  # fmt: skip
+    train,
 )
-from diffmia.tables import atomic_path
+from diffmia.records import Sample
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
-
-BUILTIN = "builtin"
-BASE_DIR = Path(__file__).parent / "assets" / "base"
-
-
-def resolve_model(model: str | Path) -> str:
-    """``builtin`` is the shipped tiny base; anything else is a local folder or a hub id, as given."""
-    if str(model) == BUILTIN:
-        path = BASE_DIR / "pipeline"
-        if not (path / "model_index.json").is_file():
-            raise TargetError(f"the built-in base model is missing from {path}; reinstall diffmia")
-        return str(path)
-    return str(model)
 
 
 def load_pipeline(model: str | Path) -> StableDiffusionPipeline:
@@ -90,6 +80,64 @@ def finetune(
 
     recipe = recipe or FinetuneConfig()
     out = Path(out_dir)
+    # 1. the pipeline and the images, checked before anything trains
+    inputs = _load_inputs(model, data_dir, out, recipe, resume)
+    pipe, n = inputs.pipe, len(inputs.data)
+    # 2. the accelerator; the VAE and text encoder frozen on its device, the UNet (or its LoRA adapters) trainable
+    began = time.perf_counter()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision
+    )
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(recipe.mixed_precision, torch.float32)
+    device = accelerator.device
+    _make_trainable(pipe, recipe, device, dtype)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    # 3. the loss, the DP-SGD plan and the early stopping
+    posterior, embeddings = _encode_once(pipe, inputs.data, device, dtype)
+    steps = recipe.total_steps(n)
+    plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
+    stopper = _early_stopping(inputs, recipe, out, noise_scheduler, device, dtype)
+    loss_fn = _FinetuneLoss(
+        vae=pipe.vae, data=inputs.data, noise_scheduler=noise_scheduler, scaling=float(pipe.vae.config.scaling_factor),
+        posterior=posterior, embeddings=embeddings, recipe=recipe, plan=plan, device=device, dtype=dtype,
+    )  # fmt: skip
+    # 4. the training
+    log = train(
+        modules=[pipe.unet], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate, seed=recipe.seed,
+        checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
+        lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
+        resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
+        show_progress=show_progress, accelerator=accelerator, privacy=plan,
+        should_stop=stopper.should_stop if stopper is not None else None,
+    )  # fmt: skip
+    # 5. the weights and the card: the result, so the checkpoints go
+    unet = accelerator.unwrap_model(pipe.unet)
+    if recipe.method == "lora":
+        _save_lora(pipe, unet, out / "lora")
+    else:
+        pipe.save_pretrained(out / "pipeline")
+    card = _card(inputs, recipe, log, log.stopped_at or steps, plan, stopper, began, device)
+    with atomic_path(out / "card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return out
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What a fine-tune starts from: the pipeline, and the images split into training and held-out ones."""
+
+    model: str | Path
+    data_dir: str | Path
+    pipe: Any
+    training: tuple[Sample, ...]
+    held_out: tuple[Sample, ...]  # for early stopping
+    data: TrainImages  # the training images at the fine-tune's resolution
+
+
+def _load_inputs(model: str | Path, data_dir: str | Path, out: Path, recipe: FinetuneConfig, resume: bool) -> _Inputs:
+    """Load and check the pipeline and the images (against the checkpoints' settings too, when resuming)."""
     if (out / "card.json").exists():
         raise DataError(f"{out} already holds a finished fine-tune (card.json); choose another output folder")
     folder = load_image_folder(data_dir, require_captions=True)
@@ -101,111 +149,132 @@ def finetune(
     data = TrainImages.from_samples(
         training, resolution, center_crop=recipe.center_crop, random_flip=recipe.random_flip
     )
-    began = time.perf_counter()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision
-    )
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(recipe.mixed_precision, torch.float32)
-    device = accelerator.device
+    return _Inputs(model, data_dir, pipe, training, held_out, data)
+
+
+def _make_trainable(pipe: Any, recipe: FinetuneConfig, device: Any, dtype: Any) -> None:
+    """Freeze the VAE and text encoder on ``device``; make the UNet trainable, whole or through new LoRA adapters."""
+    import torch
+
     for frozen in (pipe.vae, pipe.text_encoder):
         frozen.requires_grad_(False).to(device)
         if dtype != torch.float32:  # mixed precision: the frozen parts run in half precision
             frozen.to(dtype=dtype)
-    unet = pipe.unet
-    unet.requires_grad_(recipe.method == "full")
+    pipe.unet.requires_grad_(recipe.method == "full")
     if recipe.method == "lora":
         with torch.random.fork_rng():  # the adapters' random initialisation is part of the seeded recipe
             torch.manual_seed(recipe.seed)
-            _add_lora(unet, recipe)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+            _add_lora(pipe.unet, recipe)
+
+
+def _encode_once(pipe: Any, data: TrainImages, device: Any, dtype: Any) -> tuple[Any, Any]:
+    """(the VAE posterior of every training image, the captions' text embeddings), computed once.
+
+    The posterior is None when the images are not fixed (random crops or flips): each batch is encoded as drawn.
+    """
+    import torch
+
     ids = pipe.tokenizer(
         list(data.captions), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
         return_tensors="pt",
     ).input_ids  # fmt: skip
-    n, scaling = len(data), float(pipe.vae.config.scaling_factor)
-    fixed = (
-        recipe.center_crop and not recipe.random_flip and all(im.shape[:2] == (resolution,) * 2 for im in data.images)
-    )
+    r = data.resolution
+    fixed = data.center_crop and not data.random_flip and all(im.shape[:2] == (r, r) for im in data.images)
     with torch.no_grad():
-        # fixed images (no random crop or flip): encode once, sample the posterior per step
-        posterior = (
-            pipe.vae.encode(to_tensor(data.batch(np.arange(n), np.random.default_rng(0))).to(device, dtype)).latent_dist
-            if fixed
-            else None
-        )
+        posterior = None
+        if fixed:
+            pixels = to_tensor(data.batch(np.arange(len(data)), np.random.default_rng(0))).to(device, dtype)
+            posterior = pipe.vae.encode(pixels).latent_dist
         embeddings = pipe.text_encoder(ids.to(device))[0]
+    return posterior, embeddings
 
-    steps = recipe.total_steps(n)
-    plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
-    stopper = None
-    if held_out:
-        validation = TrainImages.from_samples(held_out, resolution)
-        stopper = _EarlyStopping(recipe, out / "checkpoints" / "validation.json", validation, pipe, noise_scheduler,
-                                 device, dtype)  # fmt: skip
 
-    def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
-        (model_unet,) = modules
-        rng = step_rng(recipe.seed, micro, process)
-        weight = 1.0
-        if plan is None:
-            index = epoch_batches(n, recipe.batch_size, recipe.seed, micro)
-        else:
-            index = poisson_batch(n, plan.sample_rate, recipe.seed, micro)
-            if index.size == 0:  # an empty Poisson sample: a zero gradient, to which DP-SGD still adds noise
-                index, weight = np.array([0]), 0.0
+@dataclass(frozen=True)
+class _FinetuneLoss:
+    """The UNet's denoising loss on a micro-batch: an epoch's batch, or under DP-SGD the step's Poisson sample."""
+
+    vae: Any
+    data: TrainImages
+    noise_scheduler: Any
+    scaling: float  # the VAE's latent scaling factor
+    posterior: Any  # the training images' posterior, encoded once (None: encode each batch as drawn)
+    embeddings: Any  # the captions' text embeddings
+    recipe: FinetuneConfig
+    plan: PrivacyPlan | None
+    device: Any
+    dtype: Any
+
+    def __call__(self, modules: Sequence[Any], micro: int, process: int) -> Any:
+        import torch
+
+        (unet,) = modules
+        rng = step_rng(self.recipe.seed, micro, process)
+        index, weight = self._batch(micro)
         generator = torch_generator(rng)
         with torch.no_grad():
-            if posterior is not None:
-                mean, std = posterior.mean[index], posterior.std[index]
+            if self.posterior is not None:
+                mean, std = self.posterior.mean[index], self.posterior.std[index]
             else:
-                dist = pipe.vae.encode(to_tensor(data.batch(index, rng)).to(device, dtype)).latent_dist
+                dist = self.vae.encode(to_tensor(self.data.batch(index, rng)).to(self.device, self.dtype)).latent_dist
                 mean, std = dist.mean, dist.std
+        context = self.embeddings[index]
         return weight * denoising_loss(
-            model_unet, noise_scheduler, mean, std, scaling, embeddings[index], generator, device, dtype
+            unet, self.noise_scheduler, mean, std, self.scaling, context, generator, self.device, self.dtype
         )
 
-    log = train(
-        modules=[unet], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate, seed=recipe.seed,
-        checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
-        lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
-        resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
-        show_progress=show_progress, accelerator=accelerator, privacy=plan,
-        should_stop=stopper.should_stop if stopper is not None else None,
-    )  # fmt: skip
-    trained = log.stopped_at or steps
-    unet = accelerator.unwrap_model(unet)
-    if recipe.method == "lora":
-        _save_lora(pipe, unet, out / "lora")
-    else:
-        pipe.save_pretrained(out / "pipeline")
-    card = {
+    def _batch(self, micro: int) -> tuple[np.ndarray, float]:
+        """The images of micro-batch ``micro``, and the weight of their loss."""
+        n, seed = len(self.data), self.recipe.seed
+        if self.plan is None:
+            return epoch_batches(n, self.recipe.batch_size, seed, micro), 1.0
+        index = poisson_batch(n, self.plan.sample_rate, seed, micro)
+        if index.size == 0:  # an empty Poisson sample: a zero gradient, to which DP-SGD still adds noise
+            return np.array([0]), 0.0
+        return index, 1.0
+
+
+def _early_stopping(
+    inputs: _Inputs, recipe: FinetuneConfig, out: Path, noise_scheduler: Any, device: Any, dtype: Any
+) -> _EarlyStopping | None:
+    """The early stopping on the held-out images, if any were held out."""
+    if not inputs.held_out:
+        return None
+    validation = TrainImages.from_samples(inputs.held_out, inputs.data.resolution)
+    return _EarlyStopping(recipe, out / "checkpoints" / "validation.json", validation, inputs.pipe, noise_scheduler,
+                          device, dtype)  # fmt: skip
+
+
+def _card(
+    inputs: _Inputs, recipe: FinetuneConfig, log: TrainingLog, trained: int, plan: PrivacyPlan | None,
+    stopper: _EarlyStopping | None, began: float, device: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The fine-tune's card: the whole regime, from the base model and images to the privacy spent."""
+    import torch
+
+    n = len(inputs.data)
+    return {
         "kind": "diffmia fine-tune",
-        "base_model": str(model),
-        "base_model_path": resolve_model(model),
+        "base_model": str(inputs.model),
+        "base_model_path": resolve_model(inputs.model),
         "method": recipe.method,
         "recipe": recipe.model_dump(mode="json"),
         "data": {
-            "folder": str(data_dir),
+            "folder": str(inputs.data_dir),
             "n_images": n,
-            "ids_sha256": _digest([s.id for s in training]),
-            "held_out_for_early_stopping": [s.id for s in held_out],
+            "ids_sha256": _digest([s.id for s in inputs.training]),
+            "held_out_for_early_stopping": [s.id for s in inputs.held_out],
         },
-        "resolution": resolution,
+        "resolution": inputs.data.resolution,
         "steps": trained,
         "passes_over_data": round(trained * recipe.batch_size * recipe.gradient_accumulation_steps / n, 2),
         "final_loss": log.final_loss(),
         "resumed_from": log.resumed_from,
-        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler": type(inputs.pipe.scheduler).__name__,
         "privacy": plan.card(trained) if plan is not None else None,
         "early_stopping": stopper.card(log.stopped_at) if stopper is not None else None,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "machine": f"{platform.machine()}, {device}, torch {torch.__version__}",
     }
-    with atomic_path(out / "card.json") as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: the card and weights are the result
-    return out
 
 
 def _hold_out(samples: Sequence[Any], recipe: FinetuneConfig) -> tuple[tuple[Any, ...], tuple[Any, ...]]:

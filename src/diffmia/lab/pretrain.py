@@ -19,19 +19,19 @@ import numpy as np
 
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
+from diffmia.files import atomic_path
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
+from diffmia.lab.seeding import step_rng, torch_generator
 from diffmia.lab.training import (
     TrainImages,
+    TrainingLog,
     check_resumable,
     denoising_loss,
     epoch_batches,
-    step_rng,
     to_tensor,
-    torch_generator,
-    train,  # fmt: skip
+    train,
 )
 from diffmia.records import Sample
-from diffmia.tables import atomic_path
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -87,63 +87,26 @@ def pretrain(
     resumes from them.
     """
     import torch
-    from diffusers import DDPMScheduler
 
     recipe, model = recipe or PretrainConfig(), model or TinySDConfig()
     out = Path(out_dir)
+    # 1. the images, checked against the settings of the checkpoints a rerun resumes
     folder = load_image_folder(data_dir, require_captions=True)
     samples = select_split(folder.samples, folder.extra, split)
     data = TrainImages.from_samples(samples, model.resolution)
     stamp = {"recipe": recipe.__dict__, "model": model.to_dict(), "data": str(Path(data_dir).resolve()),
              "split": split}  # fmt: skip
     check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)  # tuples as the stamp reads back
+    # 2. a fresh pipeline and the images as one tensor (centre crop, no flip: fixed images)
     began = time.perf_counter()
     pipe = build_pipeline(data.captions, model, seed=recipe.seed)
     n = len(data)
-    pixels = data.batch(np.arange(n), np.random.default_rng(0))  # centre crop, no flip: fixed images
-    all_images = to_tensor(pixels)
-
-    def vae_loss(modules: Sequence[Any], micro: int, process: int) -> Any:
-        (vae,) = modules
-        rng = step_rng(recipe.seed, micro, process)
-        x = all_images[epoch_batches(n, recipe.batch_size, recipe.seed, micro)]
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=torch_generator(rng))
-        reconstruction = vae.decode(z).sample
-        return torch.nn.functional.mse_loss(reconstruction, x) + recipe.vae_kl_weight * posterior.kl().mean()
-
-    vae_log = train(
-        modules=[pipe.vae], loss_fn=vae_loss, max_steps=recipe.vae_steps, learning_rate=recipe.vae_learning_rate,
-        seed=recipe.seed, checkpoint_dir=out / "checkpoints" / "vae", checkpoint_every=recipe.checkpoint_every,
-        resume=resume, description="pretrain VAE", show_progress=show_progress,
-    )  # fmt: skip
-    pipe.vae.requires_grad_(False).eval()
-    with torch.no_grad():
-        posterior = pipe.vae.encode(all_images).latent_dist
-        mean, std = posterior.mean, posterior.std
-    scaling = float(1.0 / mean.std())
-    pipe.vae.register_to_config(scaling_factor=scaling)
-
-    ids = _caption_ids(pipe, data.captions)
-    empty = _caption_ids(pipe, [""])[0]
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-
-    def unet_loss(modules: Sequence[Any], micro: int, process: int) -> Any:
-        unet, text_encoder = modules
-        rng = step_rng(recipe.seed, micro, process, stream=1)
-        index = epoch_batches(n, recipe.batch_size, recipe.seed + 1, micro)
-        generator = torch_generator(rng)
-        batch_ids = ids[index].clone()
-        batch_ids[torch.from_numpy(rng.random(len(index)) < recipe.caption_dropout)] = empty
-        context = text_encoder(batch_ids)[0]
-        return denoising_loss(unet, noise_scheduler, mean[index], std[index], scaling, context, generator)
-
-    unet_log = train(
-        modules=[pipe.unet, pipe.text_encoder], loss_fn=unet_loss, max_steps=recipe.unet_steps,
-        learning_rate=recipe.unet_learning_rate, seed=recipe.seed, checkpoint_dir=out / "checkpoints" / "unet",
-        checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain UNet + text encoder",
-        show_progress=show_progress,
-    )  # fmt: skip
+    all_images = to_tensor(data.batch(np.arange(n), np.random.default_rng(0)))
+    # 3. the VAE, then the UNet and text encoder on the latents of the trained VAE
+    vae_log = _train_vae(pipe, all_images, recipe, out / "checkpoints" / "vae", resume, show_progress)
+    latents = _fixed_latents(pipe, all_images)
+    unet_log = _train_unet(pipe, data.captions, latents, recipe, out / "checkpoints" / "unet", resume, show_progress)
+    # 4. the pipeline and its card
     pipeline_dir = out / "pipeline"
     pipe.save_pretrained(pipeline_dir)
     card = {
@@ -151,17 +114,9 @@ def pretrain(
         "data": {"folder": str(data_dir), "split": split, "n_images": n, "ids_sha256": _ids_digest(samples)},
         "model": model.to_dict(),
         "recipe": recipe.__dict__,
-        "vae": {
-            "steps": recipe.vae_steps,
-            "final_loss": vae_log.final_loss(),
-            "resumed_from": vae_log.resumed_from,
-        },
-        "unet": {
-            "steps": recipe.unet_steps,
-            "final_loss": unet_log.final_loss(),
-            "resumed_from": unet_log.resumed_from,
-        },
-        "latent_scaling_factor": scaling,
+        "vae": _stage_card(recipe.vae_steps, vae_log),
+        "unet": _stage_card(recipe.unet_steps, unet_log),
+        "latent_scaling_factor": latents.scaling,
         "wall_seconds": round(time.perf_counter() - began, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "command": command or f"diffmia.lab.pretrain.pretrain({str(data_dir)!r}, {str(out_dir)!r})",
@@ -169,6 +124,108 @@ def pretrain(
     with atomic_path(out / "card.json") as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n")
     return pipeline_dir
+
+
+@dataclass(frozen=True)
+class _VaeLoss:
+    """The VAE's loss on a micro-batch: the reconstruction error of a posterior sample, plus a small KL term."""
+
+    images: Any  # every training image, as one NCHW tensor
+    recipe: PretrainConfig
+
+    def __call__(self, modules: Sequence[Any], micro: int, process: int) -> Any:
+        import torch
+
+        (vae,) = modules
+        rng = step_rng(self.recipe.seed, micro, process)
+        x = self.images[epoch_batches(len(self.images), self.recipe.batch_size, self.recipe.seed, micro)]
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=torch_generator(rng))
+        reconstruction = vae.decode(z).sample
+        return torch.nn.functional.mse_loss(reconstruction, x) + self.recipe.vae_kl_weight * posterior.kl().mean()
+
+
+@dataclass(frozen=True)
+class _Latents:
+    """The trained VAE's posterior of every training image, and the factor that scales its latents to unit std."""
+
+    mean: Any
+    std: Any
+    scaling: float
+
+
+@dataclass(frozen=True)
+class _UnetLoss:
+    """The denoising loss of the UNet and text encoder on a micro-batch, with some captions dropped to the empty
+    prompt (the unconditional branch of classifier-free guidance)."""
+
+    ids: Any  # the captions' token ids
+    empty: Any  # the empty prompt's token ids
+    noise_scheduler: Any
+    latents: _Latents
+    recipe: PretrainConfig
+
+    def __call__(self, modules: Sequence[Any], micro: int, process: int) -> Any:
+        import torch
+
+        unet, text_encoder = modules
+        recipe, latents = self.recipe, self.latents
+        rng = step_rng(recipe.seed, micro, process, stream=1)
+        index = epoch_batches(len(self.ids), recipe.batch_size, recipe.seed + 1, micro)
+        generator = torch_generator(rng)
+        batch_ids = self.ids[index].clone()
+        batch_ids[torch.from_numpy(rng.random(len(index)) < recipe.caption_dropout)] = self.empty
+        context = text_encoder(batch_ids)[0]
+        mean, std = latents.mean[index], latents.std[index]
+        return denoising_loss(unet, self.noise_scheduler, mean, std, latents.scaling, context, generator)
+
+
+def _train_vae(
+    pipe: StableDiffusionPipeline, images: Any, recipe: PretrainConfig, checkpoints: Path, resume: bool,
+    show_progress: bool,
+) -> TrainingLog:  # fmt: skip
+    """Train the VAE alone, then freeze it: the UNet learns on its latents."""
+    log = train(
+        modules=[pipe.vae], loss_fn=_VaeLoss(images, recipe), max_steps=recipe.vae_steps,
+        learning_rate=recipe.vae_learning_rate, seed=recipe.seed, checkpoint_dir=checkpoints,
+        checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain VAE",
+        show_progress=show_progress,
+    )  # fmt: skip
+    pipe.vae.requires_grad_(False).eval()
+    return log
+
+
+def _fixed_latents(pipe: StableDiffusionPipeline, images: Any) -> _Latents:
+    """Encode every image once with the trained VAE; record the latents' scaling factor in the VAE's config."""
+    import torch
+
+    with torch.no_grad():
+        posterior = pipe.vae.encode(images).latent_dist
+        mean, std = posterior.mean, posterior.std
+    scaling = float(1.0 / mean.std())
+    pipe.vae.register_to_config(scaling_factor=scaling)
+    return _Latents(mean, std, scaling)
+
+
+def _train_unet(
+    pipe: StableDiffusionPipeline, captions: Sequence[str], latents: _Latents, recipe: PretrainConfig,
+    checkpoints: Path, resume: bool, show_progress: bool,
+) -> TrainingLog:  # fmt: skip
+    """Train the UNet together with the text encoder on the fixed latents."""
+    from diffusers import DDPMScheduler
+
+    ids, empty = _caption_ids(pipe, captions), _caption_ids(pipe, [""])[0]
+    loss = _UnetLoss(ids, empty, DDPMScheduler.from_config(pipe.scheduler.config), latents, recipe)
+    return train(
+        modules=[pipe.unet, pipe.text_encoder], loss_fn=loss, max_steps=recipe.unet_steps,
+        learning_rate=recipe.unet_learning_rate, seed=recipe.seed, checkpoint_dir=checkpoints,
+        checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain UNet + text encoder",
+        show_progress=show_progress,
+    )  # fmt: skip
+
+
+def _stage_card(steps: int, log: TrainingLog) -> dict[str, Any]:
+    return {"steps": steps, "final_loss": log.final_loss(), "resumed_from": log.resumed_from}
 
 
 def _ids_digest(samples: Sequence[Sample]) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from diffmia.config import PrivacyConfig
 from diffmia.errors import ConfigError
-from diffmia.lab.training import step_rng
+from diffmia.lab.seeding import step_rng
 
 ACCOUNTANT = "rdp"
 

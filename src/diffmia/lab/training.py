@@ -9,6 +9,7 @@ renamed into place: a run killed at any moment resumes from its last complete ch
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 from diffmia.errors import ConfigError
+from diffmia.files import atomic_path
+from diffmia.lab.seeding import step_rng
 from diffmia.progress import progress
 from diffmia.records import Sample
 
@@ -32,17 +35,6 @@ if TYPE_CHECKING:
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
 MODULE_STREAM = 2**16  # the step_rng stream that seeds torch's global generator (loss functions use small streams)
-
-
-def step_rng(seed: int, micro_step: int, process: int = 0, stream: int = 0) -> np.random.Generator:
-    """The generator of one micro-batch: a pure function of its coordinates."""
-    return np.random.default_rng([seed, micro_step, process, stream])
-
-
-def torch_generator(rng: np.random.Generator) -> torch.Generator:
-    import torch
-
-    return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
 @dataclass(frozen=True)
@@ -172,10 +164,6 @@ def latest_checkpoint(directory: Path) -> tuple[int, Path] | None:
 
 def check_resumable(checkpoints: Path, stamp: dict[str, Any], resume: bool) -> None:
     """Refuse to resume checkpoints written with settings other than ``stamp``; record ``stamp`` for next time."""
-    import json
-
-    from diffmia.tables import atomic_path
-
     path = checkpoints / "run.json"
     if resume and path.exists():
         previous = json.loads(path.read_text())
@@ -188,6 +176,27 @@ def check_resumable(checkpoints: Path, stamp: dict[str, Any], resume: bool) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(stamp))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A prepared training run: what each of its steps uses, and when it checkpoints or stops."""
+
+    accelerator: Any
+    models: list[Any]  # prepared by accelerate
+    optimizer: Any
+    scheduler: Any
+    params: list[Any]  # the trainable parameters, for gradient clipping
+    private_optimizer: Any  # DP-SGD's optimizer, whose noise each step seeds (None: no DP-SGD)
+    loss_fn: Callable[[Sequence[Any], int, int], Any]
+    seed: int
+    accumulation: int
+    max_grad_norm: float
+    max_steps: int
+    checkpoint_dir: Path
+    checkpoint_every: int
+    keep_checkpoints: int
+    should_stop: Callable[[Sequence[Any], int], bool] | None
 
 
 def train(
@@ -226,75 +235,125 @@ def train(
     """
     import torch
     from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
 
     if max_steps < 1:
         raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+    # 1. the accelerator, and AdamW with its schedule (wrapped for DP-SGD with a privacy plan)
     if accelerator is None:
         accelerator = Accelerator(
             gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision
         )
+    params, optimizer, scheduler = _adamw(
+        modules, learning_rate, weight_decay, lr_scheduler, lr_warmup_steps, max_steps
+    )
+    private_optimizer = None
+    if privacy is not None:
+        modules, optimizer = _privatise(modules, optimizer, privacy, gradient_accumulation_steps)
+        private_optimizer = optimizer
+    # 2. prepared by accelerate, and restored from the newest checkpoint when resuming
+    prepared = accelerator.prepare(*modules, optimizer, scheduler)
+    run = _Run(
+        accelerator=accelerator, models=list(prepared[:-2]), optimizer=prepared[-2], scheduler=prepared[-1],
+        params=params, private_optimizer=private_optimizer, loss_fn=loss_fn, seed=seed,
+        accumulation=gradient_accumulation_steps, max_grad_norm=max_grad_norm, max_steps=max_steps,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        should_stop=should_stop,
+    )  # fmt: skip
+    log = TrainingLog()
+    start = _resume(accelerator, checkpoint_dir, log) if resume else 0
+    # 3. the remaining steps, in a fork of torch's random state so that the caller's is left as it was
+    began = time.perf_counter()
+    with progress(max_steps, description, start=start, enabled=show_progress) as advance, torch.random.fork_rng():
+        _run_steps(run, start, log, advance)
+    log.seconds = time.perf_counter() - began
+    # 4. the module handed back plain
+    if private_optimizer is not None:
+        accelerator.unwrap_model(run.models[0]).remove_hooks()
+    accelerator.wait_for_everyone()
+    return log
+
+
+def _adamw(
+    modules: Sequence[Any], learning_rate: float, weight_decay: float, lr_scheduler: str, warmup: int, max_steps: int
+) -> tuple[list[Any], Any, Any]:
+    """(the trainable parameters of ``modules``, AdamW over them, its learning-rate schedule)."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("nothing to train: no parameter requires a gradient")
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    scheduler = get_scheduler(
-        lr_scheduler, optimizer=optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=max_steps
-    )
-    private_optimizer = None
-    if privacy is not None:
-        from diffmia.lab.privacy import make_private, seed_noise
+    scheduler = get_scheduler(lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)
+    return params, optimizer, scheduler
 
-        if len(modules) != 1 or gradient_accumulation_steps != 1:
-            raise ConfigError("DP-SGD trains one module with one Poisson-sampled batch per step")
-        wrapped, optimizer = make_private(modules[0], optimizer, privacy)
-        modules, private_optimizer = [wrapped], optimizer
-    prepared = accelerator.prepare(*modules, optimizer, scheduler)
-    models, optimizer, scheduler = list(prepared[:-2]), prepared[-2], prepared[-1]
-    log = TrainingLog()
-    start = 0
-    found = latest_checkpoint(checkpoint_dir) if resume else None
-    if found is not None:
-        start, path = found
-        accelerator.load_state(str(path))
-        log.resumed_from = start
-    began = time.perf_counter()
-    for model in models:
+
+def _privatise(
+    modules: Sequence[Any], optimizer: Any, privacy: PrivacyPlan, accumulation: int
+) -> tuple[list[Any], Any]:
+    """The one module wrapped to record per-sample gradients, and the optimizer wrapped to clip and noise them."""
+    from diffmia.lab.privacy import make_private
+
+    if len(modules) != 1 or accumulation != 1:
+        raise ConfigError("DP-SGD trains one module with one Poisson-sampled batch per step")
+    wrapped, private = make_private(modules[0], optimizer, privacy)
+    return [wrapped], private
+
+
+def _resume(accelerator: Any, directory: Path, log: TrainingLog) -> int:
+    """Restore the newest complete checkpoint in ``directory``, if any; the number of steps already done."""
+    found = latest_checkpoint(directory)
+    if found is None:
+        return 0
+    start, path = found
+    accelerator.load_state(str(path))
+    log.resumed_from = start
+    return start
+
+
+def _run_steps(run: _Run, start: int, log: TrainingLog, advance: Callable[[int, str], Any]) -> None:
+    """Steps ``start`` to ``max_steps``, checkpointed every ``checkpoint_every``, or until ``should_stop`` says so."""
+    for model in run.models:
         model.train()
-    # torch's global generator (dropout, and anything else a module draws by itself) is seeded per micro-step too,
-    # inside a fork so that the caller's random state is left as it was
-    with progress(max_steps, description, start=start, enabled=show_progress) as advance, torch.random.fork_rng():
-        for step in range(start, max_steps):
-            total = 0.0
-            for micro in range(gradient_accumulation_steps):
-                with accelerator.accumulate(*models):
-                    index = step * gradient_accumulation_steps + micro
-                    torch.manual_seed(
-                        int(step_rng(seed, index, accelerator.process_index, MODULE_STREAM).integers(2**62))
-                    )
-                    loss = loss_fn(models, index, accelerator.process_index)
-                    accelerator.backward(loss)
-                    if private_optimizer is not None:
-                        seed_noise(private_optimizer, seed, step)
-                    elif accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                total += float(loss.detach()) / gradient_accumulation_steps
-            log.losses.append(total)
-            advance(1, f"loss {total:.4f}")
-            done = step + 1
-            if should_stop is not None and done < max_steps and should_stop(models, done):
-                log.stopped_at = done
-                break
-            if checkpoint_every and done % checkpoint_every == 0 and done < max_steps:
-                _save_checkpoint(accelerator, checkpoint_dir, done, keep_checkpoints)
-    log.seconds = time.perf_counter() - began
-    if private_optimizer is not None:
-        accelerator.unwrap_model(models[0]).remove_hooks()  # the module is a plain module again
-    accelerator.wait_for_everyone()
-    return log
+    for step in range(start, run.max_steps):
+        loss = _optimizer_step(run, step)
+        log.losses.append(loss)
+        advance(1, f"loss {loss:.4f}")
+        done = step + 1
+        if run.should_stop is not None and done < run.max_steps and run.should_stop(run.models, done):
+            log.stopped_at = done
+            return
+        if run.checkpoint_every and done % run.checkpoint_every == 0 and done < run.max_steps:
+            _save_checkpoint(run.accelerator, run.checkpoint_dir, done, run.keep_checkpoints)
+
+
+def _optimizer_step(run: _Run, step: int) -> float:
+    """Optimizer step ``step`` over its ``accumulation`` micro-batches; their mean loss.
+
+    torch's global generator (dropout, and anything else a module draws by itself) is seeded per micro-batch, and
+    DP-SGD's noise per step, so that a resumed run draws what the uninterrupted one would have drawn.
+    """
+    import torch
+
+    total = 0.0
+    for micro in range(run.accumulation):
+        with run.accelerator.accumulate(*run.models):
+            index = step * run.accumulation + micro
+            process = run.accelerator.process_index
+            torch.manual_seed(int(step_rng(run.seed, index, process, MODULE_STREAM).integers(2**62)))
+            loss = run.loss_fn(run.models, index, process)
+            run.accelerator.backward(loss)
+            if run.private_optimizer is not None:
+                from diffmia.lab.privacy import seed_noise
+
+                seed_noise(run.private_optimizer, run.seed, step)
+            elif run.accelerator.sync_gradients:
+                run.accelerator.clip_grad_norm_(run.params, run.max_grad_norm)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        total += float(loss.detach()) / run.accumulation
+    return total
 
 
 def _save_checkpoint(accelerator: Any, directory: Path, step: int, keep: int) -> None:

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from diffmia.errors import ConfigError
 from diffmia.records import Query
+from diffmia.targets.diffusers import DiffusersTarget
 
 
 class Target(Protocol):
@@ -24,13 +26,9 @@ def make_target(spec: dict[str, Any]) -> Target:
 
     Specs are what travels to remote workers (Ray actors), so targets are rebuilt there, not pickled.
     """
-    from diffmia.errors import ConfigError
-
     options = dict(spec)
     kind = options.pop("kind", None)
     if kind == "diffusers":
-        from diffmia.targets.diffusers import DiffusersTarget
-
         return DiffusersTarget(**options)
     if kind == "http":
         from diffmia.targets.http import HTTPTarget

@@ -14,8 +14,10 @@ from typing import Any
 
 from PIL import Image
 
-from diffmia.encoders import load_rgb, weights_digest
+from diffmia.assets import resolve_model
 from diffmia.errors import ConfigError, TargetError
+from diffmia.files import weights_digest
+from diffmia.images import load_rgb
 from diffmia.records import Query
 
 SCHEDULERS = {
@@ -64,8 +66,6 @@ class DiffusersTarget:
     def __init__(self, model: str | Path = "builtin", *, lora: str | Path | None = None, lora_scale: float = 1.0,
                  scheduler: str | None = None, dtype: str = "auto", device: str = "auto",
                  batch_size: int = 8, safety_checker: bool = True) -> None:  # fmt: skip
-        from diffmia.lab.finetune import resolve_model
-
         problems = []
         if scheduler is not None and scheduler not in SCHEDULERS:
             problems.append(f"unknown scheduler {scheduler!r} (valid: {', '.join(SCHEDULERS)})")

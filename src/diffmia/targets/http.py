@@ -27,6 +27,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from diffmia.errors import ConfigError, TargetError
+from diffmia.images import load_rgb
 from diffmia.records import Query
 
 FORMATS = ("a1111", "diffmia")
@@ -127,15 +128,11 @@ class HTTPTarget:
             body["sampler_name"] = self.sampler
         path = "/sdapi/v1/txt2img"
         if query.init_image is not None:
-            from diffmia.encoders import load_rgb
-
             body |= {"init_images": [encode_png(load_rgb(query.init_image))], "denoising_strength": query.strength}
             path = "/sdapi/v1/img2img"
         return self._images(self._post(client, path, body), 1, path)
 
     def _diffmia(self, client: httpx.Client, queries: Sequence[Query]) -> list[Image.Image]:
-        from diffmia.encoders import load_rgb
-
         items = []
         for q in queries:
             item = dict(q.identity())
