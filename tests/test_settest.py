@@ -6,8 +6,6 @@ import json
 import math
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from scipy.stats import norm
 
@@ -71,7 +69,7 @@ def test_bad_inputs():
 
 
 @pytest.fixture
-def run_dir(tmp_path):
+def run_dir(tmp_path, write_run):
     """A finished run's result.json and scores.parquet, written by hand: two scenarios, two channels."""
     rng = np.random.default_rng(0)
     ids = [f"m{i}" for i in range(10)] + [f"n{i}" for i in range(10)]
@@ -88,8 +86,7 @@ def run_dir(tmp_path):
                     columns["sample_id"] += ids
                     columns["member"] += member
                     columns["score"] += list(rng.normal(size=20) + np.array(member) * (model == "target"))
-    pq.write_table(pa.table(columns), tmp_path / "scores.parquet")
-    (tmp_path / "result.json").write_text(json.dumps({"scenarios": ["III", "I"], "channels": ["text2img", "img2img"]}))
+    write_run(tmp_path, columns, ["III", "I"], ["text2img", "img2img"])
     return tmp_path, columns
 
 

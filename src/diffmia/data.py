@@ -19,8 +19,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffmia.errors import DataError
+from diffmia.files import atomic_path
+from diffmia.images import image_digest, load_rgb
 from diffmia.records import Sample
-from diffmia.tables import atomic_path
+from diffmia.scenarios import SCENARIOS
 
 CAPTION_FIELDS = ("caption", "text")
 MAX_LISTED = 5
@@ -129,13 +131,6 @@ def load_image_folder(root: str | Path, *, require_captions: bool = False) -> Im
 
 # --- Audit splits: the target's members and non-members, the attacker's auxiliary sets and shadow splits ---
 
-SCENARIOS: dict[str, tuple[str, str]] = {
-    # scenario: (where the prompt comes from, how the auxiliary set D' relates to the target's members)
-    "I": ("given", "overlap"),
-    "II": ("captioner", "overlap"),
-    "III": ("given", "disjoint"),
-    "IV": ("captioner", "disjoint"),
-}
 MIN_CLASS_SIZE = 10
 
 
@@ -220,9 +215,6 @@ def plan_auxiliary(
 
 def content_digests(samples: Sequence[Sample]) -> dict[str, str]:
     """Each sample's pixel-content digest (equal pixels after RGB conversion, equal digest), by id."""
-    from diffmia.encoders import load_rgb
-    from diffmia.features import image_digest
-
     return {s.id: image_digest(load_rgb(s.image_path)) for s in samples}
 
 
@@ -255,13 +247,13 @@ def check_audit_data(
     leaked = [f"{s.id} = {target_content[digests[s.id]]}" for s in pool if digests[s.id] in target_content]
     if leaked:
         problems.append(f"the auxiliary pool holds images of the target's data (same pixels): {_listed(leaked)}")
-    kinds = {SCENARIOS[s] for s in scenarios}
+    chosen = [SCENARIOS[s] for s in scenarios]
     needs = {"auxiliary pool (shadow models are fine-tuned on it)": pool}
-    if any(source == "given" for source, _ in kinds):
-        given = [s for s in scenarios if SCENARIOS[s][0] == "given"]
+    if any(s.given_caption for s in chosen):
+        given = [s.name for s in chosen if s.given_caption]
         needs[f"members (scenario {'/'.join(given)} queries with given captions)"] = members
         needs[f"non-members (scenario {'/'.join(given)} queries with given captions)"] = nonmembers
-    elif members_need_captions or any(relation == "overlap" for _, relation in kinds):
+    elif members_need_captions or any(s.kind == "overlap" for s in chosen):
         needs["members (D' of scenarios I/II holds members, and fine-tuning needs captions)"] = members
     for name, group in needs.items():
         missing = [s.id for s in group if not (s.caption and s.caption.strip())]

@@ -23,6 +23,11 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
+def _from_json_float(value: float | None) -> float:
+    """The inverse of :func:`_json_float`: null is an undefined number."""
+    return math.nan if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class Interval:
     """A two-sided confidence interval; NaN bounds where the statistic is undefined."""
@@ -33,6 +38,10 @@ class Interval:
 
     def to_dict(self) -> dict[str, Any]:
         return {"low": _json_float(self.low), "high": _json_float(self.high), "confidence": self.confidence}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Interval:
+        return cls(_from_json_float(data["low"]), _from_json_float(data["high"]), float(data["confidence"]))
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,12 @@ class TprAtFpr:
             "interval": self.interval.to_dict(),
             "reason": self.reason,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TprAtFpr:
+        threshold = math.inf if data["threshold"] is None else float(data["threshold"])
+        return cls(float(data["target_fpr"]), _from_json_float(data["tpr"]), _from_json_float(data["achieved_fpr"]),
+                   threshold, Interval.from_dict(data["interval"]), data.get("reason"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,23 @@ class Evaluation:
             "n_bootstrap": self.n_bootstrap,
             "seed": self.seed,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        """The inverse of :meth:`to_dict` (undefined numbers come back as NaN)."""
+        balanced = data.get("balanced_accuracy_interval")
+        return cls(
+            auc=_from_json_float(data["auc"]),
+            auc_interval=Interval.from_dict(data["auc_interval"]),
+            tpr_at_fpr=tuple(TprAtFpr.from_dict(t) for t in data["tpr_at_fpr"]),
+            n_members=int(data["n_members"]),
+            n_nonmembers=int(data["n_nonmembers"]),
+            n_bootstrap=int(data["n_bootstrap"]),
+            seed=int(data["seed"]),
+            balanced_accuracy=None if data.get("balanced_accuracy") is None else float(data["balanced_accuracy"]),
+            balanced_accuracy_interval=None if balanced is None else Interval.from_dict(balanced),
+            threshold=None if data.get("threshold") is None else float(data["threshold"]),
+        )
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from diffmia.errors import DataError
 from diffmia.records import BoolArray, FloatArray
+from diffmia.results import load_run
 
 METHOD = "one-sided Mann-Whitney U (candidates score higher than references)"
 
@@ -161,32 +162,50 @@ class RunScores:
 def load_run_scores(
     run_dir: str | Path, scenario: str | None = None, channel: str | None = None, attack: str | None = None
 ) -> RunScores:
-    """The target's scores in a run directory; unset choices follow :func:`diffmia.audit.headline`."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from diffmia.audit import headline
-
-    run = Path(run_dir)
-    if not (run / "result.json").is_file() or not (run / "scores.parquet").is_file():
-        raise DataError(f"{run} has no result.json and scores.parquet: it is not a finished diffmia run directory")
-    summary = json.loads((run / "result.json").read_text(encoding="utf-8"))
-    rows = pq.read_table(run / "scores.parquet").to_pydict()
-    target = [i for i, model in enumerate(rows["model"]) if model == "target"]
-    attacks = list(dict.fromkeys(rows["attack"][i] for i in target))
-    default = headline(summary["scenarios"], summary["channels"], attacks)
-    chosen = (scenario or default[0], channel or default[1], attack or default[2])
-    picked = [i for i in target if (rows["scenario"][i], rows["channel"][i], rows["attack"][i]) == chosen]
-    if not picked:
-        available = sorted({(rows["scenario"][i], rows["channel"][i], rows["attack"][i]) for i in target})
+    """The target's scores in a run directory; unset choices follow the run's recorded headline (its first
+    scenario, and that scenario's headline channel and attack)."""
+    run = load_run(run_dir)
+    chosen_scenario = scenario or run.scenarios[0]
+    default = run.headline.get(chosen_scenario, run.headline[run.scenarios[0]])
+    chosen = (chosen_scenario, channel or default[0], attack or default[1])
+    found = run.find(chosen[0], "target", chosen[1], chosen[2])
+    if found is None:
+        available = sorted({(s.scenario, s.channel, s.attack) for s in run.score_sets if s.model == "target"})
         raise DataError(
-            f"{run} has no target scores for scenario {chosen[0]}, channel {chosen[1]}, attack {chosen[2]}; "
+            f"{run_dir} has no target scores for scenario {chosen[0]}, channel {chosen[1]}, attack {chosen[2]}; "
             f"available: {'; '.join('/'.join(a) for a in available)}"
         )
-    return RunScores(
-        *chosen,
-        sample_ids=tuple(rows["sample_id"][i] for i in picked),
-        scores=np.array([rows["score"][i] for i in picked], dtype=np.float64),
-        labels=np.array([rows["member"][i] for i in picked], dtype=bool),
-    )
+    return RunScores(*chosen, sample_ids=found.sample_ids, scores=found.scores, labels=found.labels)
+
+
+def read_candidates(candidates: str, scores: RunScores) -> list[str]:
+    """The candidate ids: the run's ``members`` or ``nonmembers``, or a text file of ids (one per line; blank
+    lines and repeats ignored)."""
+    if candidates in ("members", "nonmembers"):
+        wanted = scores.labels if candidates == "members" else ~scores.labels
+        return [i for i, chosen in zip(scores.sample_ids, wanted, strict=True) if chosen]
+    path = Path(candidates)
+    if not path.is_file():
+        raise DataError(f"--candidates {candidates!r} is neither 'members', 'nonmembers' nor a file of ids")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+
+
+def run_set_test(scores: RunScores, candidates: str | None, ks: Sequence[int] | None, *, repeats: int = 200,
+                 seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """``candidates`` against the run's non-members that are not candidates; without candidates, the curve of
+    :func:`set_test_curve` over ``ks`` (default: 1, 2, 5, 10, 20, 50 where they fit). JSON-ready."""
+    chosen = {"scenario": scores.scenario, "channel": scores.channel, "attack": scores.attack, "method": METHOD}
+    if candidates is not None:
+        picked = read_candidates(candidates, scores)
+        reference = ~scores.labels & ~np.isin(np.asarray(scores.sample_ids), picked)
+        if not reference.any():
+            raise DataError("no reference non-members are left once the candidates are set aside")
+        tested = set_test(scores.subset(picked), scores.scores[reference])
+        return {**chosen, "candidates": candidates, **tested.to_dict()}
+    n_members, n_nonmembers = int(scores.labels.sum()), int((~scores.labels).sum())
+    sizes = ks or [s for s in (1, 2, 5, 10, 20, 50) if s <= n_members and s < n_nonmembers]
+    return {
+        **chosen,
+        "curve": set_test_curve(scores.scores, scores.labels, sizes, repeats=repeats, seed=seed).to_dict(),
+    }

@@ -6,7 +6,7 @@ same images reuse them: a factor of features or attacks costs no generation, a f
 no fine-tune, and a level whose configuration equals an earlier one is not run twice. Each run is an ordinary run
 directory under ``<runs_dir>/<study>/runs/``; the study adds ``study.json`` (every evaluation of
 every run) and, per factor, a Markdown table and a plot of AUC against the factor's levels. Tables show each
-run's headline score set (:func:`diffmia.audit.headline`: fixed in advance, never picked by the results).
+run's headline score set (:data:`diffmia.results.HEADLINE_RULE`: fixed in advance, never picked by the results).
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmia.config import DEMO_CONFIG, UNSET, Config, StudyConfig, dump_config, load_config, parse_config
+from diffmia.assets import DEMO_CONFIG
+from diffmia.audit import run_audit
+from diffmia.config import UNSET, Config, StudyConfig, dump_config, load_config, parse_config
 from diffmia.errors import ConfigError, TargetError
-from diffmia.tables import atomic_path
+from diffmia.files import atomic_path
+from diffmia.models import check_model_sources
+from diffmia.results import RunResult
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,6 @@ def _same_audit(config: Config) -> str:
 
 def run_study(study: StudyConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every level of every factor (resuming finished runs); write study.json, tables and plots."""
-    from diffmia.audit import check_model_sources, headline, run_audit
-
     runs = plan_study(study)
     missing = []
     for run in runs:  # a model folder missing at the last level is reported before the first level runs
@@ -100,24 +102,21 @@ def run_study(study: StudyConfig, *, show_progress: bool = True, log: Callable[[
     if missing:
         raise TargetError("the study's models are not all there: " + " | ".join(missing))
     root = study_dir(study)
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, RunResult] = {}
     records = []
     for i, run in enumerate(runs, 1):
         key = _same_audit(run.config)
         if key in done:
-            log(f"[{i}/{len(runs)}] {run.factor} = {run.label}: the same audit as {done[key]['run_dir']}")
-            summary = done[key]
+            log(f"[{i}/{len(runs)}] {run.factor} = {run.label}: the same audit as {done[key].run_dir}")
         else:
             log(f"[{i}/{len(runs)}] {run.factor} = {run.label}")
-            result = run_audit(run.config, show_progress=show_progress, log=log)
-            summary = {**result.summary, "run_dir": str(result.run_dir)}
-            done[key] = summary
-        attacks = list(dict.fromkeys(r["attack"] for r in summary["results"] if r["model"] == "target"))
+            done[key] = run_audit(run.config, show_progress=show_progress, log=log)
+        result = done[key]
+        saved = result.to_dict()
         records.append({
-            "factor": run.factor, "level": run.label, "value": run.value, "run_dir": summary["run_dir"],
-            "headline": {s: headline([s], summary["channels"], attacks)[1:] for s in summary["scenarios"]},
-            "generation_quality": summary.get("generation_quality", {}),
-            "timings_seconds": summary["timings_seconds"], "results": summary["results"],
+            "factor": run.factor, "level": run.label, "value": run.value, "run_dir": str(result.run_dir),
+            "headline": {s: list(result.headline[s]) for s in result.scenarios},
+            "generation_quality": saved["generation_quality"], "passes": saved["passes"], "results": saved["results"],
         })  # fmt: skip
     output = {"study": study.model_dump(mode="json"), "runs": records}
     root.mkdir(parents=True, exist_ok=True)
