@@ -12,19 +12,33 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from diffmia import __version__
+from diffmia.assets import DEMO_CONFIG
+from diffmia.cache import GenerationCache
+from diffmia.captioners import GivenCaptions
+from diffmia.data import load_image_folder
 from diffmia.errors import ConfigError, DiffmiaError
+from diffmia.execution import generate, generate_on_ray
+from diffmia.files import write_json
+from diffmia.lab.classifier import train_digit_classifier
+from diffmia.lab.data import write_digits
+from diffmia.lab.pipeline import TinySDConfig
+from diffmia.lab.pretrain import PretrainConfig, pretrain
+from diffmia.settest import METHOD, load_run_scores, run_set_test
+from diffmia.targets import make_target
+from diffmia.targets.diffusers import DiffusersTarget
+from diffmia.versions import __version__
 
 if TYPE_CHECKING:
     from diffmia.config import Config
     from diffmia.records import Evaluation, Interval
+    from diffmia.results import RunResult
 
 app = typer.Typer(
     name="diffmia",
@@ -247,12 +261,28 @@ def config_show(
     typer.echo(dump_config(load_config(path)), nl=False)
 
 
+@config_app.command("reference")
+def config_reference(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the reference to this file instead of printing it.", dir_okay=False)
+    ] = None,
+) -> None:
+    """Print every section and key of a configuration (type, default, description) as Markdown: docs/config.md."""
+    from diffmia.configdoc import config_reference as reference
+    from diffmia.configdoc import write_config_reference
+
+    if out is None:
+        typer.echo(reference(), nl=False)
+        return
+    write_config_reference(out)
+    typer.echo(f"wrote {out}")
+
+
 @data_app.command("digits")
 def data_digits(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (images/ and metadata.jsonl).", file_okay=False)],
 ) -> None:
     """Write scikit-learn's 1,797 handwritten digits as a captioned image folder (32x32 PNG, metadata.jsonl)."""
-    from diffmia.lab.data import write_digits
 
     out = write_digits(out_dir)
     typer.echo(f"wrote 1797 captioned digits to {out} (split: 1197 public, 600 private)")
@@ -284,9 +314,6 @@ def lab_pretrain(
     other sizes give a base of another family (e.g. for shadows that do not share the target's architecture)."""
     import shlex
 
-    from diffmia.lab.pipeline import TinySDConfig
-    from diffmia.lab.pretrain import PretrainConfig, pretrain
-
     recipe = PretrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, seed=seed)
     model = TinySDConfig(vae_channels=_channels("--vae-channels", vae_channels), unet_layers_per_block=unet_layers,
                          unet_channels=_channels("--unet-channels", unet_channels), text_width=text_width,
@@ -314,7 +341,6 @@ def lab_classifier(
     split: Annotated[str | None, typer.Option(help="Train on this metadata split; 'all' for every image.")] = "public",
 ) -> None:
     """Train the digit classifier that measures whether generations show the prompted digit."""
-    from diffmia.lab.classifier import train_digit_classifier
 
     classifier = train_digit_classifier(data, out, split=None if split == "all" else split)
     typer.echo(f"digit classifier written to {out} (5-fold accuracy {classifier.accuracy:.3f})")
@@ -438,7 +464,6 @@ def serve(
     import uvicorn
 
     from diffmia.serve import make_app
-    from diffmia.targets.diffusers import DiffusersTarget
 
     if token_env is not None and not os.environ.get(token_env):
         raise DiffmiaError(f"--token-env {token_env}: that environment variable is not set")
@@ -455,13 +480,8 @@ def generate_command(
     config: Annotated[Path, typer.Argument(help="TOML config with [target] and [generation].", dir_okay=False)],
 ) -> None:
     """Run only the generation stage into the cache, so a large generation can run first and be audited later."""
-    from diffmia.cache import GenerationCache
-    from diffmia.captioners import GivenCaptions
     from diffmia.config import load_config
-    from diffmia.data import load_image_folder
-    from diffmia.execution import generate, generate_on_ray
     from diffmia.queries import build_queries
-    from diffmia.targets import make_target
 
     settings = load_config(config)
     plan = settings.generation
@@ -492,49 +512,59 @@ def _audit(settings: Config, runs_dir: Path | None, name: str | None) -> None:
     settings = with_options(settings, "audit", "options", runs_dir=None if runs_dir is None else str(runs_dir),
                             name=name)  # fmt: skip
     result = run_audit(settings, log=lambda line: typer.echo(line, err=True))
-    _print_audit(result.summary)
+    _print_audit(result)
     typer.echo(f"run directory: {result.run_dir} (report.html, result.json, scores.parquet, features.parquet)")
 
 
-def _print_audit(summary: dict[str, Any]) -> None:
-    """scenario x model x channel x attack: AUC [CI], TPR at each FPR with the FPR achieved, counts."""
-    results = summary["results"]
-    if not results:
-        return
-    fprs = [t["target_fpr"] for t in results[0]["evaluation"]["tpr_at_fpr"]]
-    table = Table(title=f"Audit {summary['name']}: attacks fitted on shadow models, applied once to the target",
-                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
-    for column in ("scenario", "model", "channel", "attack"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
-    for fpr in fprs:
-        table.add_column(f"TPR@{_pct(fpr)}FPR (FPR)", justify="right", no_wrap=True)
-    table.add_column("bal.acc.", justify="right", no_wrap=True)
-    table.add_column("mem/non", justify="right", no_wrap=True)
-    previous = None
-    for r in results:
-        ev = r["evaluation"]
-        ci = ev["auc_interval"]
-        if previous is not None and previous != r["scenario"]:
-            table.add_section()
-        previous = r["scenario"]
-        cells = [r["scenario"], r["model"], r["channel"], r["attack"],
-                 f"{_num(ev['auc'])} [{_num(ci['low'])}, {_num(ci['high'])}]"]  # fmt: skip
-        for t in ev["tpr_at_fpr"]:
-            cells.append("n/a" if t["tpr"] is None else f"{t['tpr']:.3f} ({t['achieved_fpr']:.3f})")
-        cells += [_num(ev["balanced_accuracy"]), f"{ev['n_members']}/{ev['n_nonmembers']}"]
-        table.add_row(*cells)
+def _print_audit(run: RunResult) -> None:
+    """The verdict (a sentence per scenario, by the rules of ``diffmia.report.verdict``), then scenario x model x
+    channel x attack: AUC [CI], TPR at each FPR with the FPR achieved, counts; then the run's warnings."""
+    import textwrap
+
+    from diffmia.report.verdict import verdicts
+
     console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
-    console.print(table)
-    console.print(
-        f"{summary['queries_per_image']} generation(s) per image and channel; models 'base' and 'blind' are controls "
-        "(un-fine-tuned base model; query images alone) and should sit near AUC 0.5. n/a: the target FPR is below "
-        "1 / number of non-members."
-        + (" Baselines without shadows: channel 'none' gan-leaks (nearest caption-free generation); channel "
-           "'weights' (gray-box, reads the model's weights)." if any(r["channel"] in ("none", "weights") and
-                                                                     r["model"] != "blind" for r in results) else "")
-    )  # fmt: skip
-    for warning in summary["warnings"]:
+    judged = verdicts(run)
+    wrap = textwrap.TextWrapper(width=min(console.width, 120), break_on_hyphens=False, subsequent_indent="    ")
+    console.print(wrap.fill(f"Verdict: {judged.overall}"), soft_wrap=True)
+    for verdict in judged.scenarios:
+        wrap.initial_indent = f"  [{verdict.tag.upper()}] "
+        console.print(wrap.fill(verdict.sentence), soft_wrap=True)
+    wrap.initial_indent = "  "
+    console.print(wrap.fill(f"{judged.budget}."), soft_wrap=True)
+    results = run.score_sets
+    if results:
+        fprs = [t.target_fpr for t in results[0].evaluation.tpr_at_fpr]
+        table = Table(title=f"Audit {run.name}: attacks fitted on shadow models, applied once to the target",
+                      title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+        for column in ("scenario", "model", "channel", "attack"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
+        for fpr in fprs:
+            table.add_column(f"TPR@{_pct(fpr)}FPR (FPR)", justify="right", no_wrap=True)
+        table.add_column("bal.acc.", justify="right", no_wrap=True)
+        table.add_column("mem/non", justify="right", no_wrap=True)
+        previous = None
+        for r in results:
+            ev = r.evaluation
+            if previous is not None and previous != r.scenario:
+                table.add_section()
+            previous = r.scenario
+            cells = [r.scenario, r.model, r.channel, r.attack,
+                     f"{_num(ev.auc)} [{_num(ev.auc_interval.low)}, {_num(ev.auc_interval.high)}]"]  # fmt: skip
+            cells += ["n/a" if math.isnan(t.tpr) else f"{t.tpr:.3f} ({t.achieved_fpr:.3f})" for t in ev.tpr_at_fpr]
+            cells += [_num(ev.balanced_accuracy), f"{ev.n_members}/{ev.n_nonmembers}"]
+            table.add_row(*cells)
+        console.print(table)
+        console.print(
+            f"{run.queries_per_image} generation(s) per image and channel; models 'base' and 'blind' are controls "
+            "(un-fine-tuned base model; query images alone) and should sit near AUC 0.5. n/a: the target FPR is below "
+            "1 / number of non-members."
+            + (" Baselines without shadows: channel 'none' gan-leaks (nearest caption-free generation); channel "
+               "'weights' (gray-box, reads the model's weights)." if any(r.channel in ("none", "weights") and
+                                                                         r.model != "blind" for r in results) else "")
+        )  # fmt: skip
+    for warning in run.warnings:
         console.print(f"Warning: {warning}")
 
 
@@ -568,7 +598,7 @@ def demo(
     Four scenarios x three attacks, both query channels, controls and the report; about 10 minutes on 2 CPU cores
     the first time, well under a minute again (everything is cached in runs/demo).
     """
-    from diffmia.config import DEMO_CONFIG, dump_config, load_config
+    from diffmia.config import dump_config, load_config
 
     if print_config:
         typer.echo(dump_config(load_config(DEMO_CONFIG)), nl=False)
@@ -581,11 +611,15 @@ def report(
     run_dir: Annotated[
         Path, typer.Argument(help="A run directory written by `diffmia run` or `diffmia demo`.", file_okay=False)
     ],
+    output_format: Annotated[
+        Literal["html", "md"],
+        typer.Option("--format", help="html: report.html, one self-contained page; md: report.md, Markdown."),
+    ] = "html",
 ) -> None:
-    """Render report.html again from a run directory's saved results (no model is loaded)."""
-    from diffmia.report import render_report
+    """Render the report again from a run directory's saved results (no model is loaded)."""
+    from diffmia.report import render_markdown, render_report
 
-    typer.echo(f"wrote {render_report(run_dir)}")
+    typer.echo(f"wrote {render_markdown(run_dir) if output_format == 'md' else render_report(run_dir)}")
 
 
 @app.command()
@@ -648,36 +682,10 @@ def set_test_command(
     Combines the per-image scores of a finished run into one one-sided rank test (Mann-Whitney U) against reference
     non-members and reports a p-value. Results are saved to RUN_DIR/set-test.json.
     """
-    import numpy as np
-
-    from diffmia.errors import DataError
-    from diffmia.settest import METHOD, load_run_scores, set_test, set_test_curve
-    from diffmia.tables import atomic_path
 
     scores = load_run_scores(run_dir, scenario, channel, attack)
-    ids = np.asarray(scores.sample_ids)
-    chosen = {"scenario": scores.scenario, "channel": scores.channel, "attack": scores.attack, "method": METHOD}
-    if candidates is not None:
-        if candidates in ("members", "nonmembers"):
-            picked = list(ids[scores.labels if candidates == "members" else ~scores.labels])
-        else:
-            path = Path(candidates)
-            if not path.is_file():
-                raise DataError(f"--candidates {candidates!r} is neither 'members', 'nonmembers' nor a file of ids")
-            picked = list(dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                                        if line.strip()))  # fmt: skip
-        reference = ~scores.labels & ~np.isin(ids, picked)
-        if not reference.any():
-            raise DataError("no reference non-members are left once the candidates are set aside")
-        result = {**chosen, "candidates": candidates, **set_test(scores.subset(picked), scores.scores[reference])
-                  .to_dict()}  # fmt: skip
-    else:
-        n_members, n_nonmembers = int(scores.labels.sum()), int((~scores.labels).sum())
-        sizes = k or [s for s in (1, 2, 5, 10, 20, 50) if s <= n_members and s < n_nonmembers]
-        curve = set_test_curve(scores.scores, scores.labels, sizes, repeats=repeats, seed=seed)
-        result = {**chosen, "curve": curve.to_dict()}
-    with atomic_path(Path(run_dir) / "set-test.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    result = run_set_test(scores, candidates, k, repeats=repeats, seed=seed)
+    write_json(Path(run_dir) / "set-test.json", result)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -706,7 +714,6 @@ def cache_verify(
     directory: Annotated[Path, typer.Argument(help="A generation cache folder.", file_okay=False)],
 ) -> None:
     """Check every cached image against its sidecar; exit 1 if any entry is damaged."""
-    from diffmia.cache import GenerationCache
 
     if not directory.is_dir():
         raise DiffmiaError(f"cache folder {directory} does not exist")

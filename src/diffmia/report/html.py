@@ -1,138 +1,134 @@
 """``report.html``: one self-contained page (figures and images inline), rendered by Jinja2 with autoescape.
 
-Everything comes from the run directory (``result.json``, ``scores.parquet`` and the image files they name),
-so ``diffmia report RUN_DIR`` renders the same page again without any model.
+The run is read through :func:`diffmia.results.load_run` only, so ``diffmia report RUN_DIR`` renders the same page
+again without any model. The page leads with the verdict (:mod:`diffmia.report.verdict`); a Content-Security-Policy
+forbids every script, and autoescape keeps captions, ids and model cards inert text.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
-import math
+import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from diffmia.errors import DataError
-from diffmia.report.plots import histogram_figure, roc_figure
-from diffmia.tables import atomic_path, read_table
+from diffmia.files import atomic_path
+from diffmia.report import content
+from diffmia.report.plots import histogram_figure, loglog_roc_figure
+from diffmia.report.verdict import COLOURS, CONTROL_RULE, RULES, verdicts
+from diffmia.results import RunResult, load_run
 
 TEMPLATE = "report.html.j2"
-REQUIRED = ("name", "finished", "diffmia_version", "data", "queries_per_image", "channels", "scenarios", "results",
-            "warnings", "exposed", "models", "captioners", "seeds", "generation", "images_requested", "versions",
-            "machine", "timings_seconds")  # fmt: skip
-CONTROL_NAMES = {"target": "target", "base": "base model (control)", "blind": "blind (control)"}
+REPORT_FILE = "report.html"
+EXPOSED_SIDE = 192  # largest side of an exposed member or generation as embedded (pixels)
+THUMBNAIL_SIDE = 48
 
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _image_uri(path: str) -> str | None:
-    """An image file as a PNG data URI, or None when it is gone (the report says so instead of failing)."""
+def _image_uri(path: str, side: int) -> str | None:
+    """An image file as a PNG data URI no larger than ``side``, or None when it is gone (the page says so)."""
     try:
-        with Image.open(path) as image:
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-    except (FileNotFoundError, UnidentifiedImageError, OSError):
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        if max(image.size) > side:
+            image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError):
         return None
     return _data_uri(buffer.getvalue())
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _anchor(sample_id: str) -> str:
+    """An HTML id for a candidate's row (``report.html#candidate-ID``): whitespace and odd characters as ``_``."""
+    return "candidate-" + re.sub(r"[^A-Za-z0-9_.:-]", "_", sample_id)
 
 
-def _rows(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Table rows, and the reasons behind any n/a (each once, under the table)."""
-    rows: list[dict[str, Any]] = []
-    notes: dict[str, None] = {}
-    for r in results:
-        ev = r["evaluation"]
-        auc_ci = ev["auc_interval"]
-        tprs = []
-        for t in ev["tpr_at_fpr"]:
-            if t["tpr"] is None:
-                notes[t["reason"] or "undefined"] = None
-                tprs.append({"value": "n/a", "detail": ""})
-            else:
-                ci = t["interval"]
-                tprs.append(
-                    {
-                        "value": _fmt(t["tpr"]),
-                        "detail": f"FPR {_fmt(t['achieved_fpr'], 4)}; [{_fmt(ci['low'])}, {_fmt(ci['high'])}]",
-                    }
-                )
-        rows.append({
-            "scenario": r["scenario"], "model": CONTROL_NAMES.get(r["model"], r["model"]),
-            "control": r["model"] != "target", "channel": r["channel"], "attack": r["attack"], "auc": _fmt(ev["auc"]),
-            "auc_ci": f"[{_fmt(auc_ci['low'])}, {_fmt(auc_ci['high'])}]", "tprs": tprs,
-            "balanced_accuracy": _fmt(ev["balanced_accuracy"]), "members": ev["n_members"],
-            "nonmembers": ev["n_nonmembers"],
-        })  # fmt: skip
-    return rows, list(notes)
+def _figures(run: RunResult) -> list[dict[str, Any]]:
+    """Per scenario: the headline log-log ROC beside its controls, and the target's score histograms."""
+    figures = []
+    first_fpr = content.fprs(run)[0] if content.fprs(run) else None
+    for scenario in run.scenarios:
+        target = run.headline_set(scenario) if scenario in run.headline else None
+        roc = None
+        if target is not None:
+            curves = {"target": (target.scores, target.labels)}
+            curves.update({content.MODEL_NAMES.get(s.model, s.model): (s.scores, s.labels)
+                           for s in run.controls(scenario)})  # fmt: skip
+            title = f"Scenario {scenario}: {target.channel} {target.attack}"
+            roc = _data_uri(loglog_roc_figure(curves, title, first_fpr))
+        channel = run.headline[scenario][0] if scenario in run.headline else None
+        histograms = [
+            _data_uri(histogram_figure(s.scores, s.labels, f"{scenario}: {s.attack} ({s.channel})"))
+            for s in run.score_sets
+            if s.scenario == scenario and s.model == "target" and s.channel == channel
+        ]
+        figures.append({"scenario": scenario, "roc": roc, "histograms": histograms})
+    return figures
+
+
+def _exposed(run: RunResult) -> list[dict[str, Any]]:
+    if run.exposed is None:
+        return []
+    return [
+        {"sample_id": i.sample_id, "prompt": i.prompt, "score": content.number(i.score),
+         "uri": _image_uri(i.image, EXPOSED_SIDE),
+         "generations": [{"channel": c, "uri": _image_uri(path, EXPOSED_SIDE)} for c, path in i.generations]}
+        for i in run.exposed.images
+    ]  # fmt: skip
+
+
+def _candidates(run: RunResult) -> dict[str, Any] | None:
+    """The first scenario's headline score set, one row per candidate in id order."""
+    if not run.scenarios or run.scenarios[0] not in run.headline:
+        return None
+    chosen = run.headline_set(run.scenarios[0])
+    if chosen is None:
+        return None
+    images = {i.sample_id: i.image for i in run.exposed.images} if run.exposed else {}
+    rows = [
+        {"id": c.sample_id, "anchor": _anchor(c.sample_id), "score": content.number(c.score), "rank": c.rank,
+         "truth": c.truth, "called": c.called, "wrong": c.decision is not None and c.decision != c.member,
+         "known": c.sample_id in images, "uri": _image_uri(images[c.sample_id], THUMBNAIL_SIDE)
+         if c.sample_id in images else None}
+        for c in content.candidates(chosen)
+    ]  # fmt: skip
+    return {"set": chosen, "rows": rows, "threshold": chosen.evaluation.threshold}
+
+
+def render_page(run: RunResult) -> str:
+    """The page of ``run``."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("diffmia.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    judged = verdicts(run)
+    rows, notes = content.evaluation_rows(run)
+    timing_headers, timing_rows = content.timings(run)
+    confidence = run.score_sets[0].evaluation.auc_interval.confidence if run.score_sets else 0.95
+    return environment.get_template(TEMPLATE).render(
+        run=run, verdicts=judged, rules=RULES, colours=COLOURS, control_rule=CONTROL_RULE, rows=rows, notes=notes,
+        fprs=content.fprs(run), percent=lambda v: f"{v * 100:g}%", confidence=round(confidence * 100),
+        figures=_figures(run), exposed=_exposed(run), candidates=_candidates(run),
+        headlines={s: content.headline_rows(run, s) for s in run.scenarios},
+        cards=[(title, *content.side_by_side(group)) for title, group in
+               (("Training regimes", run.models), ("Captioners", run.captioners)) if group],
+        environment=content.environment(run), timing_headers=timing_headers, timing_rows=timing_rows,
+    )  # fmt: skip
 
 
 def render_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from the run's saved results; return its path."""
-    import jinja2
-
-    run = Path(run_dir)
-    result_path = run / "result.json"
-    if not result_path.is_file():
-        raise DataError(f"{run} has no result.json: it is not a finished diffmia run directory")
-    try:
-        result = json.loads(result_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{result_path} is not valid JSON ({exc.msg}); rerun the audit to rewrite it") from None
-    missing = [k for k in REQUIRED if k not in result]
-    if missing:
-        raise DataError(f"{result_path} lacks {', '.join(missing)}: it was written by another diffmia version or "
-                        "edited; rerun the audit to rewrite it")  # fmt: skip
-    scores = read_table(run / "scores.parquet").to_pydict()
-    groups: dict[tuple[str, str, str, str], tuple[list[float], list[bool]]] = {}
-    for scenario, model, channel, attack, score, member in zip(
-        scores["scenario"], scores["model"], scores["channel"], scores["attack"], scores["score"], scores["member"],
-        strict=True,
-    ):  # fmt: skip
-        values, labels = groups.setdefault((scenario, model, channel, attack), ([], []))
-        values.append(score)
-        labels.append(bool(member))
-    figures = []
-    fprs = [t["target_fpr"] for t in result["results"][0]["evaluation"]["tpr_at_fpr"]] if result["results"] else []
-    channels = result["channels"]
-    main_channel = "combined" if len(channels) > 1 else channels[0]
-    for scenario in result["scenarios"]:
-        curves = {}
-        for (s, model, channel, attack), (values, labels) in groups.items():
-            if s == scenario and (model == "target" or channel in (main_channel, "none")):
-                name = f"{channel} {attack}" if model == "target" else f"{CONTROL_NAMES[model]} {attack}"
-                curves[name] = (np.asarray(values), np.asarray(labels))
-        histograms = [
-            _data_uri(histogram_figure(np.asarray(values), np.asarray(labels), f"{scenario}: {attack} ({channel})"))
-            for (s, model, channel, attack), (values, labels) in groups.items()
-            if s == scenario and model == "target" and channel == main_channel
-        ]
-        figures.append({"scenario": scenario, "roc": _data_uri(roc_figure(curves, f"scenario {scenario}")),
-                        "histograms": histograms})  # fmt: skip
-    exposed = result.get("exposed") or {}
-    exposed_images = [
-        {**row, "uri": _image_uri(row["image"]), "score": _fmt(row["score"]),
-         "generations": [{**g, "uri": _image_uri(g["image"])} for g in row["generations"]]}
-        for row in exposed.get("images", [])
-    ]  # fmt: skip
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("diffmia.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-    rows, notes = _rows(result["results"])
-    page = environment.get_template(TEMPLATE).render(
-        result=result, rows=rows, notes=notes, fprs=fprs, figures=figures, exposed=exposed,
-        exposed_images=exposed_images, json_block=lambda value: json.dumps(value, indent=2),
-    )  # fmt: skip
-    out = run / "report.html"
+    run = load_run(run_dir)
+    out = Path(run_dir) / REPORT_FILE
+    page = render_page(run)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out

@@ -56,6 +56,44 @@ def roc_figure(curves: Mapping[str, tuple[FloatArray, BoolArray]], title: str) -
     return _png(figure)
 
 
+def loglog_roc_figure(
+    curves: Mapping[str, tuple[FloatArray, BoolArray]], title: str, mark_fpr: float | None = None
+) -> bytes:
+    """A small log-log ROC of a headline score set and its controls (the first curve solid, the others dashed).
+
+    FPRs below 1 / number of non-members cannot be resolved: they are drawn at half that floor. ``mark_fpr`` (the
+    first FPR the report quotes a TPR at) is marked with a vertical line where it is resolvable.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(3.6, 3.0))
+    floor = 1.0
+    for _, (_, labels) in curves.items():
+        floor = min(floor, 1.0 / max(int(np.count_nonzero(~labels)), 1), 1.0 / max(int(np.count_nonzero(labels)), 1))
+    colours = ("#b71c1c", "#555555", "#1e88e5", "#8e24aa")  # not the red of the LEAK tag (#c62828)
+    for k, (name, (scores, labels)) in enumerate(curves.items()):
+        curve = roc_curve(scores, labels)
+        axis.plot(np.maximum(curve.fpr, floor / 2), np.maximum(curve.tpr, floor / 2), label=name,
+                  drawstyle="steps-post", linestyle="-" if k == 0 else "--", linewidth=2 if k == 0 else 1.2,
+                  color=colours[k % len(colours)])  # fmt: skip
+    axis.plot([floor / 2, 1], [floor / 2, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    if mark_fpr is not None and mark_fpr >= floor:
+        axis.axvline(mark_fpr, color="grey", linewidth=0.8, alpha=0.6)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlim(floor / 2, 1)
+    axis.set_ylim(floor / 2, 1.1)
+    axis.set_xlabel("false positive rate", fontsize=8)
+    axis.set_ylabel("true positive rate", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=6.5, loc="lower right")
+    return _png(figure)
+
+
 def histogram_figure(scores: FloatArray, labels: BoolArray, title: str) -> bytes:
     """Score histograms of members and non-members on shared bins."""
     import matplotlib
