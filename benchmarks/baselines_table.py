@@ -7,9 +7,9 @@ Run: python benchmarks/baselines_table.py runs/studies/baselines/runs/baselines-
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
+
+from diffmia.results import load_run
 
 ATTACKS = {
     ("combined", "threshold"): "threshold (reference, fitted on the shadow)",
@@ -23,18 +23,18 @@ ATTACKS = {
 
 
 def main() -> None:
-    summary = json.loads((Path(sys.argv[1]) / "result.json").read_text())
-    found = {(r["scenario"], r["model"], r["channel"], r["attack"]): r["evaluation"] for r in summary["results"]}
-    scenarios = [s for s in ("I", "III") if s in summary["scenarios"]]
+    run = load_run(sys.argv[1])
+    scenarios = [s for s in ("I", "III") if s in run.scenarios]
     head = ["attack"] + [f"{s}: {w}" for s in scenarios for w in ("target AUC [95% CI], TPR@1%", "base model")]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for (channel, attack), name in ATTACKS.items():
         cells = [name]
         for scenario in scenarios:
-            target, base = (found[(scenario, model, channel, attack)] for model in ("target", "base"))
-            ci, tpr = target["auc_interval"], target["tpr_at_fpr"][0]["tpr"]
-            cells += [f"{target['auc']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], {tpr:.2f}", f"{base['auc']:.3f}"]
+            found = (run.find(scenario, model, channel, attack) for model in ("target", "base"))
+            target, base = (s.evaluation for s in found if s is not None)
+            ci, tpr = target.auc_interval, target.tpr_at_fpr[0].tpr
+            cells += [f"{target.auc:.3f} [{ci.low:.3f}, {ci.high:.3f}], {tpr:.2f}", f"{base.auc:.3f}"]
         print("| " + " | ".join(cells) + " |")
 
 

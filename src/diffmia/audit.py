@@ -526,6 +526,7 @@ def assemble(config: Config, data: AuditData, scenarios: Sequence[Scenario], mod
         generation_quality=quality, warnings=tuple(control_warnings(score_sets)), exposed=exposed,
         headline={s: headline([s], channels, _attacks(config))[1:] for s in names}, passes=passes,
         score_sets=tuple(score_sets), run_dir=run,
+        candidate_images={s.id: str(Path(s.image_path).resolve()) for s in data.split.samples},
     )  # fmt: skip
 
 

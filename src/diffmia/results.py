@@ -120,6 +120,7 @@ class RunResult:
     headline: dict[str, tuple[str, str]]
     passes: tuple[Pass, ...]
     score_sets: tuple[ScoreSet, ...]
+    candidate_images: dict[str, str] = field(default_factory=dict)  # the target's candidates' files, by sample id
     headline_rule: str = HEADLINE_RULE
     schema_version: int = SCHEMA_VERSION
     run_dir: Path | None = field(default=None, compare=False)
@@ -174,6 +175,7 @@ class RunResult:
             "headline_rule": self.headline_rule,
             "headline": {s: list(key) for s, key in self.headline.items()},
             "passes": [{"finished": p.finished, "seconds": p.seconds} for p in self.passes],
+            "candidate_images": self.candidate_images,
             "results": [
                 {
                     "scenario": s.scenario,
@@ -328,6 +330,7 @@ def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any
         generation_quality={k: Quality(**q) for k, q in data.get("generation_quality", {}).items()},
         warnings=tuple(data["warnings"]), exposed=_exposure_from_dict(data["exposed"]),
         headline={s: (str(c), str(a)) for s, (c, a) in recorded.items()}, passes=passes,
-        score_sets=tuple(score_sets), headline_rule=data.get("headline_rule", HEADLINE_RULE),
+        score_sets=tuple(score_sets), candidate_images=dict(data.get("candidate_images", {})),
+        headline_rule=data.get("headline_rule", HEADLINE_RULE),
         schema_version=int(data.get("schema_version", 1)), run_dir=run,
     )  # fmt: skip

@@ -3,7 +3,9 @@ with its decision, missing images said so, and every value from the run escaped.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import re
 
 import pyarrow.parquet as pq
@@ -23,7 +25,7 @@ def test_the_verdict_leads_with_the_numbers_of_the_run(run_dir, fixture_result, 
     page = render_report(run_dir).read_text()
     verdict = page[page.index('<section id="verdict">') : page.index("</section>")]
     assert page.index('<section id="verdict">') < page.index("Headline ROC") < page.index("Most exposed members")
-    assert "Of 2 scenarios, 2 leak (I, III); controls at chance in every scenario." in verdict
+    assert "Of 2 scenarios, 2 leak (I, III); headline controls at chance in every scenario." in verdict
     first, third = headline(fixture_result, "I"), headline(fixture_result, "III")
     assert first["tpr_at_fpr"][0]["tpr"] is None  # 20 non-members cannot resolve 1% FPR
     sentence = (
@@ -94,6 +96,23 @@ def test_every_candidate_is_listed_with_rank_truth_and_decision(run_dir, fixture
         assert decision == ("member" if row["score"] >= threshold else "non-member")
         assert image == ("(image missing)" if sample_id in ("digit-0118", "digit-0520") else "-")
     assert sum(r[5] != r[6] for r in rows) == 4  # balanced accuracy 0.9 of 20 + 20: four wrong calls
+
+
+def test_every_candidate_gets_a_small_thumbnail_from_the_recorded_images(run_dir, edit_result, tmp_path):
+    scores = pq.read_table(run_dir / "scores.parquet").to_pydict()
+    ids = sorted(set(scores["sample_id"]))
+    for i, sample_id in enumerate(ids):  # 512-pixel images, as real candidates are: embedded at 48 pixels
+        Image.new("RGB", (512, 512), (i * 5, 0, 0)).save(tmp_path / f"{sample_id}.png")
+    gone = ids[0]
+    edit_result(run_dir, lambda r: r.update(candidate_images={i: str(tmp_path / f"{i}.png") for i in ids}))
+    (tmp_path / f"{gone}.png").unlink()
+    page = render_report(run_dir).read_text()
+    table = page[page.index("Every candidate") :]
+    thumbnails = re.findall(r'<img class="thumb" alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', table)
+    assert sorted(i for i, _ in thumbnails) == ids[1:]
+    sizes = {Image.open(io.BytesIO(base64.b64decode(data))).size for _, data in thumbnails}
+    assert sizes == {(48, 48)}
+    assert f'<tr id="candidate-{gone}"><td class="l">{gone}</td>\n<td class="l">(image missing)</td>' in table
 
 
 def test_the_details_hold_every_evaluation_regime_and_pass(run_dir, fixture_result):

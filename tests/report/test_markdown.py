@@ -36,7 +36,7 @@ def _whole(text: str) -> None:
 def test_markdown_holds_the_verdict_headlines_exposed_members_and_regimes(run_dir, fixture_result, headline):
     text = render_markdown(run_dir).read_text()
     assert text.startswith("# Membership audit: legacy\n")
-    assert "**Of 2 scenarios, 2 leak (I, III); controls at chance in every scenario.**" in text
+    assert "**Of 2 scenarios, 2 leak (I, III); headline controls at chance in every scenario.**" in text
     first, third = headline(fixture_result, "I"), headline(fixture_result, "III")
     auc = f"AUC {first['auc']:.3f} [{first['auc_interval']['low']:.3f}, {first['auc_interval']['high']:.3f}]"
     assert auc == "AUC 0.980 [0.947, 1.000]"

@@ -40,7 +40,7 @@ def test_the_terminal_summary_leads_with_the_verdict(run_dir, capsys):
     _print_audit(run)
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0] == "Verdict: Of 2 scenarios, 2 leak (I, III); controls at chance in every scenario."
+    assert lines[0] == "Verdict: Of 2 scenarios, 2 leak (I, III); headline controls at chance in every scenario."
     assert lines[1].startswith(
         "  [LEAK] Scenario I (image + caption, half of D\u2032 real members): members are identified"
     )

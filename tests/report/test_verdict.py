@@ -135,7 +135,7 @@ def test_overall_line_counts_every_tag():
     ]
     assert overall(verdicts) == (
         "Of 4 scenarios, 2 leak (I, II), 1 leaks weakly (III) and 1 shows no measured leak "
-        "(IV); controls at chance in every scenario."
+        "(IV); headline controls at chance in every scenario."
     )
     assert overall([judge("I", evaluation(0.5, 0.4, 0.6), [])]) == (
         "Of 1 scenario, 1 shows no measured leak (I); no controls were run."

@@ -92,6 +92,7 @@ def _candidates(run: RunResult) -> dict[str, Any] | None:
     if chosen is None:
         return None
     images = {i.sample_id: i.image for i in run.exposed.images} if run.exposed else {}
+    images.update(run.candidate_images)
     rows = [
         {"id": c.sample_id, "anchor": _anchor(c.sample_id), "score": content.number(c.score), "rank": c.rank,
          "truth": c.truth, "called": c.called, "wrong": c.decision is not None and c.decision != c.member,

@@ -197,7 +197,7 @@ def overall(verdicts: Sequence[Verdict]) -> str:
     if straying:
         controls = f"controls stray in {', '.join(straying)}, so read those with care"
     elif any(v.controls for v in verdicts):
-        controls = "controls at chance in every scenario"
+        controls = "headline controls at chance in every scenario"
     else:
         controls = "no controls were run"
     return f"Of {n} scenario{'' if n == 1 else 's'}, {listed}; {controls}."
