@@ -30,6 +30,7 @@ from diffmia.lab.classifier import train_digit_classifier
 from diffmia.lab.data import write_digits
 from diffmia.lab.pipeline import TinySDConfig
 from diffmia.lab.pretrain import PretrainConfig, pretrain
+from diffmia.quiet import quiet_third_parties
 from diffmia.settest import METHOD, load_run_scores, run_set_test
 from diffmia.targets import make_target
 from diffmia.targets.diffusers import DiffusersTarget
@@ -83,8 +84,18 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="Also show what the Hugging Face libraries print that is known to be harmless (their loading bars, "
+            "the torchvision and safety-checker notices); their other warnings always show.",
+        ),
+    ] = False,
 ) -> None:
     """Measure how much a fine-tuned text-to-image diffusion model leaks its training images."""
+    if not verbose:
+        quiet_third_parties()
 
 
 def _pct(fpr: float) -> str:
