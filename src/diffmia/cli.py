@@ -470,20 +470,40 @@ def serve(
     device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU) or a torch device.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float64, float32, float16 or bfloat16.")] = "auto",
     safety_checker: Annotated[bool, typer.Option(help="Keep the pipeline's safety checker, if it has one.")] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow a non-loopback --host without --token-env: anyone reaching it may query.")
+    ] = False,
+    max_body_mib: Annotated[int, typer.Option(min=1, help="Largest request body, in MiB (else 413).")] = 32,
+    max_images: Annotated[int, typer.Option(min=1, help="Most images one request may ask for (else 422).")] = 16,
+    max_steps: Annotated[int, typer.Option(min=1, help="Most denoising steps per image (else 422).")] = 150,
+    max_side: Annotated[
+        int, typer.Option(min=8, help="Largest width and height, of generated and init images (else 422).")
+    ] = 2048,
 ) -> None:
-    """Serve a local diffusers model over HTTP in both wire formats (diffmia JSON and AUTOMATIC1111)."""
+    """Serve a local diffusers model over HTTP in both wire formats (diffmia JSON and AUTOMATIC1111).
+
+    A --host other than loopback needs --token-env (or --insecure). The server speaks plain HTTP: beyond one
+    machine, put a TLS proxy in front of it so that the token does not travel in clear.
+    """
     import uvicorn
 
-    from diffmia.serve import make_app
+    from diffmia.serve import Limits, is_loopback, make_app
 
     if token_env is not None and not os.environ.get(token_env):
         raise DiffmiaError(f"--token-env {token_env}: that environment variable is not set")
+    if token_env is None and not is_loopback(host):
+        if not insecure:
+            raise DiffmiaError(f"--host {host} is not a loopback address and no --token-env is set: anyone who can "
+                               "reach it could query the model; set --token-env NAME, or pass --insecure")  # fmt: skip
+        typer.echo(f"warning: serving on {host} without a token (--insecure): anyone who can reach it may query the "
+                   "model", err=True)  # fmt: skip
+    limits = Limits(body_bytes=max_body_mib * 2**20, images=max_images, steps=max_steps, side=max_side)
     target = DiffusersTarget(model, lora=lora, batch_size=batch_size, device=device, dtype=dtype,
                              safety_checker=safety_checker)  # fmt: skip
     typer.echo(
         f"serving {target.model} on http://{host}:{port} (POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img)"
     )
-    uvicorn.run(make_app(target, token_env), host=host, port=port, log_level="warning")
+    uvicorn.run(make_app(target, token_env, limits), host=host, port=port, log_level="warning")
 
 
 @app.command("generate")

@@ -55,7 +55,11 @@ def decode_image(source: str | Path | bytes, *, what: str | None = None, formats
 
 def load_rgb(path: str | Path) -> Image.Image:
     """An image file as 8-bit RGB: grey, palette, RGBA and 16-bit images are converted, not rejected."""
-    image = decode_image(path)
+    return to_rgb(decode_image(path), f"image {path}")
+
+
+def to_rgb(image: Image.Image, name: str, error: type[DiffmiaError] = DataError) -> Image.Image:
+    """A decoded image (``name`` in messages) as 8-bit RGB, as :func:`load_rgb` makes every image file."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         grey = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(grey.max()), 1.0)
@@ -64,7 +68,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     else:
         rgb = image.convert("RGB")
     if min(rgb.size) < 2:
-        raise DataError(f"image {path} is {rgb.width}x{rgb.height}: too small to encode")
+        raise error(f"{name} is {rgb.width}x{rgb.height}: too small to encode")
     return rgb
 
 

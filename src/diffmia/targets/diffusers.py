@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -44,6 +44,11 @@ def pick_device(device: str) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _init_image(query: Query, image: Image.Image | None) -> Image.Image:
+    """A query's init image: the one given in memory, else its file as 8-bit RGB."""
+    return image if image is not None else load_rgb(cast(Path, query.init_image))
 
 
 class DiffusersTarget:
@@ -138,21 +143,32 @@ class DiffusersTarget:
         """The loaded text-to-image pipeline (LoRA and scheduler applied): its weights, for gray-box baselines."""
         return self._load()[0]
 
-    def generate(self, queries: Sequence[Query]) -> list[Image.Image]:
-        """One image per query, in order; batched by identical settings."""
+    def generate(self, queries: Sequence[Query],
+                 init_images: Sequence[Image.Image | None] | None = None) -> list[Image.Image]:  # fmt: skip
+        """One image per query, in order; batched by identical settings.
+
+        ``init_images``, one per query (None for a text-to-image query), are 8-bit RGB init images already in
+        memory, used where a query has no ``init_image`` file: ``diffmia serve`` keeps every upload in its request.
+        """
         import torch
 
-        for query in queries:
+        inits = list(init_images) if init_images is not None else [None] * len(queries)
+        if len(inits) != len(queries):
+            raise ConfigError(f"{len(inits)} init images for {len(queries)} queries")
+        for query, init in zip(queries, inits, strict=True):
             if query.strength is not None and not 0.0 < query.strength <= 1.0:
                 raise ConfigError(f"strength must lie in (0, 1], got {query.strength}")
-            if (query.init_image is None) != (query.strength is None):
+            if query.init_image is not None and init is not None:
+                raise ConfigError("a query has both an init_image file and an init image in memory")
+            if (query.init_image is None and init is None) != (query.strength is None):
                 raise ConfigError("an image-to-image query needs both init_image and strength")
         text2img, img2img = self._load()
         results: dict[int, Image.Image] = {}
 
         def settings(i: int) -> tuple[Any, ...]:
             q = queries[i]
-            return (q.mode, q.steps, q.guidance, q.negative_prompt, q.width, q.height, q.strength)
+            mode = "img2img" if q.strength is not None else "text2img"
+            return (mode, q.steps, q.guidance, q.negative_prompt, q.width, q.height, q.strength)
 
         order = sorted(range(len(queries)), key=lambda i: repr(settings(i)))
         for _, group in itertools.groupby(order, key=settings):
@@ -167,8 +183,9 @@ class DiffusersTarget:
                     "guidance_scale": first.guidance,
                     "generator": [torch.Generator(self.device).manual_seed(q.seed) for q in batch],
                 }
-                if first.mode == "img2img":
-                    kwargs["image"] = [load_rgb(q.init_image) for q in batch if q.init_image is not None]
+                if first.strength is not None:  # image-to-image
+                    part = indices[start : start + self.batch_size]
+                    kwargs["image"] = [_init_image(queries[i], inits[i]) for i in part]
                     kwargs["strength"] = first.strength
                     if first.width or first.height:
                         size = (first.width or first.height, first.height or first.width)
