@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from diffmia.attacks import ClassifierAttack, DistributionAttack, MembershipAttack, ThresholdAttack
 from diffmia.errors import ConfigError
@@ -215,6 +216,31 @@ class CaptionerTrainingConfig(_Section):
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
 
 
+HTTP_KEYS = ("url", "api", "token_env", "timeout", "request_timeout", "retries", "max_retry_wait", "concurrency",
+             "batch_size", "width", "height")  # fmt: skip
+
+
+class _SecretInput(ValueError):
+    """A bad value that may hold a secret: its message is reported without the value itself."""
+
+
+def _url_problem(url: str) -> str | None:
+    """What makes ``url`` unfit as an endpoint's base URL, naming it without any secret it holds."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be http:// or https:// and a host"
+    if "@" in parts.netloc:
+        return ("carries credentials (user:password@): put the secret in an environment variable and name it in "
+                "target.token_env, so that it is never written to the run directory")  # fmt: skip
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        return "must be the server's base URL, without a ?query or #fragment (a token belongs in target.token_env)"
+    return None
+
+
 class TargetConfig(_Section):
     """The model under audit: a local diffusers pipeline or an HTTP endpoint (see diffmia.targets)."""
 
@@ -227,12 +253,25 @@ class TargetConfig(_Section):
     device: str = "auto"
     batch_size: Annotated[int, Field(ge=1)] = 8
     safety_checker: bool = False  # off for audits: a filtered image is not the model's generation
-    url: str | None = None
+    url: str | None = None  # an HTTP endpoint's base URL, without credentials or ?query (a token goes in token_env)
     api: Literal["a1111", "diffmia"] = "diffmia"
-    token_env: str | None = None
-    timeout: Annotated[float, Field(gt=0.0)] = 120.0
+    token_env: str | None = None  # the environment variable holding the endpoint's bearer token (never written)
+    timeout: Annotated[float, Field(gt=0.0)] = 120.0  # seconds an HTTP request may stall in any one phase
+    request_timeout: Annotated[float, Field(gt=0.0)] = 300.0  # seconds one HTTP request may take in all
     retries: Annotated[int, Field(ge=0)] = 4
+    max_retry_wait: Annotated[float, Field(ge=0.0)] = 60.0  # the longest wait before a retry, whatever Retry-After asks
     concurrency: Annotated[int, Field(ge=1)] = 2
+    # size of HTTP text-to-image answers where the query has none; unset: 512 x 512 for a1111 (AUTOMATIC1111's
+    # default: set your model's native size), the served model's own for diffmia
+    width: Annotated[int, Field(ge=8)] | None = None
+    height: Annotated[int, Field(ge=8)] | None = None  # see target.width
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if url is not None and (problem := _url_problem(url)):
+            raise _SecretInput(problem)
+        return url
 
     @model_validator(mode="after")
     def _http_needs_url(self) -> TargetConfig:
@@ -243,7 +282,7 @@ class TargetConfig(_Section):
     def spec(self) -> dict[str, Any]:
         """The constructor arguments of the target, as :func:`diffmia.targets.make_target` takes them."""
         keys: tuple[str, ...] = (
-            ("url", "api", "token_env", "timeout", "retries", "concurrency", "batch_size")
+            HTTP_KEYS
             if self.kind == "http"
             else ("model", "lora", "lora_scale", "scheduler", "dtype", "device", "batch_size", "safety_checker")
         )
@@ -469,6 +508,8 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
             message += f" (valid keys: {', '.join(known)})"
         return f"{loc}: {message}"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("ctx", {}).get("error"), _SecretInput):
+        return f"{loc}: {message[:1].lower()}{message[1:]}"
     return f"{loc}: {message[:1].lower()}{message[1:]} (got {error['input']!r})"
 
 

@@ -35,3 +35,13 @@ def make_target(spec: dict[str, Any]) -> Target:
 
         return HTTPTarget(**options)
     raise ConfigError(f"unknown target kind {kind!r}; valid: diffusers, http")
+
+
+def probe_target(spec: dict[str, Any]) -> None:
+    """Check, before hours of work, that the target of ``spec`` (as :func:`make_target` takes it) can answer: an
+    HTTP endpoint gets one cheap request (:meth:`~diffmia.targets.http.HTTPTarget.probe`); a local pipeline is
+    checked where its weights are (nothing to do here)."""
+    if spec.get("kind") == "http":
+        from diffmia.targets.http import HTTPTarget
+
+        HTTPTarget(**{k: v for k, v in spec.items() if k != "kind"}).probe()

@@ -2,36 +2,61 @@
 
 - ``a1111``: the AUTOMATIC1111 web-UI API, ``POST /sdapi/v1/txt2img`` and ``/sdapi/v1/img2img`` (base64 PNG
   images; ``seed``, ``steps``, ``cfg_scale``, ``denoising_strength``, ``batch_size``, ``width``, ``height``);
-  one request per query, so every image keeps its own seed;
+  one request per query, so every image keeps its own seed. The size is always sent (the server would otherwise
+  render 512x512 whatever the model): the query's, else the init image's (image-to-image), else ``width`` x
+  ``height`` (default 512x512);
 - ``diffmia``: ``POST /v1/generate`` with ``{"queries": [{prompt, seed, steps, guidance, negative_prompt, width,
   height, init_image (base64 PNG or null), strength}]}`` answered by ``{"images": [base64 PNG, ...]}``, one
   image per query, in order (what ``diffmia serve`` speaks).
 
-A bearer token is read from the environment variable named by ``token_env`` at request time and is never
-stored, logged or written. Connection errors, timeouts, 5xx and 429 answers are retried with exponential
-backoff and jitter (honouring ``Retry-After``); requests run at most ``concurrency`` at a time.
+Secrets come from the environment only: a bearer token is read from the variable named by ``token_env`` at
+request time and is never stored, logged or written; a URL carrying credentials (``user:password@``) or a query
+string is refused, so nothing secret reaches a fingerprint, a cache, a run directory or a message.
+
+Every request has an overall deadline (``request_timeout``, the answer's body included), on top of ``timeout``,
+the longest silence in any one phase. Transient faults (connection errors, timeouts, a body that breaks off or
+fails to decompress, HTTP 408, 429 and 5xx but 501 and 505) are retried with exponential backoff and jitter,
+honouring ``Retry-After`` up to ``max_retry_wait``; a wait longer than a few seconds is said in one line. Anything
+else fails at once with a :class:`~diffmia.errors.TargetError` naming the endpoint and what to do. Answers must be
+PNG images (:func:`diffmia.images.decode_image`: no other format, no decompression bomb). Requests run at most
+``concurrency`` at a time. :meth:`HTTPTarget.probe` checks the endpoint with one cheap request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import email.utils
 import io
+import json
+import math
 import os
 import random
+import re
+import sys
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from diffmia.errors import ConfigError, TargetError
-from diffmia.images import load_rgb
+from diffmia.images import decode_image, load_rgb, to_rgb
 from diffmia.records import Query
 
 FORMATS = ("a1111", "diffmia")
-RETRY_STATUS = {429, 500, 502, 503, 504}
+DESCRIBED = {"a1111": "an AUTOMATIC1111 web UI started with --api", "diffmia": "a `diffmia serve` endpoint"}
+PROBES = {"a1111": "/sdapi/v1/sd-models", "diffmia": "/health"}
+A1111_SIZE = 512  # AUTOMATIC1111's own default size, sent explicitly where nothing else gives one
+NOTICE_AFTER = 5.0  # seconds: a longer wait before a retry is said in one line
+MAX_ANSWER_BYTES = 1 << 30  # an answer larger than this is refused (a hostile or broken server)
+# faults that a later attempt may not meet: the transport's, not the server's considered answer
+TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)
+
+_T = TypeVar("_T")
 
 
 def encode_png(image: Image.Image) -> str:
@@ -40,14 +65,80 @@ def encode_png(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def decode_png(data: str, where: str) -> Image.Image:
+def decode_png(data: object, where: str) -> Image.Image:
+    """A base64 PNG (a data-URL prefix tolerated) as 8-bit RGB; anything else is a TargetError naming ``where``."""
+    if not isinstance(data, str):
+        raise TargetError(f"{where} is not a base64 string but {type(data).__name__}")
     try:
-        raw = base64.b64decode(data.split(",", 1)[-1], validate=True)  # tolerate a data-URL prefix
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            return image.convert("RGB")
-    except (ValueError, UnidentifiedImageError, OSError) as exc:
-        raise TargetError(f"{where}: the server sent an image that cannot be decoded ({exc})") from None
+        raw = base64.b64decode(data.split(",", 1)[-1], validate=True)
+    except ValueError:
+        raise TargetError(f"{where} cannot be decoded: it is not valid base64") from None
+    return to_rgb(decode_image(raw, what=where, formats=("PNG",), error=TargetError), where, TargetError)
+
+
+def redact(url: str) -> str:
+    """``url`` without what may be secret: the ``user:password@`` part and any ``?query`` or ``#fragment``."""
+    url = re.sub(r"(?<=//)[^/?#]*@", "***@", url)
+    return re.sub(r"[?#].*", "?***", url, flags=re.DOTALL)
+
+
+def url_problems(url: str) -> list[str]:
+    """What is wrong with ``url`` as an endpoint's base URL (nothing: an empty list)."""
+    shown = redact(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        return [f"url {shown!r} is not a valid URL ({exc})"]
+    problems = []
+    if parts.scheme not in ("http", "https"):
+        problems.append(f"url must start with http:// or https://, got {shown!r}")
+    elif not parts.hostname:
+        problems.append(f"url {shown!r} names no host")
+    if "@" in parts.netloc:
+        problems.append(f"url {shown!r} carries credentials: put the secret in an environment variable and name "
+                        "it in target.token_env (sent as a bearer token, never written anywhere)")  # fmt: skip
+    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
+        problems.append(f"url {shown!r} must be the server's base URL, without a ?query or #fragment (a token "
+                        "belongs in the environment variable named by target.token_env)")  # fmt: skip
+    return problems
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None where it says nothing usable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return None if math.isnan(seconds) else max(0.0, seconds)
+
+
+def transient_status(status: int) -> bool:
+    """Whether an HTTP status may go away on its own: request timeout, too many requests, a server fault."""
+    return status in (408, 429) or (500 <= status < 600 and status not in (501, 505))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coroutine`` to its end from synchronous code, also where this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1) as pool:  # e.g. a notebook: its loop is busy running the caller
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class HTTPTarget:
@@ -55,108 +146,219 @@ class HTTPTarget:
 
     Parameters
     ----------
-    url : base URL, e.g. ``http://127.0.0.1:7860``
+    url : base URL, e.g. ``http://127.0.0.1:7860`` (no credentials, no query string: tokens go in ``token_env``)
     api : "a1111" or "diffmia"
     token_env : name of the environment variable holding a bearer token (None: no authentication)
-    timeout : seconds per request; retries : attempts after the first; backoff : first wait in seconds
+    timeout : seconds any phase of a request (connecting, sending, waiting for the next bytes) may stall
+    request_timeout : seconds one request may take in all, its answer's body included
+    retries : attempts after the first; backoff : first wait in seconds; max_retry_wait : the longest wait
+        before a retry, whatever ``Retry-After`` asks
     concurrency : requests in flight at once; batch_size : queries per request (diffmia format)
+    width, height : size of text-to-image answers where a query has none (None: 512 for a1111, its default;
+        the served model's own for diffmia)
     sampler : A1111 sampler name (None: the server's default)
+    name : what the fingerprint calls the endpoint (default: its URL), so a moved endpoint keeps its cache
+    log : where a long wait is said, one line at a time (default: standard error)
     """
 
     def __init__(self, url: str, *, api: str = "diffmia", token_env: str | None = None, timeout: float = 120.0,
-                 retries: int = 4, backoff: float = 1.0, concurrency: int = 2, batch_size: int = 8,
-                 sampler: str | None = None, name: str | None = None) -> None:  # fmt: skip
-        problems = []
+                 request_timeout: float = 300.0, retries: int = 4, backoff: float = 1.0,
+                 max_retry_wait: float = 60.0, concurrency: int = 2, batch_size: int = 8, width: int | None = None,
+                 height: int | None = None, sampler: str | None = None, name: str | None = None,
+                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        problems = url_problems(url)
         if api not in FORMATS:
             problems.append(f"unknown api {api!r} (valid: {', '.join(FORMATS)})")
-        if not url.startswith(("http://", "https://")):
-            problems.append(f"url must start with http:// or https://, got {url!r}")
         if token_env is not None and not os.environ.get(token_env):
             problems.append(f"the environment variable {token_env} (the API token) is not set")
-        if concurrency < 1 or batch_size < 1 or retries < 0 or timeout <= 0:
-            problems.append("concurrency and batch_size must be >= 1, retries >= 0, timeout > 0")
+        if concurrency < 1 or batch_size < 1 or retries < 0 or timeout <= 0 or request_timeout <= 0:
+            problems.append("concurrency and batch_size must be >= 1, retries >= 0, timeout and request_timeout > 0")
+        if backoff < 0 or max_retry_wait < 0:
+            problems.append("backoff and max_retry_wait must be >= 0")
+        if any(size is not None and size < 8 for size in (width, height)):
+            problems.append(f"width and height must be >= 8 pixels, got {width} x {height}")
         if problems:
             raise ConfigError("HTTP target: " + "; ".join(problems))
-        self.url, self.api, self.token_env = url.rstrip("/"), api, token_env
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.url, self.api, self.token_env = url.strip().rstrip("/"), api, token_env
+        self.timeout, self.request_timeout = timeout, request_timeout
+        self.retries, self.backoff, self.max_retry_wait = retries, backoff, max_retry_wait
         self.concurrency, self.batch_size, self.sampler = concurrency, batch_size, sampler
+        self.width, self.height = width, height
+        self.log = log or _stderr
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the wait before a retry (tests replace it)
         # the fingerprint names the endpoint, never the token; ``name`` pins it when the URL changes
-        self.fingerprint = f"http({name or self.url},api={api},sampler={sampler})"
-        self.requests = 0
+        size = f",size={width}x{height}" if width or height else ""
+        self.fingerprint = f"http({name or self.url},api={api},sampler={sampler}{size})"
+        self.requests = 0  # requests answered (with any status)
+
+    # --- the wire ----------------------------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
         if self.token_env is None:
             return {}
         return {"Authorization": f"Bearer {os.environ.get(self.token_env, '')}"}
 
-    def _post(self, client: httpx.Client, path: str, body: dict[str, Any]) -> Any:
-        attempt = 0
-        while True:
-            wait = self.backoff * 2**attempt * (0.5 + random.random())
-            try:
-                response = client.post(self.url + path, json=body, headers=self._headers())
-                self.requests += 1
-            except httpx.TransportError as exc:  # connection refused, reset, timeouts
-                problem = f"{type(exc).__name__}"
-            else:
-                if response.status_code < 300:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise TargetError(f"{self.url}{path} answered with something that is not JSON") from None
-                problem = f"HTTP {response.status_code}"
-                if response.status_code not in RETRY_STATUS:
-                    raise TargetError(f"{self.url}{path} answered {problem}: {response.text[:200]}")
-                retry_after = response.headers.get("Retry-After")
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
-                    wait = max(wait, float(retry_after))
-            if attempt == self.retries:
-                raise TargetError(f"{self.url}{path} failed after {self.retries + 1} attempts (last: {problem})")
-            time.sleep(wait)
-            attempt += 1
+    def _scrub(self, text: str) -> str:
+        """A server's text without the token, should the server echo it."""
+        token = os.environ.get(self.token_env, "") if self.token_env else ""
+        return text.replace(token, "***") if token else text
 
-    def _a1111(self, client: httpx.Client, query: Query) -> list[Image.Image]:
+    async def _exchange(self, client: httpx.AsyncClient, method: str, url: str,
+                        body: dict[str, Any] | None) -> tuple[int, httpx.Headers, bytes]:  # fmt: skip
+        async with client.stream(method, url, json=body, headers=self._headers()) as response:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise TargetError(f"{url} sent an answer of more than {MAX_ANSWER_BYTES:,} bytes")
+                chunks.append(chunk)
+            return response.status_code, response.headers, b"".join(chunks)
+
+    async def _request(self, client: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None = None,
+                       *, retries: int | None = None) -> Any:  # fmt: skip
+        """The JSON answer of one request, retried while its faults are transient."""
+        retries = self.retries if retries is None else retries
+        where = self.url + path
+        for attempt in range(retries + 1):
+            wait = min(self.backoff * 2**attempt * (0.5 + random.random()), self.max_retry_wait)
+            asked: float | None = None
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    status, headers, content = await self._exchange(client, method, where, body)
+            except TimeoutError:
+                problem = f"no complete answer within target.request_timeout = {self.request_timeout:g} s"
+            except TRANSIENT_ERRORS as exc:
+                problem = self._scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+                raise TargetError(self._scrub(f"{where}: {type(exc).__name__}: {exc}")) from None
+            else:
+                self.requests += 1
+                if status < 300:
+                    try:
+                        return json.loads(content)
+                    except ValueError:
+                        raise TargetError(f"{where} answered with something that is not JSON") from None
+                if not transient_status(status):
+                    raise TargetError(self._refusal(where, status, headers, content))
+                problem = f"HTTP {status}"
+                asked = retry_after(headers.get("retry-after"))
+                if asked is not None:
+                    wait = max(wait, min(asked, self.max_retry_wait))
+            if attempt == retries:
+                hint = "; is the server running at that address?" if problem.startswith("ConnectError") else ""
+                raise TargetError(f"{where} failed after {retries + 1} attempts (last: {problem}){hint}")
+            if wait > NOTICE_AFTER:
+                capped = (
+                    f" with Retry-After: {asked:.0f}, capped by target.max_retry_wait" if (asked or 0) > wait else ""
+                )
+                self.log(f"{where}: {problem}{capped}; waiting {wait:.0f} s before attempt {attempt + 2} of "
+                         f"{retries + 1}")  # fmt: skip
+            await self.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refusal(self, where: str, status: int, headers: httpx.Headers, content: bytes) -> str:
+        """What a final (not transient) error status means, and what to do about it."""
+        if status in (401, 403) and self.token_env:
+            hint = f"the server refused the token in ${self.token_env}"
+        elif status in (401, 403):
+            hint = "the server wants a token: put it in an environment variable and name it in target.token_env"
+        elif status in (404, 405):
+            hint = f"no such route: is this {DESCRIBED[self.api]} (target.api = {self.api!r})?"
+        elif 300 <= status < 400:
+            hint = (f"a redirect to {redact(headers.get('location', '?'))}; set target.url to where it points "
+                    "(a token is never sent on to another address)")  # fmt: skip
+        else:
+            hint = "a refusal that retrying does not mend"
+        text = " ".join(self._scrub(content.decode("utf-8", "replace")).split())[:200]
+        return f"{where} answered HTTP {status}: {hint}" + (f" (the server said: {text})" if text else "")
+
+    async def _with_client(self, jobs: Sequence[Callable[[httpx.AsyncClient], Awaitable[_T]]]) -> list[_T]:
+        """Run ``jobs`` on one client, at most ``concurrency`` at a time; the first error cancels the rest."""
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(job: Callable[[httpx.AsyncClient], Awaitable[_T]], client: httpx.AsyncClient) -> _T:
+            async with gate:
+                return await job(client)
+
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits, follow_redirects=False) as client:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(one(job, client)) for job in jobs]
+            except BaseExceptionGroup as errors:
+                raise errors.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    # --- the formats -------------------------------------------------------------------------------------------
+
+    async def _a1111(self, client: httpx.AsyncClient, query: Query) -> list[Image.Image]:
         body: dict[str, Any] = {
             "prompt": query.prompt, "negative_prompt": query.negative_prompt, "seed": query.seed,
             "steps": query.steps, "cfg_scale": query.guidance, "batch_size": 1, "n_iter": 1,
         }  # fmt: skip
-        if query.width:
-            body["width"] = query.width
-        if query.height:
-            body["height"] = query.height
         if self.sampler:
             body["sampler_name"] = self.sampler
         path = "/sdapi/v1/txt2img"
         if query.init_image is not None:
-            body |= {"init_images": [encode_png(load_rgb(query.init_image))], "denoising_strength": query.strength}
+            init = load_rgb(query.init_image)
+            width, height = init.size
+            if query.width or query.height:  # as the diffusers target resizes the init image
+                width, height = query.width or query.height or width, query.height or query.width or height
+            body |= {"init_images": [encode_png(init)], "denoising_strength": query.strength}
             path = "/sdapi/v1/img2img"
-        return self._images(self._post(client, path, body), 1, path)
+        else:
+            width = query.width or self.width or A1111_SIZE
+            height = query.height or self.height or A1111_SIZE
+        body |= {"width": width, "height": height}
+        return self._images(await self._request(client, "POST", path, body), 1, path)
 
-    def _diffmia(self, client: httpx.Client, queries: Sequence[Query]) -> list[Image.Image]:
+    async def _diffmia(self, client: httpx.AsyncClient, queries: Sequence[Query]) -> list[Image.Image]:
         items = []
         for q in queries:
             item = dict(q.identity())
             item.pop("init_image_sha256")
             item["init_image"] = encode_png(load_rgb(q.init_image)) if q.init_image is not None else None
+            if q.init_image is None:
+                item["width"], item["height"] = q.width or self.width, q.height or self.height
             items.append(item)
-        return self._images(self._post(client, "/v1/generate", {"queries": items}), len(queries), "/v1/generate")
+        payload = await self._request(client, "POST", "/v1/generate", {"queries": items})
+        return self._images(payload, len(queries), "/v1/generate")
 
     def _images(self, payload: Any, expected: int, path: str) -> list[Image.Image]:
+        where = self.url + path
         images = payload.get("images") if isinstance(payload, dict) else None
         if not isinstance(images, list):
-            raise TargetError(f"{self.url}{path} answered without an 'images' list")
+            raise TargetError(f"{where} answered without an 'images' list")
         if len(images) != expected:
-            raise TargetError(f"{self.url}{path} returned {len(images)} images for {expected} queries")
-        return [decode_png(item, f"{self.url}{path}") for item in images]
+            raise TargetError(f"{where} returned {len(images)} images for {expected} queries")
+        return [decode_png(item, f"answer {i} of {where}") for i, item in enumerate(images)]
+
+    # --- the target --------------------------------------------------------------------------------------------
 
     def generate(self, queries: Sequence[Query]) -> list[Image.Image]:
+        jobs: list[Callable[[httpx.AsyncClient], Awaitable[list[Image.Image]]]]
         if self.api == "a1111":
-            groups = [[q] for q in queries]
+            jobs = [lambda client, q=q: self._a1111(client, q) for q in queries]  # type: ignore[misc]
         else:
             groups = [list(queries[i : i + self.batch_size]) for i in range(0, len(queries), self.batch_size)]
-        with httpx.Client(timeout=self.timeout) as client, ThreadPoolExecutor(self.concurrency) as pool:
-            if self.api == "a1111":
-                parts = list(pool.map(lambda group: self._a1111(client, group[0]), groups))
-            else:
-                parts = list(pool.map(lambda group: self._diffmia(client, group), groups))
+            jobs = [lambda client, g=g: self._diffmia(client, g) for g in groups]  # type: ignore[misc]
+        parts = _run(self._with_client(jobs))
         return [image for part in parts for image in part]
+
+    def probe(self) -> None:
+        """One cheap request with the token (``GET /health`` of diffmia serve, ``GET /sdapi/v1/sd-models`` of
+        AUTOMATIC1111), so that an unreachable endpoint, a refused token or another API fails before any work."""
+        path = PROBES[self.api]
+
+        async def ask(client: httpx.AsyncClient) -> Any:
+            return await self._request(client, "GET", path, retries=min(self.retries, 1))
+
+        try:
+            (payload,) = _run(self._with_client([ask]))
+        except TargetError as exc:
+            raise TargetError(f"the target does not answer as it should: {exc}") from None
+        fits = isinstance(payload, list) if self.api == "a1111" else (
+            isinstance(payload, dict) and payload.get("status") == "ok")  # fmt: skip
+        if not fits:
+            raise TargetError(f"{self.url}{path} answered, but not as {DESCRIBED[self.api]} does: is target.api "
+                              f"= {self.api!r} right?")  # fmt: skip
