@@ -158,6 +158,22 @@ def test_attack_bad_input_leaves_no_output(case, tmp_path, capsys):
     assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys):
+    blocker = _write(tmp_path / "file", "")
+    shadow = _write(tmp_path / "shadow.csv", "sample_id,member,a\np,1,3\nq,1,2\nr,0,1\ns,0,0\n")
+    target = _write(tmp_path / "target.csv", "sample_id,a\nx,1\ny,2\n")
+    out = blocker / "sub" / "scores.parquet"
+    commands = {
+        "attack": ["attack", "--shadow", str(shadow), "--target", str(target), "--out", str(out), "-a", "threshold"],
+        "data digits": ["data", "digits", str(blocker / "digits")],
+    }
+    for command in commands.values():
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("Error: cannot ") and f"{blocker} is a file, not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "shadow.csv", "target.csv"]
+
+
 def test_usage_errors_exit_2(capsys):
     assert main(["attack", "--shadow", "s.csv"]) == 2  # --target and --out missing
     assert "Missing option" in capsys.readouterr().err

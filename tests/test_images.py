@@ -41,3 +41,10 @@ def test_image_digest_follows_pixels_not_files(tmp_path):
     assert image_digest(load_rgb(tmp_path / "a.png")) == image_digest(load_rgb(tmp_path / "b.bmp"))
     assert image_digest(Image.fromarray(pixels)) != image_digest(Image.fromarray(pixels.transpose(1, 0, 2).copy()))
     assert image_digest(Image.fromarray(pixels)) != image_digest(Image.fromarray(pixels).convert("RGBA"))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, bomb_png):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 100
+    with pytest.raises(DataError, match=r"bomb\.png declares .*decompression bomb"):
+        load_rgb(bomb)

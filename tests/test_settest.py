@@ -138,3 +138,16 @@ def test_set_test_command_errors(run_dir, tmp_path, capsys):
     )
     assert main(["set-test", str(tmp_path / "nothing")]) == 2
     assert "not a finished diffmia run directory" in capsys.readouterr().err
+
+
+def test_a_broken_result_json_is_one_error_line(run_dir, capsys):
+    run, _ = run_dir
+    for broken in ('{"name": ', "[]", b"\xff\xfe"):
+        if isinstance(broken, bytes):
+            (run / "result.json").write_bytes(broken)
+        else:
+            (run / "result.json").write_text(broken)
+        assert main(["set-test", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"Error: {run / 'result.json'} ") and "rerun the audit" in err
+    assert not (run / "set-test.json").exists()

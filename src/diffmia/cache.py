@@ -3,7 +3,9 @@
 An entry is the pair ``<key>.png`` and ``<key>.json``; the sidecar (query, target fingerprint, the PNG's
 sha256) is written after the image and is what makes the entry exist. A run killed at any moment therefore
 leaves either a complete entry or nothing that is read: at worst an orphan image, which ``verify`` reports
-and the next write replaces. Keys come from :meth:`diffmia.records.Query.key`.
+and the next write replaces. An entry damaged later (its image gone, changed, or not a decodable PNG; its sidecar
+unreadable) counts as missing, so the next run generates it again; ``verify`` reports it. Keys come from
+:meth:`diffmia.records.Query.key`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PIL import Image
 
 from diffmia.errors import DataError
 from diffmia.files import atomic_path
+from diffmia.images import decode_image
 from diffmia.records import Query
 
 
@@ -42,14 +45,38 @@ class GenerationCache:
         """Where the image of query ``key`` is (or will be) stored."""
         return self._paths(key)[0]
 
+    @staticmethod
+    def _check(png: Path, sidecar: Path) -> tuple[bytes | None, str | None]:
+        """The entry's PNG bytes when its sidecar is readable and records their hash, else why not (None: no
+        sidecar, an entry never completed)."""
+        try:
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as exc:
+            return None, f"unreadable sidecar ({exc})"
+        expected = meta.get("png_sha256") if isinstance(meta, dict) else None
+        if not isinstance(expected, str):
+            return None, "unreadable sidecar (not a JSON object with png_sha256)"
+        try:
+            data = png.read_bytes()
+        except FileNotFoundError:
+            return None, "image missing"
+        except OSError as exc:
+            return None, f"image unreadable ({exc.strerror or exc})"
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None, "image does not match its recorded hash"
+        return data, None
+
     def get(self, key: str) -> Image.Image | None:
-        """The cached image, or None when there is no complete entry."""
-        png, sidecar = self._paths(key)
-        if not sidecar.exists():
+        """The cached image, or None when there is no complete, intact entry (a damaged one is generated again)."""
+        data, _ = self._check(*self._paths(key))
+        if data is None:
             return None
-        with Image.open(png) as image:
-            image.load()
-            return image.copy()
+        try:
+            return decode_image(data, what=f"cached image {key}", formats=("PNG",))
+        except DataError:
+            return None
 
     def load(self, key: str) -> Image.Image:
         """The cached image; a DataError names the key when the entry is missing."""
@@ -59,12 +86,12 @@ class GenerationCache:
         return image
 
     def __contains__(self, key: str) -> bool:
-        return self._paths(key)[1].exists()
+        """Whether ``key`` has a complete entry whose image matches its recorded hash (not decoded here)."""
+        return self._check(*self._paths(key))[0] is not None
 
     def put(self, key: str, image: Image.Image, query: Query, target_fingerprint: str) -> None:
         """Store ``image`` for ``key``: the PNG first, then the sidecar that completes the entry."""
         png, sidecar = self._paths(key)
-        png.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
@@ -81,22 +108,20 @@ class GenerationCache:
             tmp.write_text(json.dumps(meta, sort_keys=True))
 
     def verify(self) -> tuple[int, list[CacheProblem]]:
-        """Check every entry: sidecar readable, image present and matching its hash. Returns (entries, problems)."""
+        """Check every entry: sidecar readable, image present, matching its hash and decodable. Returns (entries,
+        problems)."""
         problems, entries = [], 0
         for sidecar in sorted(self.root.glob("*/*.json")):
             entries += 1
             key = sidecar.stem
-            try:
-                meta = json.loads(sidecar.read_text())
-                expected = meta["png_sha256"]
-            except (OSError, ValueError, KeyError) as exc:
-                problems.append(CacheProblem(key, f"unreadable sidecar ({exc})"))
-                continue
-            png = sidecar.with_suffix(".png")
-            if not png.exists():
-                problems.append(CacheProblem(key, "image missing"))
-            elif hashlib.sha256(png.read_bytes()).hexdigest() != expected:
-                problems.append(CacheProblem(key, "image does not match its recorded hash"))
+            data, problem = self._check(sidecar.with_suffix(".png"), sidecar)
+            if data is not None:
+                try:
+                    decode_image(data, what="image", formats=("PNG",))
+                except DataError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                problems.append(CacheProblem(key, problem))
         for png in sorted(self.root.glob("*/*.png")):
             if not png.with_suffix(".json").exists():
                 problems.append(CacheProblem(png.stem, "image without sidecar (an interrupted write; harmless)"))

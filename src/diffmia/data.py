@@ -8,6 +8,7 @@ kept as they are. Every problem in a folder is reported at once, before any mode
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -16,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from diffmia.errors import DataError
 from diffmia.files import atomic_path
-from diffmia.images import image_digest, load_rgb
+from diffmia.images import decode_image, image_digest, load_rgb
 from diffmia.records import Sample
 from diffmia.scenarios import SCENARIOS
 
@@ -47,7 +47,7 @@ def _read_records(root: Path) -> tuple[list[dict[str, Any]], Path]:
     jsonl, csv_path = root / "metadata.jsonl", root / "metadata.csv"
     if jsonl.is_file():
         records = []
-        for number, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(_read_text(jsonl).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -59,11 +59,19 @@ def _read_records(root: Path) -> tuple[list[dict[str, Any]], Path]:
             records.append(record)
         return records, jsonl
     if csv_path.is_file():
-        with csv_path.open(newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)], csv_path
+        return [dict(row) for row in csv.DictReader(io.StringIO(_read_text(csv_path), newline=""))], csv_path
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     raise DataError(f"image folder {root} has neither metadata.jsonl nor metadata.csv")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")  # newlines as they are: csv reads its quoted ones itself
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _listed(items: list[str]) -> str:
@@ -72,14 +80,13 @@ def _listed(items: list[str]) -> str:
 
 
 def _check_image(path: Path) -> str | None:
-    """None if ``path`` decodes completely as an image, else why not."""
+    """None if ``path`` decodes completely as an image (a truncated file fails here), else why not."""
+    name = f"image {path}"
     try:
-        with Image.open(path) as image:
-            image.load()  # decodes every byte: a truncated file fails here, not at verify()
-    except FileNotFoundError:
-        return "missing"
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        return f"unreadable ({exc})"
+        decode_image(path, what=name)
+    except DataError as exc:
+        reason = str(exc).removeprefix(f"{name} ")
+        return "missing" if reason == "does not exist" else reason
     return None
 
 
@@ -96,7 +103,11 @@ def load_image_folder(root: str | Path, *, require_captions: bool = False) -> Im
     no_name = [str(i + 1) for i, r in enumerate(records) if not str(r.get("file_name") or "").strip()]
     if no_name:
         problems.append(f"records without a file_name: {_listed(no_name)}")
-    named = [r for r in records if str(r.get("file_name") or "").strip()]
+    not_text = [f"{i + 1} ({json.dumps(r['file_name'])})" for i, r in enumerate(records)
+                if r.get("file_name") and not isinstance(r["file_name"], str)]  # fmt: skip
+    if not_text:
+        problems.append(f"file_name is not text in records: {_listed(not_text)}")
+    named = [r for r in records if isinstance(r.get("file_name"), str) and r["file_name"].strip()]
     ids = [str(r.get("id") or r["file_name"]) for r in named]
     for what, values in (("file_name", [r["file_name"] for r in named]), ("id", ids)):
         repeated = [value for value, count in Counter(values).items() if count > 1]

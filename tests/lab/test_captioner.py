@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from diffmia.captioners import BlipCaptioner
 from diffmia.cli import main
 from diffmia.data import load_image_folder
 from diffmia.errors import TargetError
+from diffmia.files import exclusive_lock
 from diffmia.lab.captioner import caption_agreement
 
 
@@ -94,3 +96,40 @@ def test_captioner_fine_tunes_are_reproducible_whatever_the_global_random_state(
     # and training did move the weights (dropout is active: the recipe's steps are not no-ops)
     base = load_file(Path(BlipCaptioner("builtin").model) / "model.safetensors")
     assert max(float((weights[0][k] - base[k]).abs().max()) for k in base if k in weights[0]) > 1e-4
+
+
+class _Killed(Exception):
+    """Stands for a run killed after its first checkpoint."""
+
+
+def test_finetune_captioner_refuses_other_settings_and_a_finished_folder(tmp_path, digit_folder, monkeypatch,
+                                                                          capsys):  # fmt: skip
+    from diffmia.lab import captioner
+
+    data = digit_folder(tmp_path / "aux", 8)
+    out = tmp_path / "cap"
+    args = ["finetune-captioner", "--model", "tiny", "--data", str(data), "--out", str(out)]
+
+    def killed(**kwargs):
+        raise _Killed
+
+    with exclusive_lock(out, "captioner folder"):  # another run trains there
+        assert main([*args, "--steps", "2"]) == 2
+    assert f"captioner folder {out} is in use by process {os.getpid()} " in capsys.readouterr().err
+    monkeypatch.setattr(captioner, "train", killed)
+    with pytest.raises(_Killed):
+        main([*args, "--steps", "2"])
+    monkeypatch.undo()
+    assert main([*args, "--steps", "3"]) == 2  # the interrupted run's checkpoints were written with 2 steps
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.count("\n") == 0
+        and error.startswith("Error: ")
+        and "checkpoints was written with another recipe" in error
+    )
+    assert main([*args, "--steps", "2"]) == 0
+    card = (out / "card.json").read_text()
+    capsys.readouterr()
+    assert main([*args, "--steps", "2"]) == 2  # finished: never overwritten in place
+    assert f"Error: {out} already holds a finished captioner (card.json)" in capsys.readouterr().err
+    assert (out / "card.json").read_text() == card

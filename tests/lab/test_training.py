@@ -1,12 +1,19 @@
-"""The training loop's data path: seeded epochs, crops and flips that are really applied."""
+"""The training loop's data path (seeded epochs, crops and flips that are really applied) and its output folders:
+one run at a time, never resumed with other settings."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
+import pytest
 from PIL import Image
 
+from diffmia.errors import ConfigError, DiffmiaError
+from diffmia.files import exclusive_lock
 from diffmia.lab.seeding import step_rng
-from diffmia.lab.training import TrainImages, epoch_batches, latest_checkpoint
+from diffmia.lab.training import TrainImages, check_resumable, epoch_batches, latest_checkpoint
 from diffmia.records import Sample
 
 
@@ -44,3 +51,44 @@ def test_latest_checkpoint_ignores_partial_ones(tmp_path):
         (tmp_path / name).mkdir()
     assert latest_checkpoint(tmp_path) == (10, tmp_path / "step-10")
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def _train(trainer, model, data, out):
+    from diffmia.config import CaptionerTrainingConfig, FinetuneConfig
+    from diffmia.lab.captioner import finetune_captioner
+    from diffmia.lab.finetune import finetune
+    from diffmia.lab.pipeline import TinySDConfig
+    from diffmia.lab.pretrain import PretrainConfig, pretrain
+
+    if trainer == "finetune":
+        return finetune(model, data, out, FinetuneConfig(max_steps=1, batch_size=2), show_progress=False)
+    if trainer == "pretrain":
+        tiny = TinySDConfig(resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1,
+                            text_width=32, text_layers=1, text_heads=2, max_length=16)  # fmt: skip
+        recipe = PretrainConfig(vae_steps=1, unet_steps=1, batch_size=2, checkpoint_every=0)
+        return pretrain(data, out, split=None, recipe=recipe, model=tiny, show_progress=False)
+    return finetune_captioner("tiny", data, out, CaptionerTrainingConfig(max_steps=1), show_progress=False)
+
+
+@pytest.mark.parametrize("trainer", ["finetune", "pretrain", "captioner"])
+def test_a_folder_another_run_trains_in_is_refused_before_training(trainer, tmp_path, digit_folder, tiny_model):
+    """Two runs in one folder would share (and delete) each other's checkpoints: the second is refused at once."""
+    data = digit_folder(tmp_path / "data", 4)
+    out = tmp_path / "out"
+    busy = rf"folder {out} is in use by process {os.getpid()} "
+    with exclusive_lock(out, "test"), pytest.raises(DiffmiaError, match=busy):
+        _train(trainer, tiny_model, data, out)
+    assert [p.name for p in out.iterdir()] == [".diffmia.lock"]  # nothing trained, nothing written
+
+
+def test_checkpoints_of_other_settings_or_unreadable_ones_are_refused(tmp_path):
+    check_resumable(tmp_path, {"recipe": 1, "data": "a"}, resume=True)
+    check_resumable(tmp_path, {"recipe": 1, "data": "a"}, resume=True)
+    with pytest.raises(ConfigError, match="was written with another data, recipe; use the same settings"):
+        check_resumable(tmp_path, {"recipe": 2, "data": "b"}, resume=True)
+    for broken, problem in (("{oops", "cannot be read"), ("[]", "is not a JSON object")):
+        (tmp_path / "run.json").write_text(broken)
+        with pytest.raises(ConfigError, match=rf"run\.json {problem}.*delete .* to start over"):
+            check_resumable(tmp_path, {"recipe": 1}, resume=True)
+    check_resumable(tmp_path, {"recipe": 3}, resume=False)  # starting over records the new settings
+    assert json.loads((tmp_path / "run.json").read_text()) == {"recipe": 3}

@@ -74,6 +74,16 @@ def test_missing_images_say_so_and_present_ones_are_inline(run_dir, edit_result,
     assert re.search(r'<img class="px" alt="digit-0118" src="data:image/png;base64,[A-Za-z0-9+/=]+">', exposed)
 
 
+def test_an_image_that_cannot_be_decoded_is_missing_not_a_crash(run_dir, edit_result, tmp_path, bomb_png):
+    bomb_png(tmp_path / "bomb.png")
+    (tmp_path / "text.png").write_text("not an image")
+    edit_result(run_dir, lambda r: [r["exposed"]["images"][0].update(image=str(tmp_path / "bomb.png")),
+                                    r["exposed"]["images"][1].update(image=str(tmp_path / "text.png"))])  # fmt: skip
+    page = render_report(run_dir).read_text()
+    exposed = page[page.index("Most exposed members") : page.index("Every candidate")]
+    assert exposed.count("(image missing)") == 2 * (1 + 4)
+
+
 def test_every_candidate_is_listed_with_rank_truth_and_decision(run_dir, fixture_result, headline):
     page = render_report(run_dir).read_text()
     rows = re.findall(r'<tr id="candidate-([^"]+)"><td class="l">([^<]+)</td>\s*<td class="l">(.*?)</td>\s*'

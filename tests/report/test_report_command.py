@@ -30,6 +30,16 @@ def test_report_of_a_folder_without_results_is_an_error(tmp_path, capsys):
     )
 
 
+def test_report_of_scores_missing_a_column_is_an_error(run_dir, capsys):
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(run_dir / "scores.parquet").drop(["score"]), run_dir / "scores.parquet")
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("Error: ") and "scores.parquet has no column score" in err
+    assert not (run_dir / "report.html").exists()
+
+
 def test_report_refuses_an_unknown_format(run_dir, capsys):
     assert main(["report", str(run_dir), "--format", "pdf"]) == 2
     assert "'pdf' is not one of 'html', 'md'" in capsys.readouterr().err.replace("\n", " ").replace("│", "")

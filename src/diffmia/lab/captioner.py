@@ -28,7 +28,7 @@ from diffmia.files import atomic_path
 from diffmia.images import load_rgb
 from diffmia.lab.pretrain import select_split
 from diffmia.lab.seeding import step_rng
-from diffmia.lab.training import epoch_batches, train
+from diffmia.lab.training import epoch_batches, refuse_finished, train, training_folder
 
 TINY = "tiny"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
@@ -86,11 +86,13 @@ def finetune_captioner(
     show_progress: bool = True,
 ) -> Path:
     """Train a captioner on the captioned images of ``data_dir`` (only those of metadata ``split``, if given);
-    return the folder BlipCaptioner loads."""
+    return the folder BlipCaptioner loads. A rerun with the same arguments resumes from ``out_dir/checkpoints``;
+    a finished ``out_dir``, other settings than its checkpoints' or a folder another process trains in are refused."""
     import torch
 
     recipe = recipe or CaptionerTrainingConfig()
     out = Path(out_dir)
+    refuse_finished(out, "captioner")  # before loading anything; checked again under the folder's lock
     folder = load_image_folder(data_dir, require_captions=True)
     samples = select_split(folder.samples, folder.extra, split)
     captions = [s.caption or "" for s in samples]
@@ -110,45 +112,47 @@ def finetune_captioner(
     input_ids[:, 0] = network.config.text_config.bos_token_id  # BLIP decodes from [DEC], not [CLS]
     labels = input_ids.masked_fill(attention == 0, -100)
     n = len(images)
+    stamp = {"recipe": recipe.model_dump(mode="json"), "model": model, "data": str(Path(data_dir).resolve())}
+    with training_folder(out, "captioner", {**stamp, "split": split}, resume):  # one run at a time in a folder
 
-    def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
-        (captioner,) = modules
-        index = torch.from_numpy(epoch_batches(n, recipe.batch_size, recipe.seed, micro))
-        pixels = pixel_values[index]
-        if recipe.shift_augmentation:  # a few pixels of random translation: the data set is small
-            k = recipe.shift_augmentation
-            shifts = step_rng(recipe.seed, micro, process).integers(-k, k + 1, size=(len(index), 2))
-            pixels = torch.stack(
-                [torch.roll(p, (int(dy), int(dx)), dims=(1, 2)) for p, (dy, dx) in zip(pixels, shifts, strict=True)]
-            )
-        output = captioner(pixel_values=pixels, input_ids=input_ids[index],
-                           attention_mask=attention[index], labels=labels[index])  # fmt: skip
-        return output.loss
+        def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
+            (captioner,) = modules
+            index = torch.from_numpy(epoch_batches(n, recipe.batch_size, recipe.seed, micro))
+            pixels = pixel_values[index]
+            if recipe.shift_augmentation:  # a few pixels of random translation: the data set is small
+                k = recipe.shift_augmentation
+                shifts = step_rng(recipe.seed, micro, process).integers(-k, k + 1, size=(len(index), 2))
+                pixels = torch.stack(
+                    [torch.roll(p, (int(dy), int(dx)), dims=(1, 2)) for p, (dy, dx) in zip(pixels, shifts, strict=True)]
+                )
+            output = captioner(pixel_values=pixels, input_ids=input_ids[index],
+                               attention_mask=attention[index], labels=labels[index])  # fmt: skip
+            return output.loss
 
-    log = train(
-        modules=[network], loss_fn=loss_fn, max_steps=recipe.max_steps, learning_rate=recipe.learning_rate,
-        seed=recipe.seed, checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
-        lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps, resume=resume,
-        description="fine-tune captioner", show_progress=show_progress,
-    )  # fmt: skip
-    if recipe.method == "lora":
-        network = network.merge_and_unload()
-    network.eval()
-    target = out / "captioner"
-    network.save_pretrained(target)
-    processor.save_pretrained(target)
-    card = {
-        "kind": "diffmia captioner",
-        "base_model": model,
-        "recipe": recipe.model_dump(mode="json"),
-        "data": {"folder": str(data_dir), "split": split, "n_images": n},
-        "final_loss": log.final_loss(),
-        "resumed_from": log.resumed_from,
-        "wall_seconds": round(time.perf_counter() - began, 1),
-    }
-    with atomic_path(out / "card.json") as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        log = train(
+            modules=[network], loss_fn=loss_fn, max_steps=recipe.max_steps, learning_rate=recipe.learning_rate,
+            seed=recipe.seed, checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
+            lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps, resume=resume,
+            description="fine-tune captioner", show_progress=show_progress,
+        )  # fmt: skip
+        if recipe.method == "lora":
+            network = network.merge_and_unload()
+        network.eval()
+        target = out / "captioner"
+        network.save_pretrained(target)
+        processor.save_pretrained(target)
+        card = {
+            "kind": "diffmia captioner",
+            "base_model": model,
+            "recipe": recipe.model_dump(mode="json"),
+            "data": {"folder": str(data_dir), "split": split, "n_images": n},
+            "final_loss": log.final_loss(),
+            "resumed_from": log.resumed_from,
+            "wall_seconds": round(time.perf_counter() - began, 1),
+        }
+        with atomic_path(out / "card.json") as tmp:
+            tmp.write_text(json.dumps(card, indent=2) + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return target
 
 

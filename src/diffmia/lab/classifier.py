@@ -16,6 +16,7 @@ from PIL import Image
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
 from diffmia.files import atomic_path
+from diffmia.images import load_rgb
 from diffmia.lab.pretrain import select_split
 
 
@@ -65,7 +66,7 @@ class DigitClassifier:
         try:
             data = json.loads(Path(path).read_text())
             return cls(np.asarray(data["coef"]), np.asarray(data["intercept"]), data.get("cv_accuracy"))
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"cannot read digit classifier {path}: {exc}") from None
 
 
@@ -78,8 +79,7 @@ def train_digit_classifier(data_dir: str | Path, out: str | Path, split: str | N
         raise DataError(f"{data_dir}: every image needs an integer 'label' from 0 to 9 in its metadata")
     images = []
     for sample in samples:
-        with Image.open(sample.image_path) as image:
-            images.append(image.convert("RGB"))
+        images.append(load_rgb(sample.image_path))
     classifier = DigitClassifier.fit(images, [int(x) for x in labels if x is not None])
     classifier.save(out)
     return classifier

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from diffmia.errors import DataError
-from diffmia.files import atomic_path
+from diffmia.files import atomic_path, make_folder
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LEVEL_WORDS: dict[str, tuple[str, ...]] = {
@@ -117,7 +117,7 @@ def write_digits(out_dir: str | Path) -> Path:
     if (out / "metadata.jsonl").exists():
         raise DataError(f"{out} already holds a metadata.jsonl; choose an empty folder")
     pixels, records = digits_records()
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    make_folder(out / "images", "image folder")
     for image, record in zip(pixels, records, strict=True):
         Image.fromarray(image).save(out / record["file_name"])
     with atomic_path(out / "metadata.jsonl") as tmp:

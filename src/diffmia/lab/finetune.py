@@ -30,11 +30,12 @@ from diffmia.lab.seeding import step_rng, torch_generator
 from diffmia.lab.training import (
     TrainImages,
     TrainingLog,
-    check_resumable,
     denoising_loss,
     epoch_batches,
+    refuse_finished,
     to_tensor,
     train,
+    training_folder,
 )
 from diffmia.records import Sample
 
@@ -80,47 +81,49 @@ def finetune(
 
     recipe = recipe or FinetuneConfig()
     out = Path(out_dir)
-    # 1. the pipeline and the images, checked before anything trains
-    inputs = _load_inputs(model, data_dir, out, recipe, resume)
-    pipe, n = inputs.pipe, len(inputs.data)
-    # 2. the accelerator; the VAE and text encoder frozen on its device, the UNet (or its LoRA adapters) trainable
-    began = time.perf_counter()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision
-    )
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(recipe.mixed_precision, torch.float32)
-    device = accelerator.device
-    _make_trainable(pipe, recipe, device, dtype)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    # 3. the loss, the DP-SGD plan and the early stopping
-    posterior, embeddings = _encode_once(pipe, inputs.data, device, dtype)
-    steps = recipe.total_steps(n)
-    plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
-    stopper = _early_stopping(inputs, recipe, out, noise_scheduler, device, dtype)
-    loss_fn = _FinetuneLoss(
-        vae=pipe.vae, data=inputs.data, noise_scheduler=noise_scheduler, scaling=float(pipe.vae.config.scaling_factor),
-        posterior=posterior, embeddings=embeddings, recipe=recipe, plan=plan, device=device, dtype=dtype,
-    )  # fmt: skip
-    # 4. the training
-    log = train(
-        modules=[pipe.unet], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate, seed=recipe.seed,
-        checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
-        lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
-        resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
-        show_progress=show_progress, accelerator=accelerator, privacy=plan,
-        should_stop=stopper.should_stop if stopper is not None else None,
-    )  # fmt: skip
-    # 5. the weights and the card: the result, so the checkpoints go
-    unet = accelerator.unwrap_model(pipe.unet)
-    if recipe.method == "lora":
-        _save_lora(pipe, unet, out / "lora")
-    else:
-        pipe.save_pretrained(out / "pipeline")
-    card = _card(inputs, recipe, log, log.stopped_at or steps, plan, stopper, began, device)
-    with atomic_path(out / "card.json") as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    # 1. the pipeline and the images, checked before anything trains or the output folder is made
+    inputs = _load_inputs(model, data_dir, out, recipe)
+    with training_folder(out, "fine-tune", inputs.stamp, resume):  # one run at a time in a folder
+        pipe, n = inputs.pipe, len(inputs.data)
+        # 2. the accelerator; the VAE and text encoder frozen on its device, the UNet (or its LoRA adapters) trainable
+        began = time.perf_counter()
+        accelerator = Accelerator(
+            gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision
+        )
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(recipe.mixed_precision, torch.float32)
+        device = accelerator.device
+        _make_trainable(pipe, recipe, device, dtype)
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        # 3. the loss, the DP-SGD plan and the early stopping
+        posterior, embeddings = _encode_once(pipe, inputs.data, device, dtype)
+        steps = recipe.total_steps(n)
+        plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
+        stopper = _early_stopping(inputs, recipe, out, noise_scheduler, device, dtype)
+        loss_fn = _FinetuneLoss(
+            vae=pipe.vae, data=inputs.data, noise_scheduler=noise_scheduler,
+            scaling=float(pipe.vae.config.scaling_factor), posterior=posterior, embeddings=embeddings, recipe=recipe,
+            plan=plan, device=device, dtype=dtype,
+        )  # fmt: skip
+        # 4. the training
+        log = train(
+            modules=[pipe.unet], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate,
+            seed=recipe.seed, checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
+            lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
+            gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
+            resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
+            show_progress=show_progress, accelerator=accelerator, privacy=plan,
+            should_stop=stopper.should_stop if stopper is not None else None,
+        )  # fmt: skip
+        # 5. the weights and the card: the result, so the checkpoints go
+        unet = accelerator.unwrap_model(pipe.unet)
+        if recipe.method == "lora":
+            _save_lora(pipe, unet, out / "lora")
+        else:
+            pipe.save_pretrained(out / "pipeline")
+        card = _card(inputs, recipe, log, log.stopped_at or steps, plan, stopper, began, device)
+        with atomic_path(out / "card.json") as tmp:
+            tmp.write_text(json.dumps(card, indent=2) + "\n")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return out
 
 
@@ -134,22 +137,21 @@ class _Inputs:
     training: tuple[Sample, ...]
     held_out: tuple[Sample, ...]  # for early stopping
     data: TrainImages  # the training images at the fine-tune's resolution
+    stamp: dict[str, Any]  # the settings a resumed run must share
 
 
-def _load_inputs(model: str | Path, data_dir: str | Path, out: Path, recipe: FinetuneConfig, resume: bool) -> _Inputs:
-    """Load and check the pipeline and the images (against the checkpoints' settings too, when resuming)."""
-    if (out / "card.json").exists():
-        raise DataError(f"{out} already holds a finished fine-tune (card.json); choose another output folder")
+def _load_inputs(model: str | Path, data_dir: str | Path, out: Path, recipe: FinetuneConfig) -> _Inputs:
+    """Load and check the pipeline and the images."""
+    refuse_finished(out, "fine-tune")  # before minutes of loading; checked again under the folder's lock
     folder = load_image_folder(data_dir, require_captions=True)
     pipe = load_pipeline(model)
     stamp = {"recipe": recipe.model_dump(mode="json"), "model": str(model), "data": str(Path(data_dir).resolve())}
-    check_resumable(out / "checkpoints", stamp, resume)
     resolution = recipe.resolution or int(pipe.vae.config.sample_size)
     training, held_out = _hold_out(folder.samples, recipe)
     data = TrainImages.from_samples(
         training, resolution, center_crop=recipe.center_crop, random_flip=recipe.random_flip
     )
-    return _Inputs(model, data_dir, pipe, training, held_out, data)
+    return _Inputs(model, data_dir, pipe, training, held_out, data, stamp)
 
 
 def _make_trainable(pipe: Any, recipe: FinetuneConfig, device: Any, dtype: Any) -> None:

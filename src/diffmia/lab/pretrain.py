@@ -19,7 +19,7 @@ import numpy as np
 
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
-from diffmia.files import atomic_path
+from diffmia.files import atomic_path, exclusive_lock
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 from diffmia.lab.seeding import step_rng, torch_generator
 from diffmia.lab.training import (
@@ -96,33 +96,36 @@ def pretrain(
     data = TrainImages.from_samples(samples, model.resolution)
     stamp = {"recipe": recipe.__dict__, "model": model.to_dict(), "data": str(Path(data_dir).resolve()),
              "split": split}  # fmt: skip
-    check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)  # tuples as the stamp reads back
-    # 2. a fresh pipeline and the images as one tensor (centre crop, no flip: fixed images)
-    began = time.perf_counter()
-    pipe = build_pipeline(data.captions, model, seed=recipe.seed)
-    n = len(data)
-    all_images = to_tensor(data.batch(np.arange(n), np.random.default_rng(0)))
-    # 3. the VAE, then the UNet and text encoder on the latents of the trained VAE
-    vae_log = _train_vae(pipe, all_images, recipe, out / "checkpoints" / "vae", resume, show_progress)
-    latents = _fixed_latents(pipe, all_images)
-    unet_log = _train_unet(pipe, data.captions, latents, recipe, out / "checkpoints" / "unet", resume, show_progress)
-    # 4. the pipeline and its card
-    pipeline_dir = out / "pipeline"
-    pipe.save_pretrained(pipeline_dir)
-    card = {
-        "kind": "diffmia tiny Stable Diffusion base",
-        "data": {"folder": str(data_dir), "split": split, "n_images": n, "ids_sha256": _ids_digest(samples)},
-        "model": model.to_dict(),
-        "recipe": recipe.__dict__,
-        "vae": _stage_card(recipe.vae_steps, vae_log),
-        "unet": _stage_card(recipe.unet_steps, unet_log),
-        "latent_scaling_factor": latents.scaling,
-        "wall_seconds": round(time.perf_counter() - began, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "command": command or f"diffmia.lab.pretrain.pretrain({str(data_dir)!r}, {str(out_dir)!r})",
-    }
-    with atomic_path(out / "card.json") as tmp:
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
+    with exclusive_lock(out, "pretraining folder"):  # one run at a time: they would share checkpoints
+        check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)  # tuples as the stamp reads back
+        # 2. a fresh pipeline and the images as one tensor (centre crop, no flip: fixed images)
+        began = time.perf_counter()
+        pipe = build_pipeline(data.captions, model, seed=recipe.seed)
+        n = len(data)
+        all_images = to_tensor(data.batch(np.arange(n), np.random.default_rng(0)))
+        # 3. the VAE, then the UNet and text encoder on the latents of the trained VAE
+        vae_log = _train_vae(pipe, all_images, recipe, out / "checkpoints" / "vae", resume, show_progress)
+        latents = _fixed_latents(pipe, all_images)
+        unet_log = _train_unet(
+            pipe, data.captions, latents, recipe, out / "checkpoints" / "unet", resume, show_progress
+        )
+        # 4. the pipeline and its card
+        pipeline_dir = out / "pipeline"
+        pipe.save_pretrained(pipeline_dir)
+        card = {
+            "kind": "diffmia tiny Stable Diffusion base",
+            "data": {"folder": str(data_dir), "split": split, "n_images": n, "ids_sha256": _ids_digest(samples)},
+            "model": model.to_dict(),
+            "recipe": recipe.__dict__,
+            "vae": _stage_card(recipe.vae_steps, vae_log),
+            "unet": _stage_card(recipe.unet_steps, unet_log),
+            "latent_scaling_factor": latents.scaling,
+            "wall_seconds": round(time.perf_counter() - began, 1),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+            "command": command or f"diffmia.lab.pretrain.pretrain({str(data_dir)!r}, {str(out_dir)!r})",
+        }
+        with atomic_path(out / "card.json") as tmp:
+            tmp.write_text(json.dumps(card, indent=2) + "\n")
     return pipeline_dir
 
 

@@ -9,12 +9,13 @@ renamed into place: a run killed at any moment resumes from its last complete ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from diffmia.errors import ConfigError
-from diffmia.files import atomic_path
+from diffmia.errors import ConfigError, DataError
+from diffmia.files import atomic_path, exclusive_lock
+from diffmia.images import load_rgb
 from diffmia.lab.seeding import step_rng
 from diffmia.progress import progress
 from diffmia.records import Sample
@@ -58,8 +60,7 @@ class TrainImages:
     ) -> TrainImages:
         images = []
         for sample in samples:
-            with Image.open(sample.image_path) as image:
-                rgb = image.convert("RGB")
+            rgb = load_rgb(sample.image_path)
             scale = resolution / min(rgb.size)
             size = (max(resolution, round(rgb.width * scale)), max(resolution, round(rgb.height * scale)))
             if rgb.size != size:
@@ -166,7 +167,12 @@ def check_resumable(checkpoints: Path, stamp: dict[str, Any], resume: bool) -> N
     """Refuse to resume checkpoints written with settings other than ``stamp``; record ``stamp`` for next time."""
     path = checkpoints / "run.json"
     if resume and path.exists():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} cannot be read ({exc}); delete {checkpoints} to start over") from None
+        if not isinstance(previous, dict):
+            raise ConfigError(f"{path} is not a JSON object; delete {checkpoints} to start over")
         changed = sorted(k for k in stamp if stamp[k] != previous.get(k))
         if changed:
             raise ConfigError(
@@ -176,6 +182,23 @@ def check_resumable(checkpoints: Path, stamp: dict[str, Any], resume: bool) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(stamp))
+
+
+def refuse_finished(out: Path, what: str) -> None:
+    """Refuse an output folder that already holds a finished ``what`` (its card.json): never overwrite one in place."""
+    if (out / "card.json").exists():
+        raise DataError(f"{out} already holds a finished {what} (card.json); choose another output folder")
+
+
+@contextlib.contextmanager
+def training_folder(out: Path, what: str, stamp: dict[str, Any], resume: bool) -> Iterator[None]:
+    """Hold the output folder ``out`` of one training run of a ``what`` for the ``with`` block: refused at once
+    while another process trains in it (an exclusive lock: they would share and delete each other's checkpoints),
+    when it holds a finished result, or when its checkpoints were written with settings other than ``stamp``."""
+    with exclusive_lock(out, f"{what} folder"):
+        refuse_finished(out, what)
+        check_resumable(out / "checkpoints", stamp, resume)
+        yield
 
 
 @dataclass(frozen=True)

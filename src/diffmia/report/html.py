@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
+from diffmia.errors import DataError
 from diffmia.files import atomic_path
+from diffmia.images import load_rgb
 from diffmia.report import content
 from diffmia.report.plots import histogram_figure, loglog_roc_figure
 from diffmia.report.verdict import COLOURS, CONTROL_RULE, RULES, verdicts
@@ -32,16 +32,16 @@ def _data_uri(png: bytes) -> str:
 
 
 def _image_uri(path: str, side: int) -> str | None:
-    """An image file as a PNG data URI no larger than ``side``, or None when it is gone (the page says so)."""
+    """An image file as a PNG data URI no larger than ``side``, or None when it is gone or cannot be decoded (the
+    page says so)."""
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-        if max(image.size) > side:
-            image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-    except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError):
+        image = load_rgb(path)
+    except DataError:
         return None
+    if max(image.size) > side:
+        image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return _data_uri(buffer.getvalue())
 
 
