@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import queue
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -369,3 +375,59 @@ def test_controls_warn_only_when_clearly_separable():
                     replace(noise.evaluation, auc=0.62, auc_interval=replace(noise.evaluation.auc_interval,
                                                                              low=0.45, high=0.75)))  # fmt: skip
     assert control_warnings([wide]) == []
+
+
+# --- fault injection: killed at five points, resumed each time ----------------------------------------------
+
+# (what is running, the stderr line that shows it started, or the file whose appearance does)
+KILL_POINTS = (
+    ("fine-tuning the target", "fine-tuning target on"),
+    ("fine-tuning the captioner", "fine-tuning the captioner"),
+    ("captioning the shadow's images", "querying shadow-overlap-0 with 40 images (captioner"),
+    ("generating and comparing", "querying base with 40 images (given caption"),
+    ("writing the run directory", "features.parquet"),
+)
+
+
+def _run_until(config: Path, run: Path, trigger: str, delay: float, timeout: float = 600) -> bool:
+    """`diffmia run CONFIG` in a child process, killed with SIGKILL ``delay`` seconds after ``trigger`` shows (a
+    line of its log, or a file appearing in the run directory). True if it was killed, False if it finished."""
+    child = subprocess.Popen([sys.executable, "-m", "diffmia", "run", str(config)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in child.stderr], daemon=True).start()  # type: ignore[union-attr]
+    began, seen = time.monotonic(), None
+    while child.poll() is None and time.monotonic() - began < timeout:
+        while not lines.empty():
+            if trigger in lines.get() and seen is None:
+                seen = time.monotonic()
+        if seen is None and trigger.endswith(".parquet") and (run / trigger).exists():
+            seen = time.monotonic()
+        if seen is not None and time.monotonic() - seen >= delay:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            return True
+        time.sleep(0.005)
+    assert child.wait(timeout=max(1.0, timeout - (time.monotonic() - began))) == 0
+    return False
+
+
+@pytest.mark.slow
+def test_an_audit_killed_at_five_points_ends_with_the_uninterrupted_numbers(tiny_run, tmp_path):
+    _, reference = tiny_run
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_AUDIT.format(runs=tmp_path / "runs"))
+    run = tmp_path / "runs" / "tiny"
+    delays = np.random.default_rng(0).uniform(0.0, 1.5, size=len(KILL_POINTS))
+    delays[-1] = 0.0  # the writing step lasts well under a second
+    killed = [what for (what, trigger), delay in zip(KILL_POINTS, delays, strict=True)
+              if _run_until(config, run, trigger, float(delay))]  # fmt: skip
+    assert killed == [what for what, _ in KILL_POINTS]
+    assert not (run / "result.json").exists()
+    assert _run_until(config, run, "no such line", 0.0) is False  # the last resume finishes
+    after, before = (json.loads((r / "result.json").read_text()) for r in (run, reference))
+    assert after["results"] == before["results"]
+    assert after["warnings"] == before["warnings"] and after["images_requested"] == before["images_requested"]
+    assert [i["sample_id"] for i in after["exposed"]["images"]] == [i["sample_id"] for i in before["exposed"]["images"]]
+    assert pq.read_table(run / "scores.parquet").to_pydict() == pq.read_table(reference / "scores.parquet").to_pydict()
+    assert len(after["passes"]) == 1  # the killed passes wrote no result

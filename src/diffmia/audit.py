@@ -41,7 +41,7 @@ from diffmia.data import (
 from diffmia.encoders import HFVisionEncoder, PixelEncoder
 from diffmia.errors import ConfigError, DataError
 from diffmia.features import CachedEncoder, Encoder, blind_features, build_features
-from diffmia.files import atomic_path, write_json
+from diffmia.files import atomic_path, exclusive_lock, write_json
 from diffmia.images import load_rgb
 from diffmia.lab.data import write_digits
 from diffmia.models import (
@@ -76,6 +76,7 @@ from diffmia.results import (
     save_run,
 )
 from diffmia.scenarios import KINDS, SCENARIOS, Scenario, source_name
+from diffmia.targets import probe_target
 from diffmia.versions import __version__, package_versions
 
 MODELS = ("target", "base", "blind")
@@ -97,34 +98,36 @@ def run_audit(
     with clock("validate and split"):
         # 1. validate: configuration, data, model folders, encoders; nothing is trained before this passes
         data = validate(config, run, scenarios)
-        # 2. split: D' of each kind the scenarios need, and every shadow's members / non-members
-        auxiliary = split(config.audit, data, scenarios, run)
-    log(data.describe(config.audit, scenarios))
-    store = store_of(config.audit, run)
-    with clock("fine-tune"):
-        # 3. models: the target, the shadows, the un-fine-tuned base model (a control)
-        models = build_models(config, store, data, auxiliary, feedback)
-    with clock("captions"):
-        # 4. prompts: the given captions, or those of a captioner fine-tuned on each D'
-        prompts = Prompts(config.audit, config.captioner_training, store, scenarios, auxiliary, feedback)
-    # 5-6. generation (through the cache) and features, each (model, samples, prompt source) once
-    queries = Queries(config, run, prompts, data.encoders, feedback)
-    with clock("attacks and evaluation"):
-        # 7. attacks: fitted on the shadows only, frozen, applied once to the target and the controls
-        score_sets = [s for scenario in scenarios for s in attack(config, scenario, models, data.split, queries)]
-    clock.carve("attacks and evaluation", "generate and features", queries.seconds)
-    with clock("generation quality"):
-        quality = rate_generations(config, run, models, data.split, queries.cache, show_progress)
-    with clock("write"):
-        # 8. evaluate and write the run directory
-        score_sets = sorted(score_sets, key=_order(config, scenarios))
-        exposed = most_exposed(config, score_sets, models.target, data.split, prompts, queries.cache, scenarios)
-        save_features(run, queries.tables)
-    passes = (*previous_passes(run), clock.finish())
-    result = assemble(config, data, scenarios, models, prompts, queries, quality, exposed, passes, score_sets, run)
-    save_run(run, result)
-    render_report(run)
-    return result
+    with exclusive_lock(run, "run directory"):  # a second run of this directory stops here, saying who holds it
+        with clock("validate and split"):
+            # 2. split: D' of each kind the scenarios need, and every shadow's members / non-members
+            auxiliary = split(config.audit, data, scenarios, run)
+        log(data.describe(config.audit, scenarios))
+        store = store_of(config.audit, run)
+        with clock("fine-tune"):
+            # 3. models: the target, the shadows, the un-fine-tuned base model (a control)
+            models = build_models(config, store, data, auxiliary, feedback)
+        with clock("captions"):
+            # 4. prompts: the given captions, or those of a captioner fine-tuned on each D'
+            prompts = Prompts(config.audit, config.captioner_training, store, scenarios, auxiliary, feedback)
+        # 5-6. generation (through the cache) and features, each (model, samples, prompt source) once
+        queries = Queries(config, run, prompts, data.encoders, feedback)
+        with clock("attacks and evaluation"):
+            # 7. attacks: fitted on the shadows only, frozen, applied once to the target and the controls
+            score_sets = [s for scenario in scenarios for s in attack(config, scenario, models, data.split, queries)]
+        clock.carve("attacks and evaluation", "generate and features", queries.seconds)
+        with clock("generation quality"):
+            quality = rate_generations(config, run, models, data.split, queries.cache, show_progress)
+        with clock("write"):
+            # 8. evaluate and write the run directory
+            score_sets = sorted(score_sets, key=_order(config, scenarios))
+            exposed = most_exposed(config, score_sets, models.target, data.split, prompts, queries.cache, scenarios)
+            save_features(run, queries.tables)
+        passes = (*previous_passes(run), clock.finish())
+        result = assemble(config, data, scenarios, models, prompts, queries, quality, exposed, passes, score_sets, run)
+        save_run(run, result)
+        render_report(run)
+        return result
 
 
 # --- 1-2. validation, data and splits -------------------------------------------------------------------------
@@ -163,6 +166,8 @@ def validate(config: Config, run: Path, scenarios: Sequence[Scenario]) -> AuditD
                      members_need_captions=audit.finetune_target)  # fmt: skip
     shadows = given_shadows(config)
     check_model_sources(config)
+    if not audit.finetune_target:
+        probe_target(config.target.spec())  # an HTTP endpoint answers now, not after hours of training
     if any(not s.given_caption for s in scenarios) and audit.captioner not in ("builtin", "tiny"):
         load_captioner(audit.captioner)  # missing weights are reported now, not after the shadows are trained
     encoders = make_encoders(config.features, run)
