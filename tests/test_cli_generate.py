@@ -70,7 +70,7 @@ def test_generate_command_bad_settings(tmp_path, capsys):
         ('scheduler = "fast"', "unknown scheduler 'fast'"),
         ('lora = "/nonexistent/lora"', "LoRA weights /nonexistent/lora do not exist"),
         ('model = "{empty}"', "is not a diffusers pipeline folder"),
-        ('kind = "http"\nurl = "http://127.0.0.1:9"\nretries = 0', "failed after 1 attempts (last: ConnectError)"),
+        ('kind = "http"\nurl = "http://127.0.0.1:9"\nretries = 0', "failed after 1 attempts (last: ConnectError"),
     ],
 )
 def test_bad_targets_are_one_error_line_and_leave_no_cache(tmp_path, capsys, target, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -39,7 +40,9 @@ def test_the_filter_drops_only_the_known_harmless_notices():
 @pytest.mark.slow
 def test_a_command_shows_real_warnings_but_not_the_harmless_noise(tiny_model):
     def stderr(mode: str) -> str:
-        done = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_model), mode], capture_output=True, text=True)
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}  # set by in-process runs
+        done = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_model), mode], capture_output=True, text=True,
+                              env=env)  # fmt: skip
         assert done.returncode == 0, done.stderr
         return done.stderr
 

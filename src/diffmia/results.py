@@ -284,6 +284,8 @@ def load_run(run_dir: str | Path) -> RunResult:
                         "audit to rewrite it")  # fmt: skip
     try:
         return _from_dict(data, _read_scores(run / SCORES_FILE), run)
+    except DataError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path} does not match its schema (version {version}): {exc!r}; rerun the audit to rewrite "
                         "it") from None  # fmt: skip
