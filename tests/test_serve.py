@@ -14,7 +14,6 @@ import tempfile
 import threading
 import time
 import zlib
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -26,25 +25,10 @@ from diffmia import cli
 from diffmia.records import Query
 from diffmia.serve import MAX_BODY_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Limits, is_loopback, make_app
 from diffmia.targets.diffusers import DiffusersTarget
+from loopback import serving
 
 TOKEN_ENV, TOKEN = "DIFFMIA_SERVE_TEST_TOKEN", "an0ther-s3cret"
 PROMPT = "a bold soft one"
-
-
-@contextmanager
-def serving(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 class SlowTarget(DiffusersTarget):

@@ -10,14 +10,11 @@ import io
 import json
 import random
 import re
-import threading
 import time
 import zlib
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
 
 from diffmia.cache import GenerationCache
@@ -29,26 +26,11 @@ from diffmia.serve import make_app
 from diffmia.targets import make_target, probe_target
 from diffmia.targets.diffusers import DiffusersTarget
 from diffmia.targets.http import HTTPTarget
+from loopback import serving
 
 CAPTIONS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
 TOKEN_ENV, TOKEN = "DIFFMIA_TEST_TOKEN", "s3cret-token-value"
 FAULT_SEED = 0
-
-
-@contextmanager
-def serving(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def faulty(app, faults):
