@@ -20,7 +20,7 @@ from typing import Any
 from PIL import Image
 
 from diffmia.errors import DataError
-from diffmia.files import atomic_path
+from diffmia.files import atomic_path, blocking_file
 from diffmia.images import decode_image
 from diffmia.records import Query
 
@@ -36,6 +36,8 @@ class GenerationCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        if (blocker := blocking_file(self.root)) is not None:  # found now, not after the first generation
+            raise DataError(f"cannot use {self.root} as a generation cache: {blocker} is a file, not a folder")
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         folder = self.root / key[:2]

@@ -32,7 +32,7 @@ from diffmia.lab.pipeline import TinySDConfig
 from diffmia.lab.pretrain import PretrainConfig, pretrain
 from diffmia.quiet import quiet_third_parties
 from diffmia.settest import METHOD, load_run_scores, run_set_test
-from diffmia.targets import make_target
+from diffmia.targets import make_target, probe_target
 from diffmia.targets.diffusers import DiffusersTarget
 from diffmia.versions import __version__
 
@@ -523,6 +523,7 @@ def generate_command(
     cache_dir = plan.cache or "runs/cache"
     cache = GenerationCache(cache_dir)
     spec = settings.target.spec()
+    probe_target(spec)  # an endpoint that cannot answer fails here, before any query
     if plan.executor == "ray":
         generate_on_ray(spec, queries, cache, workers=plan.workers, chunk_size=plan.chunk_size)
     else:

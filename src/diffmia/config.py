@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from diffmia.attacks import ClassifierAttack, DistributionAttack, MembershipAttack, ThresholdAttack
 from diffmia.errors import ConfigError
+from diffmia.files import read_text
 from diffmia.metrics import DEFAULT_FPRS, evaluate
 from diffmia.records import Evaluation
 
@@ -558,12 +559,7 @@ def load_config(path: str | Path | None) -> Config:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file's contents; a missing, unreadable or invalid file is a ConfigError."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    text = read_text(path, ConfigError, "config file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from diffmia.errors import DataError
-from diffmia.files import atomic_path
+from diffmia.files import atomic_path, read_text
 from diffmia.images import decode_image, image_digest, load_rgb
 from diffmia.records import Sample
 from diffmia.scenarios import SCENARIOS
@@ -47,7 +47,7 @@ def _read_records(root: Path) -> tuple[list[dict[str, Any]], Path]:
     jsonl, csv_path = root / "metadata.jsonl", root / "metadata.csv"
     if jsonl.is_file():
         records = []
-        for number, line in enumerate(_read_text(jsonl).splitlines(), start=1):
+        for number, line in enumerate(read_text(jsonl, DataError).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -59,19 +59,10 @@ def _read_records(root: Path) -> tuple[list[dict[str, Any]], Path]:
             records.append(record)
         return records, jsonl
     if csv_path.is_file():
-        return [dict(row) for row in csv.DictReader(io.StringIO(_read_text(csv_path), newline=""))], csv_path
+        return [dict(row) for row in csv.DictReader(io.StringIO(read_text(csv_path, DataError), newline=""))], csv_path
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     raise DataError(f"image folder {root} has neither metadata.jsonl nor metadata.csv")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")  # newlines as they are: csv reads its quoted ones itself
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _listed(items: list[str]) -> str:

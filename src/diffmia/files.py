@@ -62,11 +62,17 @@ def make_folder(path: str | Path, what: str = "folder") -> Path:
     return path
 
 
+def blocking_file(folder: str | Path) -> Path | None:
+    """The file that stands where ``folder`` or one of its parents would have to be, if there is one."""
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def _folder_problem(folder: Path, exc: OSError) -> str:
     """Why ``folder`` could not be made or written in: a file in its place or on its way, or the OS's reason."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        return f"{existing} is a file, not a folder"
+    if (blocker := blocking_file(folder)) is not None:
+        return f"{blocker} is a file, not a folder"
     return f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc.strerror or exc)
 
 
@@ -125,6 +131,21 @@ def _holder(fd: int) -> str:
         return f"process {int(info['pid'])} on {info['host']} (since {info['started']})"
     except (OSError, ValueError, TypeError, KeyError):  # the holder is between taking the lock and writing its name
         return "another process"
+
+
+def read_text(path: str | Path, error: type[DiffmiaError] = DiffmiaError, what: str = "") -> str:
+    """A UTF-8 text file's contents, newlines as they are; a missing, unreadable or non-UTF-8 file is one ``error``
+    naming ``what`` (e.g. "config file") and the path, and saying what to do."""
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{name} is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8") from None
+    except FileNotFoundError:
+        raise error(f"{name} does not exist") from None
+    except OSError as exc:
+        raise error(f"cannot read {name}: {exc.strerror or exc}") from None
 
 
 def write_json(path: str | Path, payload: Any) -> None:

@@ -266,6 +266,8 @@ def load_run(run_dir: str | Path) -> RunResult:
     """The results of a finished run directory; a :class:`DataError` that says what is wrong otherwise."""
     run = Path(run_dir)
     path = run / RESULT_FILE
+    if not run.is_dir():
+        raise DataError(f"run directory {run} does not exist")
     if not path.is_file() or not (run / SCORES_FILE).is_file():
         raise DataError(f"{run} has no {RESULT_FILE} and {SCORES_FILE}: it is not a finished diffmia run directory")
     try:

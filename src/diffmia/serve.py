@@ -1,8 +1,9 @@
 """``diffmia serve``: any local diffusers model behind both wire formats of :mod:`diffmia.targets.http`.
 
 A small ASGI application (run by uvicorn): ``POST /v1/generate`` (diffmia), ``POST /sdapi/v1/txt2img`` and
-``POST /sdapi/v1/img2img`` (AUTOMATIC1111), ``GET /health``. With ``token_env`` set, requests must carry
-``Authorization: Bearer <token>`` (compared in constant time).
+``POST /sdapi/v1/img2img`` (AUTOMATIC1111), and the probes of :meth:`~diffmia.targets.http.HTTPTarget.probe`:
+``GET /health`` (diffmia) and ``GET /sdapi/v1/sd-models`` (AUTOMATIC1111's list of checkpoints: the one served
+model). With ``token_env`` set, requests must carry ``Authorization: Bearer <token>`` (compared in constant time).
 
 Safe to share: a request's init images stay in memory, in that request alone (no file is written, so no request
 can read another's picture), and generation runs one request at a time in a worker thread. Every request is held
@@ -130,6 +131,10 @@ def make_app(target: DiffusersTarget, token_env: str | None = None, limits: Limi
         if method == "GET" and path == "/health":
             await _respond(send, 200, {"status": "ok", "target": target.fingerprint})
             return
+        if method == "GET" and path == "/sdapi/v1/sd-models":
+            name = os.path.basename(target.model.rstrip("/\\")) or target.model
+            await _respond(send, 200, [{"title": name, "model_name": name, "filename": target.model}])
+            return
         if method != "POST" or path not in ROUTES:
             await _respond(send, 404, {"error": f"no route {method} {path}"})
             return
@@ -142,7 +147,7 @@ def make_app(target: DiffusersTarget, token_env: str | None = None, limits: Limi
         except TargetError as exc:
             await _respond(send, 500, {"error": str(exc)})
             return
-        except (DiffmiaError, ValueError) as exc:  # ValueError: JSON that does not parse
+        except (DiffmiaError, ValueError) as exc:  # ValueError: a request the pipeline refuses
             await _respond(send, 400, {"error": str(exc)})
             return
         await _respond(send, 200, payload)
@@ -190,13 +195,18 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    body = json.loads(raw or b"{}")
+    try:
+        body = json.loads(raw or b"{}")
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
 
 
-async def _respond(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _respond(send: Send, status: int, payload: dict[str, Any] | list[Any]) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
