@@ -118,8 +118,8 @@ def graybox_scores(
             error = torch.stack(errors).mean(dim=0)
         elif attack == "secmi":
             x = x0
-            for t in range(0, secmi_t, secmi_delta):  # deterministic inversion to secmi_t
-                x = model.ddim(x, t, t + secmi_delta, context)
+            for t in range(0, secmi_t, secmi_delta):  # deterministic inversion to secmi_t (a shorter last step)
+                x = model.ddim(x, t, min(t + secmi_delta, secmi_t), context)
             ahead = model.ddim(x, secmi_t, secmi_t + secmi_delta, context)
             back = model.ddim(ahead, secmi_t + secmi_delta, secmi_t, context)
             error = ((back - x) ** 2).mean(dim=(1, 2, 3))
