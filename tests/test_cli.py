@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from diffmia.attacks import ClassifierAttack, DistributionAttack, ThresholdAttack, fit_and_score
 from diffmia.cli import main
@@ -54,6 +55,33 @@ def test_evaluate_table(scores_csv, capsys):
     assert f"{ev.at(0.01).tpr:.3f}" in out and f"FPR {ev.at(0.01).achieved_fpr:.4f}" in out
     assert "150 / 150" in out
     assert "1/150" in out  # why TPR@0.1% FPR is n/a
+
+
+def test_evaluate_several_columns(tmp_path, capsys):
+    """`--column a --column b` evaluates each column against the same labels, in the order given."""
+    rng = np.random.default_rng(5)
+    member = np.r_[np.ones(80, bool), np.zeros(120, bool)]
+    a = rng.standard_normal(200) + 1.5 * member  # a strong score
+    b = np.round(rng.standard_normal(200) + 0.3 * member, 1)  # a weak one, with ties
+    path = tmp_path / "two.csv"
+    pa_csv.write_csv(pa.table({"a": a, "member": member.astype(int), "b": b}), path)
+    assert main(["evaluate", str(path), "--column", "a", "-c", "b", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["evaluations"]
+    assert list(printed) == ["a", "b"]
+    assert printed["a"]["auc"] == pytest.approx(roc_auc_score(member, a), abs=1e-12)
+    assert printed["b"]["auc"] == pytest.approx(roc_auc_score(member, b), abs=1e-12)
+    assert printed["a"]["auc"] - printed["b"]["auc"] > 0.1  # two different columns, not one twice (0.83, 0.64)
+    assert printed["b"] == evaluate(b, member).to_dict()
+    assert (printed["b"]["n_members"], printed["b"]["n_nonmembers"]) == (80, 120)
+
+    assert main(["evaluate", str(path), "--column", "b", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["evaluations"]) == ["b"]
+
+    assert main(["evaluate", str(path), "--column", "a", "--column", "nope", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("Error: ")
+    assert "no column 'nope'" in captured.err and "'a'" not in captured.err
 
 
 def test_attack_writes_scores_and_evaluates(tmp_path, capsys):

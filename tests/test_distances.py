@@ -62,3 +62,86 @@ def test_ssim_hand_computed_and_ordered():
     assert scores[0] == pytest.approx(1.0)
     assert list(scores) == sorted(scores, reverse=True)  # more noise, lower similarity
     assert ssim(noisy[0], image) == pytest.approx(ssim(image, noisy[0]))
+
+
+def _random_covariance(rng, d):
+    m = rng.standard_normal((d, d))
+    return m @ m.T + 0.1 * np.eye(d)
+
+
+def _sqrt_psd(s):
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _frechet_reference(a, b):
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 sqrtm(S_a S_b)), straight from the formula."""
+    from scipy.linalg import sqrtm
+
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa + sb - 2 * np.real(sqrtm(sa @ sb))))
+
+
+def _frechet_symmetric(a, b):
+    """The same distance by another road: Tr sqrtm(S_a S_b) = Tr (S_a^1/2 S_b S_a^1/2)^1/2, by eigenvalues only."""
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root_a = _sqrt_psd(sa)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0, None)).sum()
+    return float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa) + np.trace(sb) - 2 * cross)
+
+
+def _with_sample_moments(rng, n, mean, root_cov):
+    """n rows whose sample mean is exactly ``mean`` and sample covariance (ddof 1) exactly root_cov root_cov^T."""
+    z = rng.standard_normal((n, len(mean)))
+    z -= z.mean(axis=0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # whitened: sample covariance I
+    return mean + z @ np.asarray(root_cov).T
+
+
+def test_frechet_distance_hand_cases():
+    from diffmia.lab.classifier import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((50, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # 1-D: (m_a - m_b)^2 + (s_a - s_b)^2. [1, 3]: mean 2, variance 2; [4, 8]: mean 6, variance 8
+    one, two = np.array([[1.0], [3.0]]), np.array([[4.0], [8.0]])
+    assert (2 - 6) ** 2 + (np.sqrt(2) - np.sqrt(8)) ** 2 == pytest.approx(18.0)
+    assert frechet_distance(one, two) == pytest.approx(18.0)
+    assert frechet_distance(one, two) == pytest.approx(_frechet_reference(one, two))
+    # commuting (diagonal) covariances: |m_a - m_b|^2 + sum_i (s_a,i - s_b,i)^2
+    m_a, m_b = np.array([0.0, 1.0, -2.0]), np.array([0.5, 1.0, 0.0])
+    s_a, s_b = np.array([1.0, 2.0, 0.5]), np.array([3.0, 2.0, 1.5])
+    x, y = _with_sample_moments(rng, 40, m_a, np.diag(s_a)), _with_sample_moments(rng, 60, m_b, np.diag(s_b))
+    expected = np.sum((m_a - m_b) ** 2) + np.sum((s_a - s_b) ** 2)  # 4.25 + 4 + 1 = 9.25
+    assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(x, x + np.array([3.0, 4.0, 0.0])) == pytest.approx(25.0)  # a pure shift: |shift|^2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_frechet_distance_equals_the_formula_on_gaussian_samples(seed):
+    """Correlated, non-commuting covariances, where Tr sqrtm(S_a S_b) differs from Tr(S_a^1/2 S_b^1/2)."""
+    from diffmia.lab.classifier import frechet_distance
+
+    rng = np.random.default_rng(seed)
+    d = 5
+    a = rng.multivariate_normal(rng.normal(0, 1, d), _random_covariance(rng, d), size=200)
+    b = rng.multivariate_normal(rng.normal(0, 1, d), _random_covariance(rng, d), size=300)
+    reference = _frechet_reference(a, b)
+    assert reference == pytest.approx(_frechet_symmetric(a, b), rel=1e-8)  # the two references agree
+    assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-8)
+    assert frechet_distance(b, a) == pytest.approx(reference, rel=1e-8)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    product_of_roots = np.trace(_sqrt_psd(sa) @ _sqrt_psd(sb))
+    cross = (np.trace(sa) + np.trace(sb) + np.sum((a.mean(0) - b.mean(0)) ** 2) - reference) / 2
+    assert abs(cross - product_of_roots) > 1e-3  # so a wrong cross term would show
+
+
+def test_frechet_distance_rejects_mismatched_sets():
+    from diffmia.errors import DataError
+    from diffmia.lab.classifier import frechet_distance
+
+    with pytest.raises(DataError, match="two sets of >= 2 feature rows of one width"):
+        frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(DataError, match="two sets of >= 2 feature rows"):
+        frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))

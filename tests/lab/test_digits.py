@@ -33,8 +33,43 @@ def test_captions_are_fine_grained_and_the_split_is_fixed():
     public_captions = {r["caption"] for r in records if r["split"] == "public"}
     shared = sum(r["caption"] in public_captions for r in private) / len(private)
     assert shared < 0.10  # a private image's caption rarely occurs in the public data (measured 0.038)
-    again = digits_records()[1]
-    assert [r["split"] for r in again] == [r["split"] for r in records]
+
+
+def _private_indices(records):
+    return [i for i, r in enumerate(records) if r["split"] == "private"]
+
+
+def test_the_split_is_the_documented_seeded_one():
+    """600 private, 1,197 public, disjoint and covering all 1,797: the first 600 of a seed-0 permutation."""
+    from sklearn.datasets import load_digits
+
+    _, records = digits_records()
+    ids = [r["id"] for r in records]
+    assert ids == [f"digit-{i:04d}" for i in range(1797)] and len(set(ids)) == 1797
+    assert [r["label"] for r in records] == load_digits().target.tolist()
+    assert {r["split"] for r in records} == {"public", "private"}
+    private = _private_indices(records)
+    public = [i for i, r in enumerate(records) if r["split"] == "public"]
+    assert (len(private), len(public)) == (N_PRIVATE, 1197) == (600, 1197)
+    assert not set(private) & set(public) and sorted(private + public) == list(range(1797))
+    expected = sorted(np.random.default_rng(0).permutation(1797)[:600].tolist())  # derived here, not read back
+    assert private == expected
+    assert private[:12] == [2, 12, 13, 15, 19, 20, 26, 28, 32, 36, 38, 41] and sum(private) == 557978  # pinned
+    assert np.bincount([records[i]["label"] for i in private], minlength=10).tolist() == [
+        51, 65, 56, 66, 55, 69, 54, 59, 64, 61,
+    ]  # fmt: skip
+    assert _private_indices(digits_records()[1]) == expected  # a second call, the same split
+
+
+def test_another_seed_gives_another_split(monkeypatch):
+    import diffmia.lab.data as lab_data
+
+    fixed = _private_indices(digits_records()[1])
+    monkeypatch.setattr(lab_data, "SPLIT_SEED", 1)
+    other = _private_indices(digits_records()[1])
+    assert len(other) == N_PRIVATE and other != fixed
+    assert other == sorted(np.random.default_rng(1).permutation(1797)[:600].tolist())
+    assert _private_indices(digits_records()[1]) == other  # deterministic for that seed too
 
 
 def _names(records):
@@ -47,7 +82,11 @@ def test_written_folder_loads_and_trains_the_classifier(tmp_path, capsys):
     folder = load_image_folder(tmp_path / "digits", require_captions=True)
     assert len(folder) == 1797
     assert folder.samples[0].id == "digit-0000"
-    assert folder.extra["digit-0000"] == {"label": 0, "split": folder.extra["digit-0000"]["split"]}
+    _, records = digits_records()
+    assert folder.extra["digit-0000"] == {"label": 0, "split": "public"}  # 0 is not among the private indices
+    assert folder.extra["digit-0002"] == {"label": 2, "split": "private"}
+    assert {k: v["split"] for k, v in folder.extra.items()} == {r["id"]: r["split"] for r in records}
+    assert sum(v["split"] == "private" for v in folder.extra.values()) == N_PRIVATE
     assert main(["data", "digits", str(tmp_path / "digits")]) == 2  # never overwrites
     assert "already holds a metadata.jsonl" in capsys.readouterr().err
     assert main(["lab", "classifier", str(tmp_path / "digits"), str(tmp_path / "c.json")]) == 0
