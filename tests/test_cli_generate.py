@@ -1,4 +1,5 @@
-"""`diffmia generate CONFIG`: the generation stage alone, into a resumable cache."""
+"""`diffmia generate CONFIG`: the generation stage alone, into a resumable cache, with the target's scheduler and
+LoRA weights from the config."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from PIL import Image
 
 from diffmia.cache import GenerationCache
 from diffmia.cli import main
-from diffmia.config import GenerationConfig
+from diffmia.config import FinetuneConfig, GenerationConfig
+from diffmia.lab.finetune import finetune
 from diffmia.queries import build_queries, query_seed
 from diffmia.records import Sample
 
@@ -70,7 +72,7 @@ def test_generate_command_bad_settings(tmp_path, capsys):
         ('scheduler = "fast"', "unknown scheduler 'fast'"),
         ('lora = "/nonexistent/lora"', "LoRA weights /nonexistent/lora do not exist"),
         ('model = "{empty}"', "is not a diffusers pipeline folder"),
-        ('kind = "http"\nurl = "http://127.0.0.1:9"\nretries = 0', "failed after 1 attempts (last: ConnectError"),
+        ('kind = "http"\nurl = "http://127.0.0.1:9"\nretries = 0', "failed after 1 attempt (last: ConnectError"),
     ],
 )
 def test_bad_targets_are_one_error_line_and_leave_no_cache(tmp_path, capsys, target, message):
@@ -85,3 +87,30 @@ def test_bad_targets_are_one_error_line_and_leave_no_cache(tmp_path, capsys, tar
     err = capsys.readouterr().err
     assert err.startswith("Error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))
+
+
+def test_the_configured_scheduler_and_lora_change_the_generated_images(tiny_model, tmp_path, capsys):
+    """target.scheduler and target.lora reach the pipeline: the same seeded query gives other pixels, cached
+    under another target fingerprint."""
+    data = _folder(tmp_path / "data", n=1)
+    finetune_data = _folder(tmp_path / "finetune-data", n=2)
+    recipe = FinetuneConfig(method="lora", max_steps=2, batch_size=2, learning_rate=0.1, checkpoint_every=0)
+    lora = finetune(tiny_model, finetune_data, tmp_path / "finetuned", recipe, show_progress=False) / "lora"
+    images, targets = {}, {}
+    for name, option in [("base", ""), ("scheduler", 'scheduler = "dpm-solver++"\n'), ("lora", f'lora = "{lora}"\n')]:
+        cache = tmp_path / f"cache-{name}"
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f'[target]\nmodel = "{tiny_model}"\ndevice = "cpu"\n{option}'
+            f'[generation]\ndata = "{data}"\ncache = "{cache}"\nchannels = ["text2img"]\nqueries_per_image = 1\n'
+            "steps = 2\n"
+        )
+        assert main(["generate", str(config)]) == 0
+        (png,) = cache.rglob("*.png")
+        images[name] = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        targets[name] = json.loads(png.with_suffix(".json").read_text())["target"]
+    capsys.readouterr()
+    assert "scheduler=dpm-solver++" in targets["scheduler"] and "lora=none" not in targets["lora"]
+    assert len(set(targets.values())) == 3
+    assert np.abs(images["scheduler"] - images["base"]).max() > 0
+    assert np.abs(images["lora"] - images["base"]).max() > 20

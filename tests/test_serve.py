@@ -1,6 +1,8 @@
 """`diffmia serve` is safe to share: concurrent requests keep their own init images (in memory, no file), every
 request is held to limits (413 / 422 naming the field, value and limit), tokens are compared in constant time,
-and the command refuses a non-loopback address without a token."""
+and the command refuses a non-loopback address without a token. Its answers are the local pipeline's: image-to-image
+follows the init image and strength sent, a LoRA given to the server shows; malformed requests are 400, unknown
+routes 404, each with a one-line JSON error."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import inspect
 import io
 import json
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -19,9 +22,11 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from diffmia import cli
+from diffmia.config import FinetuneConfig
+from diffmia.lab.finetune import finetune
 from diffmia.records import Query
 from diffmia.serve import MAX_BODY_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Limits, is_loopback, make_app
 from diffmia.targets.diffusers import DiffusersTarget
@@ -231,3 +236,146 @@ def test_cli_limit_defaults_are_the_servers():
     assert defaults == {"body_mib": MAX_BODY_BYTES // 2**20, "images": MAX_IMAGES, "steps": MAX_STEPS,
                         "side": MAX_SIDE}  # fmt: skip
     assert Limits() == Limits(MAX_BODY_BYTES, MAX_IMAGES, MAX_STEPS, MAX_SIDE)
+
+
+# --- image-to-image follows what is sent; answers are the local pipeline's ------------------------------------------
+
+
+def _digit(points, size=32):
+    """A white stroke on black, as the built-in model's digits are drawn."""
+    image = Image.new("RGB", (size, size))
+    ImageDraw.Draw(image).line(points, fill=(255, 255, 255), width=4)
+    return image
+
+
+ONE, SEVEN = _digit([(16, 5), (16, 27)]), _digit([(8, 6), (24, 6), (12, 27)])
+DIGIT_PROMPT = "a handwritten digit"
+
+
+def _l2(a, b):
+    """Root mean square pixel difference of two images."""
+    return float(np.sqrt(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
+    return DiffusersTarget("builtin", device="cpu", dtype="float64")
+
+
+@pytest.mark.parametrize("api", ["diffmia", "a1111"])
+def test_served_img2img_follows_the_init_image_and_strength(builtin, api):
+    inits = {"one": ONE, "seven": SEVEN}
+    cases = [(name, strength) for strength in (0.25, 0.75) for name in inits]
+    queries = [Query(DIGIT_PROMPT, seed=5, steps=4, guidance=3.0, strength=strength) for _, strength in cases]
+    local = builtin.generate(queries, init_images=[inits[name] for name, _ in cases])
+    served = []
+    with serving(make_app(builtin)) as base:
+        if api == "diffmia":
+            items = [{"prompt": DIGIT_PROMPT, "seed": 5, "steps": 4, "guidance": 3.0, "strength": strength,
+                      "init_image": _png(inits[name])} for name, strength in cases]  # fmt: skip
+            answer = httpx.post(base + "/v1/generate", json={"queries": items}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            served = [_pixels(image) for image in answer.json()["images"]]
+        for name, strength in cases if api == "a1111" else []:
+            body = {"prompt": DIGIT_PROMPT, "seed": 5, "steps": 4, "cfg_scale": 3.0, "denoising_strength": strength,
+                    "init_images": [_png(inits[name])]}  # fmt: skip
+            answer = httpx.post(base + "/sdapi/v1/img2img", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert json.loads(answer.json()["info"]) == {"seed": 5}
+            served.append(_pixels(answer.json()["images"][0]))
+    assert len(served) == len(cases)
+    for got, want, case in zip(served, local, cases, strict=True):  # seeded, and PNG is lossless: the same pixels
+        np.testing.assert_array_equal(got, np.asarray(want), err_msg=f"{api} {case}")
+    low_one, low_seven, high_one, high_seven = served
+    assert _l2(low_one, low_seven) > 20  # another init image, another answer
+    assert _l2(low_one, ONE) + 15 < _l2(low_one, SEVEN) and _l2(low_seven, SEVEN) + 15 < _l2(low_seven, ONE)
+    assert _l2(low_one, ONE) + 8 < _l2(high_one, ONE)  # a lower strength keeps more of the init image
+    assert _l2(low_seven, SEVEN) + 8 < _l2(high_seven, SEVEN)
+
+
+# --- malformed requests and unknown routes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path", "content", "status", "message"), [
+    ("POST", "/v1/generate", b'{"queries": [', 400, r"Expecting value\W+(at )?line 1\W+column 14\b"),
+    ("POST", "/sdapi/v1/txt2img", b"not json at all", 400, r"Expecting value\W+(at )?line 1\W+column 1\b"),
+    ("POST", "/sdapi/v1/img2img", b"\xff\x00{", 400, "utf-8"),
+    ("POST", "/v1/generate", b"[1, 2]", 400, "the body must be a JSON object"),
+    ("POST", "/v1/generate", b'{"queries": []}', 400, "the body needs a non-empty 'queries' list"),
+    ("POST", "/v1/generate", b'{"queries": [{"prompt": 3}]}', 400, r"queries\[0\] needs a string 'prompt'"),
+    ("POST", "/v1/generate", b'{"queries": [{"prompt": "x", "steps": "4"}]}', 400,
+     r"queries\[0\]\.steps must be an integer, got '4'"),
+    ("POST", "/sdapi/v1/txt2img", b'{"prompt": "x", "cfg_scale": "high"}', 400,
+     "cfg_scale must be a finite number, got 'high'"),
+    ("POST", "/sdapi/v1/img2img", b'{"prompt": "x"}', 400, "img2img needs 'init_images'"),
+    ("POST", "/v1/generate", json.dumps({"queries": [{"prompt": "x", "steps": 2, "strength": 0.2,
+                                                     "init_image": _png(_solid((9, 9, 9)))}]}).encode(), 400,
+     r"2 x 0\.2 is less than one"),  # no denoising step left: the pipeline's crash would be a 500
+    ("GET", "/v1/nothing", b"", 404, "no route GET /v1/nothing"),
+    ("GET", "/v1/generate", b"", 404, "no route GET /v1/generate"),
+    ("POST", "/health", b"{}", 404, "no route POST /health"),
+    ("PUT", "/sdapi/v1/txt2img", b"{}", 404, "no route PUT /sdapi/v1/txt2img"),
+])  # fmt: skip
+def test_malformed_requests_are_400_and_unknown_routes_404(url, method, path, content, status, message):
+    answer = httpx.request(method, url + path, content=content, timeout=30)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert "\n" not in answer.text and list(answer.json()) == ["error"]  # one line of JSON: {"error": ...}
+    assert re.search(message, answer.json()["error"], flags=re.IGNORECASE), answer.json()["error"]
+
+
+# --- the command's --token-env and --lora ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--token-env", "DIFFMIA_SERVE_UNSET_TOKEN", "--token-env DIFFMIA_SERVE_UNSET_TOKEN: that environment variable is "
+                                                 "not set"),
+    ("--lora", "/nonexistent/lora", "LoRA weights /nonexistent/lora do not exist"),
+])  # fmt: skip
+def test_serve_options_that_cannot_work_are_one_error_line(tiny_model, monkeypatch, capsys, option, value, message):
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(options))
+    monkeypatch.delenv("DIFFMIA_SERVE_UNSET_TOKEN", raising=False)
+    assert cli.main(["serve", str(tiny_model), "--device", "cpu", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and err.count("\n") == 1 and message in err
+    if option == "--token-env":
+        monkeypatch.setenv("DIFFMIA_SERVE_UNSET_TOKEN", "")  # set but empty: no token either
+        assert cli.main(["serve", str(tiny_model), "--device", "cpu", "--host", "0.0.0.0", option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("Error: ") and err.count("\n") == 1 and message in err
+    assert started == []  # refused before serving anything
+
+
+def _finetune_lora(model, root):
+    """A LoRA adapter as `diffmia finetune` makes one (2 steps at a high rate, so its weights are far from zero)."""
+    (root / "data" / "img").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"data/img/{i}.png")
+    lines = [json.dumps({"file_name": f"img/{i}.png", "caption": PROMPT}) + "\n" for i in range(2)]
+    (root / "data" / "metadata.jsonl").write_text("".join(lines))
+    recipe = FinetuneConfig(method="lora", max_steps=2, batch_size=2, learning_rate=0.1, checkpoint_every=0)
+    return finetune(model, root / "data", root / "out", recipe, show_progress=False) / "lora"
+
+
+def test_a_lora_given_to_the_server_changes_its_answers(target, url, tiny_model, tmp_path, monkeypatch):
+    lora = _finetune_lora(tiny_model, tmp_path)
+    queries = [Query(PROMPT, seed=seed, steps=2, guidance=3.0) for seed in (1, 2)]
+    body = {"queries": [{"prompt": PROMPT, "seed": seed, "steps": 2, "guidance": 3.0} for seed in (1, 2)]}
+    with_lora = DiffusersTarget(tiny_model, lora=lora, device="cpu", dtype="float64", safety_checker=False)
+    expected = np.stack([np.asarray(image) for image in with_lora.generate(queries)])
+    base = np.stack([np.asarray(image) for image in target.generate(queries)])
+    assert np.abs(expected.astype(int) - base.astype(int)).max() > 20  # the adapter shows
+    apps = []  # what `diffmia serve --lora` would serve
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: apps.append(app))
+    command = ["serve", str(tiny_model), "--lora", str(lora), "--device", "cpu", "--dtype", "float64"]
+    assert cli.main(command) == 0 and len(apps) == 1
+    with serving(make_app(with_lora)) as lora_url, serving(apps[0]) as command_url:
+        for address, want in ((url, base), (lora_url, expected), (command_url, expected)):
+            answer = httpx.post(address + "/v1/generate", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_array_equal(np.stack([_pixels(image) for image in answer.json()["images"]]), want)
+        health = httpx.get(command_url + "/health", timeout=30).json()
+    assert health == {"status": "ok", "target": with_lora.fingerprint} and "lora=none" not in health["target"]

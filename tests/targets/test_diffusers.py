@@ -1,19 +1,26 @@
-"""The diffusers target and the local executor on a tiny seeded pipeline: seeds, batches, cache, kill/resume."""
+"""The diffusers target and the local executor on a tiny seeded pipeline: seeds, batches, cache, kill/resume;
+image-to-image that follows its init image and strength, the scheduler by name, LoRA weights."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from diffmia.cache import GenerationCache
+from diffmia.config import FinetuneConfig
 from diffmia.errors import ConfigError, TargetError
 from diffmia.execution import generate
+from diffmia.lab.finetune import finetune
 from diffmia.records import Query
 from diffmia.targets.diffusers import DiffusersTarget
 
@@ -69,6 +76,7 @@ GENERATE_SCRIPT = """
 import sys
 from diffmia.cache import GenerationCache
 from diffmia.execution import generate
+from diffmia.lab.finetune import finetune
 from diffmia.records import Query
 from diffmia.targets.diffusers import DiffusersTarget
 captions = {captions!r}
@@ -124,3 +132,123 @@ def test_fingerprint_is_the_weights_not_the_folder(tiny_model, tmp_path):
     weights.write_bytes(bytes(data))
     assert DiffusersTarget(copy).fingerprint != original.fingerprint
     assert DiffusersTarget(copy, scheduler="euler").fingerprint != DiffusersTarget(copy).fingerprint
+
+
+# --- image-to-image follows its init image and its strength -------------------------------------------------------
+
+
+def _digit(points, size=32):
+    """A white stroke on black, as the built-in model's digits are drawn."""
+    image = Image.new("RGB", (size, size))
+    ImageDraw.Draw(image).line(points, fill=(255, 255, 255), width=4)
+    return image
+
+
+ONE, SEVEN = _digit([(16, 5), (16, 27)]), _digit([(8, 6), (24, 6), (12, 27)])
+
+
+def _l2(a, b):
+    """Root mean square pixel difference of two images."""
+    return float(np.sqrt(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
+    return DiffusersTarget("builtin", device="cpu", dtype="float64")
+
+
+def test_img2img_output_follows_its_init_image_and_strength(builtin, tmp_path):
+    ONE.save(tmp_path / "one.png")
+    SEVEN.save(tmp_path / "seven.png")
+    queries = [Query("a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png",
+                     strength=strength) for strength in (0.25, 0.75) for name in ("one", "seven")]  # fmt: skip
+    low_one, low_seven, high_one, high_seven = builtin.generate(queries)
+    assert _l2(low_one, low_seven) > 20  # another init image, another output, all else equal
+    assert _l2(low_one, ONE) + 15 < _l2(low_one, SEVEN)  # each stays nearer its own init than the other's
+    assert _l2(low_seven, SEVEN) + 15 < _l2(low_seven, ONE)
+    assert _l2(low_one, ONE) + 8 < _l2(high_one, ONE)  # a lower strength keeps more of the init image
+    assert _l2(low_seven, SEVEN) + 8 < _l2(high_seven, SEVEN)
+    in_memory = [replace(q, init_image=None) for q in queries]  # the same images given in memory (diffmia serve)
+    again = builtin.generate(in_memory, init_images=[ONE, SEVEN, ONE, SEVEN])
+    np.testing.assert_array_equal(_pixels(again), _pixels([low_one, low_seven, high_one, high_seven]))
+
+
+def test_img2img_with_less_than_one_denoising_step_is_a_config_error(tiny_model, tmp_path):
+    """steps x strength < 1 leaves diffusers no step to run (it crashes on an empty tensor): refused up front."""
+    Image.new("RGB", (16, 16)).save(tmp_path / "init.png")
+    target = DiffusersTarget(tiny_model, device="cpu")
+    with pytest.raises(ConfigError, match=r"2 x 0\.2 is less than one: raise steps or strength"):
+        target.generate([Query("x", 1, steps=2, init_image=tmp_path / "init.png", strength=0.2)])
+    assert target.calls == 0 and target._pipes is None  # refused before loading anything
+
+
+# --- the scheduler named is the one that runs ----------------------------------------------------------------------
+
+
+def test_the_named_scheduler_is_installed_and_changes_the_images(tiny_model, tmp_path):
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(tmp_path / "init.png")
+    queries = [
+        Query(CAPTIONS[1], seed=3, steps=2, guidance=3.0),
+        Query(CAPTIONS[1], seed=3, steps=4, guidance=3.0, init_image=tmp_path / "init.png", strength=0.5),
+    ]
+    images, classes = {}, {}
+    for name in (None, "ddpm", "dpm-solver++"):
+        target = DiffusersTarget(tiny_model, scheduler=name, device="cpu", dtype="float64")
+        images[name] = _pixels(target.generate(queries))
+        classes[name] = type(target.pipeline().scheduler).__name__
+    assert classes == {None: "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm-solver++": "DPMSolverMultistepScheduler"}
+    for a, b in ((None, "ddpm"), (None, "dpm-solver++"), ("ddpm", "dpm-solver++")):
+        for i, mode in enumerate(("text2img", "img2img")):  # both pipelines run the named scheduler
+            changed = int(np.abs(images[a][i].astype(int) - images[b][i].astype(int)).max())
+            assert changed > 0, f"{mode}: scheduler {a} and {b} give the same image"
+
+
+# --- LoRA weights ----------------------------------------------------------------------------------------------
+
+
+def _finetune_lora(model, root, seed=0):
+    """A LoRA adapter as `diffmia finetune` makes one (2 steps at a high rate, so its weights are far from zero)."""
+    (root / "data" / "img").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"data/img/{i}.png")
+    lines = [json.dumps({"file_name": f"img/{i}.png", "caption": CAPTIONS[1]}) + "\n" for i in range(2)]
+    (root / "data" / "metadata.jsonl").write_text("".join(lines))
+    recipe = FinetuneConfig(method="lora", max_steps=2, batch_size=2, learning_rate=0.1, checkpoint_every=0,
+                            seed=seed)  # fmt: skip
+    return finetune(model, root / "data", root / "out", recipe, show_progress=False) / "lora"
+
+
+@pytest.fixture(scope="module")
+def lora(tiny_model, tmp_path_factory):
+    return _finetune_lora(tiny_model, tmp_path_factory.mktemp("lora"))
+
+
+def test_lora_weights_change_the_images_and_scale_zero_is_the_base(tiny_model, lora):
+    assert [p.name for p in lora.iterdir()] == ["pytorch_lora_weights.safetensors"]
+    queries = _queries(2)
+    base = _pixels(DiffusersTarget(tiny_model, device="cpu").generate(queries)).astype(float)
+    scaled = {scale: _pixels(DiffusersTarget(tiny_model, lora=lora, lora_scale=scale, device="cpu").generate(queries))
+              for scale in (1.0, 0.5, 0.0)}  # fmt: skip
+    full, half = (np.sqrt(((scaled[s] - base) ** 2).mean()) for s in (1.0, 0.5))
+    assert full > 3 and np.abs(scaled[1.0] - base).max() > 20  # the adapter shows in the images
+    assert 0 < half < full  # half the strength, a smaller change
+    np.testing.assert_array_equal(scaled[0.0], base)  # scale 0: the base model's images exactly
+
+
+def test_the_fingerprint_follows_the_lora_weights(tiny_model, lora, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base = DiffusersTarget(tiny_model).fingerprint
+    with_lora = DiffusersTarget(tiny_model, lora=lora).fingerprint
+    assert "lora=none" in base and with_lora != base and "scheduler=None" in with_lora
+    moved = shutil.copytree(lora, tmp_path / "moved" / "lora")  # the same weights elsewhere: the same model
+    assert DiffusersTarget(tiny_model, lora=moved).fingerprint == with_lora
+    assert DiffusersTarget(tiny_model, lora=moved / "pytorch_lora_weights.safetensors").fingerprint == with_lora
+    other = tmp_path / "other" / "lora"  # other weights (the same names and shapes): another model
+    other.mkdir(parents=True)
+    weights = load_file(lora / "pytorch_lora_weights.safetensors")
+    save_file({k: 2 * v for k, v in weights.items()}, other / "pytorch_lora_weights.safetensors")
+    assert DiffusersTarget(tiny_model, lora=other).fingerprint not in (base, with_lora)
+    assert DiffusersTarget(tiny_model, lora=lora, lora_scale=0.5).fingerprint != with_lora

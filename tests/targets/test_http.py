@@ -1,5 +1,5 @@
 """The HTTP target against real servers on loopback (`diffmia serve`'s app, fake AUTOMATIC1111 and scripted
-endpoints): both wire formats, faults, deadlines, tokens, the probe, the size sent."""
+endpoints): both wire formats (text- and image-to-image), faults, deadlines, tokens, the probe, the size sent."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from diffmia.cache import GenerationCache
 from diffmia.config import dump_config, parse_config
@@ -79,6 +79,48 @@ def test_both_wire_formats_give_the_local_images(local, api):
     with serving(make_app(target)) as url:
         remote = HTTPTarget(url, api=api, batch_size=2, width=16, height=16)  # the tiny model's size
         np.testing.assert_array_equal(_pixels(remote.generate(_queries())), expected)
+
+
+def _digit(points, size=32):
+    """A white stroke on black, as the built-in model's digits are drawn."""
+    image = Image.new("RGB", (size, size))
+    ImageDraw.Draw(image).line(points, fill=(255, 255, 255), width=4)
+    return image
+
+
+ONE, SEVEN = _digit([(16, 5), (16, 27)]), _digit([(8, 6), (24, 6), (12, 27)])
+
+
+def _l2(a, b):
+    """Root mean square pixel difference of two images."""
+    return float(np.sqrt(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean()))
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
+    return DiffusersTarget("builtin", device="cpu", dtype="float64")
+
+
+@pytest.mark.parametrize("api", ["diffmia", "a1111"])
+def test_img2img_in_both_wire_formats_gives_the_local_images(builtin, tmp_path, api):
+    """Init images travel to the server and back (base64 PNG, lossless): the images of the local pipeline, which
+    follow their init image and strength."""
+    ONE.save(tmp_path / "one.png")
+    SEVEN.save(tmp_path / "seven.png")
+    queries = [Query("a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png",
+                     strength=strength) for strength in (0.25, 0.75) for name in ("one", "seven")]  # fmt: skip
+    expected = _pixels(builtin.generate(queries))
+    with serving(make_app(builtin)) as url:
+        remote = HTTPTarget(url, api=api, batch_size=4, concurrency=1)
+        images = remote.generate(queries)
+    assert remote.requests == (1 if api == "diffmia" else 4)
+    np.testing.assert_array_equal(_pixels(images), expected)
+    low_one, low_seven, high_one, high_seven = images
+    assert _l2(low_one, low_seven) > 20  # another init image, another answer
+    assert _l2(low_one, ONE) + 15 < _l2(low_one, SEVEN) and _l2(low_seven, SEVEN) + 15 < _l2(low_seven, ONE)
+    assert _l2(low_one, ONE) + 8 < _l2(high_one, ONE)  # a lower strength keeps more of the init image
+    assert _l2(low_seven, SEVEN) + 8 < _l2(high_seven, SEVEN)
 
 
 def test_faults_are_retried_to_the_same_images(local):
@@ -416,9 +458,14 @@ def test_probe_checks_reachability_token_and_api(local, monkeypatch):
         monkeypatch.setenv("DIFFMIA_OTHER_TOKEN", "wrong")
         with pytest.raises(TargetError, match=r"HTTP 401: the server refused the token in \$DIFFMIA_OTHER_TOKEN"):
             HTTPTarget(url, token_env="DIFFMIA_OTHER_TOKEN").probe()
-        with pytest.raises(TargetError, match=r"/sdapi/v1/sd-models answered HTTP 404: no such route: is this an "
-                                              r"AUTOMATIC1111 web UI started with --api"):  # fmt: skip
-            HTTPTarget(url, api="a1111", token_env=TOKEN_ENV).probe()
+        HTTPTarget(url, api="a1111", token_env=TOKEN_ENV).probe()  # diffmia serve speaks both formats
+        with pytest.raises(TargetError, match=r"/sdapi/v1/sd-models answered HTTP 401: the server wants a token"):
+            HTTPTarget(url, api="a1111").probe()
+    not_a1111 = (
+        r"/sdapi/v1/sd-models answered HTTP 404: no such route: is this an AUTOMATIC1111 web UI started with --api"
+    )
+    with serving(scripted(_json({"detail": "Not Found"}, 404))) as url, pytest.raises(TargetError, match=not_a1111):
+        HTTPTarget(url, api="a1111").probe()
     with (
         serving(scripted(_json({"status": "ok"}), requests=requests)) as url,
         pytest.raises(TargetError, match=r"sd-models answered, but not as an AUTOMATIC1111 web UI"),

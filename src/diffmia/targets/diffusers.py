@@ -158,6 +158,9 @@ class DiffusersTarget:
         for query, init in zip(queries, inits, strict=True):
             if query.strength is not None and not 0.0 < query.strength <= 1.0:
                 raise ConfigError(f"strength must lie in (0, 1], got {query.strength}")
+            if query.strength is not None and int(query.steps * query.strength) < 1:  # diffusers would crash
+                raise ConfigError(f"image-to-image runs steps x strength denoising steps, and {query.steps} x "
+                                  f"{query.strength} is less than one: raise steps or strength")  # fmt: skip
             if query.init_image is not None and init is not None:
                 raise ConfigError("a query has both an init_image file and an init image in memory")
             if (query.init_image is None and init is None) != (query.strength is None):
