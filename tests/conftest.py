@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
 
+from bombs import BOMB_PNG
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 
 TINY = TinySDConfig(resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1,
                     text_width=32, text_layers=1, text_heads=2, max_length=16)  # fmt: skip
 CAPTIONS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-BOMB_PNG = (
-    b"\x89PNG\r\n\x1a\n"
-    + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))  # 20000 x 20000 RGB, 8 bits
-    + _png_chunk(b"IDAT", zlib.compress(b""))
-    + _png_chunk(b"IEND", b"")
-)  # 65 bytes declaring 400 M pixels: a decompression bomb, refused from its header
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import BOMB_PNG
+from bombs import BOMB_PNG
 from diffmia.cli import main
 from loopback import serving
 

@@ -137,7 +137,7 @@ def test_set_test_command_errors(run_dir, tmp_path, capsys):
         capsys.readouterr().err
     )
     assert main(["set-test", str(tmp_path / "nothing")]) == 2
-    assert "not a finished diffmia run directory" in capsys.readouterr().err
+    assert f"run directory {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
 
 
 def test_a_broken_result_json_is_one_error_line(run_dir, capsys):

@@ -40,8 +40,8 @@ class MembershipAttack(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         classes, y_index = np.unique(y, return_inverse=True)
         if classes.size != 2:
             raise DataError(
-                f"{type(self).__name__} needs members and non-members to fit, but its training data holds only "
-                f"{'members' if bool(classes[0]) else 'non-members'} ({len(y)} rows)"
+                f"{type(self).__name__} needs members and non-members to fit, but its training data holds one class "
+                f"only: {'members' if bool(classes[0]) else 'non-members'} ({len(y)} rows)"
             )
         self.classes_ = classes
         return X, y_index == 1
