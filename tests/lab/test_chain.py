@@ -95,6 +95,26 @@ def test_full_and_lora_fine_tunes_reload_in_stock_pipelines(lab):
     assert np.abs(_generate(with_lora, 3) - _generate(base, 3)).max() > 0  # the trained adapter acts
 
 
+def test_finetune_command_trains_what_the_library_trains(lab, tmp_path, capsys):
+    """`diffmia finetune` with its options gives the adapter of the library call with the same recipe, bit for bit,
+    and a card that records the options."""
+    args = ["finetune", "--model", str(lab["base"]), "--data", str(lab["members"]), "--out", str(tmp_path / "cli"),
+            "--method", "lora", "--rank", "2", "--steps", "2", "--learning-rate", "0.01", "--batch-size", "8",
+            "--seed", "3"]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "cli"
+    assert capsys.readouterr().out == f"fine-tune written to {out} (card: {out / 'card.json'})\n"
+    card = json.loads((tmp_path / "cli" / "card.json").read_text())
+    assert (card["method"], card["steps"], card["data"]["n_images"]) == ("lora", 2, 16)
+    assert (card["recipe"]["lora_rank"], card["recipe"]["learning_rate"], card["recipe"]["seed"]) == (2, 0.01, 3)
+    recipe = FinetuneConfig(method="lora", lora_rank=2, max_steps=2, learning_rate=0.01, batch_size=8, seed=3)
+    library = finetune(lab["base"], lab["members"], tmp_path / "library", recipe, show_progress=False)
+    weights = "lora/pytorch_lora_weights.safetensors"
+    cli, same = load_file(tmp_path / "cli" / weights), load_file(library / weights)
+    assert cli.keys() == same.keys() and all(torch.equal(cli[k], same[k]) for k in cli)
+    assert max(float(v.abs().max()) for k, v in cli.items() if "lora_B" in k or "lora.up" in k) > 0  # it trained
+
+
 FINETUNE_SCRIPT = """
 import sys
 from diffmia.config import FinetuneConfig
@@ -104,6 +124,7 @@ finetune(sys.argv[1], sys.argv[2], sys.argv[3], FinetuneConfig(batch_size=8, max
 """
 
 
+@pytest.mark.slow
 def test_killed_fine_tune_resumes_to_the_same_weights(lab):
     root = lab["root"]
     steps = "120"
