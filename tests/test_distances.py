@@ -145,3 +145,76 @@ def test_frechet_distance_rejects_mismatched_sets():
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
     with pytest.raises(DataError, match="two sets of >= 2 feature rows"):
         frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+
+
+# --- cases found by mutation testing (docs/mutation.md) --------------------------------------------------------------
+
+
+def test_per_token_values_equal_a_loop_over_vectors():
+    rng = np.random.default_rng(2)
+    query, generations = rng.standard_normal((5, 8)), rng.standard_normal((3, 5, 8)) * 3  # 5 tokens, m = 3
+    for name, measure in SIMILARITIES.items():
+        expected = [[measure(query[t], generations[g, t]) for t in range(5)] for g in range(3)]
+        np.testing.assert_allclose(measure(query, generations), expected, rtol=1e-12, err_msg=name)
+    # the binary code centres each vector on its own mean, not on the mean of the whole array
+    np.testing.assert_array_equal(binary_code([[1.0, 2.0, 3.0], [10.0, 20.0, 12.0]]), [[0, 0, 1], [0, 1, 0]])
+
+
+def test_cosine_of_short_vectors():
+    # norms below 1 are still norms: only a zero vector scores 0
+    assert cosine(np.array([0.1, 0.0]), np.array([0.2, 0.0])) == pytest.approx(1.0)
+    assert cosine(np.array([0.1, 0.1]), np.array([-0.1, 0.1])) == pytest.approx(0.0, abs=1e-15)
+    assert cosine(np.array([0.3, 0.4]), np.array([0.4, 0.3])) == pytest.approx(0.96)
+
+
+def _gaussian_response(omega, sigma=1.5, truncate=3.5):
+    """H(omega) = sum_k w_k cos(omega k) of scipy's sampled Gaussian kernel (radius int(truncate sigma + 0.5))."""
+    k = np.arange(-int(truncate * sigma + 0.5), int(truncate * sigma + 0.5) + 1)
+    w = np.exp(-0.5 * (k / sigma) ** 2)
+    return float((w / w.sum()) @ np.cos(omega * k))
+
+
+def test_ssim_closed_form_on_cosine_images():
+    """Rows p + q cos(pi m (i + 1/2) / N): half-sample symmetric at both ends, so the reflected image is the cosine
+    itself and the Gaussian window scales each frequency by its response H. With c = cos(theta_i), the window's
+    moments are mu = p + q H(w) c and variance q^2 v, v = (1 + H(2w) cos(2 theta_i)) / 2 - H(w)^2 c^2, and the
+    covariance q_a q_b v, which gives the SSIM of every row by hand.
+    """
+    n, m, width = 16, 3, 6
+    theta = np.pi * m * (np.arange(n) + 0.5) / n
+    h1, h2 = _gaussian_response(np.pi * m / n), _gaussian_response(2 * np.pi * m / n)
+    c = np.cos(theta)
+    v = (1 + h2 * np.cos(2 * theta)) / 2 - h1**2 * c**2
+    c1, c2 = 0.01**2, 0.03**2
+
+    def image(p, q):
+        return np.repeat((p + q * c)[:, None], width, axis=1)
+
+    def by_hand(pa, qa, pb, qb):
+        mu_a, mu_b = pa + qa * h1 * c, pb + qb * h1 * c
+        rows = (2 * mu_a * mu_b + c1) * (2 * qa * qb * v + c2) / ((mu_a**2 + mu_b**2 + c1) * ((qa**2 + qb**2) * v + c2))
+        return rows.mean()
+
+    a = image(0.5, 0.3)
+    scores = ssim(a, np.stack([image(0.4, 0.1), image(0.6, -0.2), a]))
+    np.testing.assert_allclose(scores, [by_hand(0.5, 0.3, 0.4, 0.1), by_hand(0.5, 0.3, 0.6, -0.2), 1.0], rtol=1e-9)
+    assert 0 < scores[0] < 1 and scores[1] < 0  # opposite structure scores below zero
+    one = ssim(a, image(0.4, 0.1))
+    assert np.ndim(one) == 0 and one == pytest.approx(scores[0], rel=1e-12)  # one image in, one number out
+    # colour: channels are smoothed separately, and their SSIMs averaged
+    rgb_a = np.stack([image(0.5, 0.3), image(0.2, 0.1), image(0.7, -0.2)], axis=-1)
+    rgb_b = np.stack([image(0.4, 0.1), image(0.3, 0.15), image(0.5, 0.2)], axis=-1)
+    expected = np.mean([by_hand(0.5, 0.3, 0.4, 0.1), by_hand(0.2, 0.1, 0.3, 0.15), by_hand(0.7, -0.2, 0.5, 0.2)])
+    assert ssim(rgb_a, rgb_b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_of_integer_images_equals_that_of_their_float_copies():
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 2, (12, 12)), rng.integers(0, 2, (2, 12, 12))  # binary masks
+    np.testing.assert_allclose(ssim(a, b), ssim(a.astype(float), b.astype(float)), rtol=1e-12)
+    assert ssim(a, b[0]) == pytest.approx(ssim(a.astype(float), b[0].astype(float)), rel=1e-12)
+
+
+def test_ssim_refuses_images_of_another_size():
+    with pytest.raises(ConfigError, match=r"^ssim needs images of one size, got \(8, 8\) and \(6, 6\)$"):
+        ssim(np.zeros((8, 8)), np.zeros((2, 6, 6)))

@@ -22,6 +22,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_matches_local_and_reuses_the_cache(ray_cluster, tiny_model, tmp_path):
     spec = {"kind": "diffusers", "model": str(tiny_model), "device": "cpu", "dtype": "float64", "batch_size": 2}
     queries = [Query(CAPTIONS[i % 2], seed=i, steps=3, guidance=3.0) for i in range(6)]

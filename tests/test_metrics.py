@@ -152,6 +152,7 @@ def test_bootstrap_intervals_are_seeded_and_stratified():
     assert a.balanced_accuracy_interval.low <= a.balanced_accuracy <= a.balanced_accuracy_interval.high
 
 
+@pytest.mark.slow
 def test_bootstrap_auc_interval_covers_the_true_auc():
     """95% intervals of 200 seeded draws (N(1, 1) members, N(0, 1) non-members) cover the true AUC 88-99% of the time.
 
@@ -224,3 +225,89 @@ def test_bootstrap_interval_widths_match_the_analytic_standard_errors(seed):
 def test_bad_inputs_name_the_problem(scores, labels, message):
     with pytest.raises(DataError, match=message):
         evaluate(scores, labels)
+
+
+# --- cases found by mutation testing (docs/mutation.md): each pins a number or a message a slip would change ---------
+
+
+def test_bootstrap_intervals_equal_a_bootstrap_drawn_by_hand():
+    """The seeded resamples redrawn by hand (members first, then non-members) and scored by scikit-learn.
+
+    Scores rounded to halves: ties across classes, and members and non-members (6 each) exactly on the threshold.
+    """
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.ones(30, bool), np.zeros(40, bool)]
+    scores = np.round(2 * (rng.standard_normal(70) + labels)) / 2
+    t, n_bootstrap = 0.5, 200
+    ev = evaluate(scores, labels, fprs=(0.1, 1.0), threshold=t, n_bootstrap=n_bootstrap, confidence=0.9, seed=11)
+
+    draw = np.random.default_rng(11)
+    pos = scores[labels][draw.integers(0, 30, (n_bootstrap, 30))]
+    neg = scores[~labels][draw.integers(0, 40, (n_bootstrap, 40))]
+    y = np.r_[np.ones(30, bool), np.zeros(40, bool)]
+    resamples = [np.r_[p, n] for p, n in zip(pos, neg, strict=True)]
+    by_hand = {
+        "auc": [roc_auc_score(y, s) for s in resamples],
+        "tpr": [tpr_at_fpr(s, y, 0.1).tpr for s in resamples],
+        "balanced accuracy": [balanced_accuracy_score(y, s >= t) for s in resamples],
+    }
+    intervals = {"auc": ev.auc_interval, "tpr": ev.at(0.1).interval, "balanced accuracy": ev.balanced_accuracy_interval}
+    for name, values in by_hand.items():
+        low, high = np.quantile(values, [0.05, 0.95])
+        got = intervals[name]
+        assert (got.low, got.high, got.confidence) == (pytest.approx(low), pytest.approx(high), 0.9), name
+    assert (ev.at(1.0).tpr, ev.at(1.0).interval.low, ev.at(1.0).interval.high) == (1.0, 1.0, 1.0)
+    assert (ev.n_bootstrap, ev.seed, ev.threshold, ev.n_members, ev.n_nonmembers) == (200, 11, 0.5, 30, 40)
+
+
+def test_evaluate_defaults_and_records():
+    scores, labels = [0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]
+    ev = evaluate(scores, labels)
+    assert (ev.n_bootstrap, ev.seed, ev.threshold) == (1000, 0, None)
+    assert ev.balanced_accuracy is None and ev.balanced_accuracy_interval is None
+    assert [r.target_fpr for r in ev.tpr_at_fpr] == [0.01, 0.001]
+    # neither FPR is resolvable with 2 non-members: NaN intervals, still at the requested confidence
+    assert all(math.isnan(r.interval.low) and r.interval.confidence == 0.95 for r in ev.tpr_at_fpr)
+    assert evaluate(scores, labels, n_bootstrap=1).n_bootstrap == 1
+
+
+def test_tpr_at_fpr_one_calls_everyone_a_member():
+    scores, labels = [0.9, 0.8, 0.7, 0.6, 0.1], [1, 0, 1, 0, 0]
+    r = tpr_at_fpr(scores, labels, 1.0)
+    # every member called at the strictest threshold doing so (0.7): one non-member of three is above it
+    assert (r.tpr, r.achieved_fpr, r.threshold, r.reason) == (1.0, pytest.approx(1 / 3), 0.7, None)
+    assert math.isnan(r.interval.low) and math.isnan(r.interval.high) and math.isnan(r.interval.confidence)
+
+
+def test_unresolvable_fpr_reason_is_exact():
+    r = tpr_at_fpr([0.9, 0.7, 0.5, 0.8, 0.6, 0.4, 0.2], [1, 1, 1, 0, 0, 0, 0], 0.2)
+    assert r.reason == "target FPR 0.2 is below 1/4 = 0.25, the smallest FPR that 4 non-members can resolve"
+    assert math.isnan(r.threshold)
+
+
+def test_allowed_false_positives_rounds_down_a_product_that_rounds_up():
+    # 0.8333333333333333 * 6 is 5.0 in float, yet 5/6 > 0.8333333333333333: only 4 false positives fit
+    target = float(np.nextafter(5 / 6, 0))
+    assert target * 6 == 5.0 and target < 5 / 6
+    assert allowed_false_positives(target, 6) == 4
+    assert allowed_false_positives(float(np.nextafter(0.9, 0)), 10) == 8  # likewise 9/10
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: allowed_false_positives(1.5, 10), r"target FPR must lie in \[0, 1\], got 1.5"),
+        (lambda: allowed_false_positives(-0.1, 10), r"target FPR must lie in \[0, 1\], got -0.1"),
+        (lambda: evaluate([1, 0], [1, 0], n_bootstrap=0), "n_bootstrap must be at least 1, got 0"),
+        (lambda: evaluate([1, 0], [1, 0], confidence=0.0), "confidence must lie strictly between 0 and 1, got 0.0"),
+        (lambda: evaluate([1, 0], [1, 0], confidence=1.0), "confidence must lie strictly between 0 and 1, got 1.0"),
+        (lambda: evaluate([1, 0], [1, 0], confidence=1.5), "confidence must lie strictly between 0 and 1, got 1.5"),
+        (lambda: roc_auc(["a", "b"], [1, 0]), "scores must be numbers, got dtype <U1"),
+        (lambda: roc_auc([1, 2, 3, 4], [1, 2, 3, 0]), "found 2, 3$"),
+        (lambda: roc_auc(np.arange(9), [1, 0, 2, 3, 4, 5, 6, 7, 8]), "found 2, 3, 4, 5, 6$"),  # the first five only
+        (lambda: roc_auc([[1, 2]], [[1, 0]]), "^scores must be one-dimensional, got shape \\(1, 2\\); labels must be"),
+    ],
+)
+def test_bad_arguments_name_the_problem_exactly(call, message):
+    with pytest.raises(DataError, match=message):
+        call()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 from scipy.special import logit
-from scipy.stats import norm
+from scipy.stats import multivariate_normal, norm
+from sklearn.base import clone
+from sklearn.covariance import ledoit_wolf
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeClassifier
+from sklearn.metrics import log_loss
+from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import GaussianNB
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from diffmia.attacks import ClassifierAttack, DistributionAttack, ThresholdAttack, fit_and_score
@@ -40,8 +47,14 @@ def _expected_failures(estimator):
     return {}
 
 
-@parametrize_with_checks(ATTACKS, expected_failed_checks=_expected_failures)
+@parametrize_with_checks(ATTACKS[:-1], expected_failed_checks=_expected_failures)
 def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.slow  # about 40 checks that each fit a small neural network: a minute on 2 cores
+@parametrize_with_checks([ClassifierAttack()], expected_failed_checks=_expected_failures)
+def test_scikit_learn_estimator_checks_of_the_classifier(estimator, check):
     check(estimator)
 
 
@@ -70,7 +83,9 @@ SIGNAL_ATTACKS = {
 }
 
 
-@pytest.mark.parametrize("name", SIGNAL_ATTACKS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "classifier" else n for n in SIGNAL_ATTACKS]
+)  # the classifier fits 20 small neural networks per case: 5-20 s each
 @pytest.mark.parametrize("d", [1, 16, 768])
 def test_attacks_recover_a_known_signal(name, d):
     """100 per class to fit, a fresh 100 per class to score, 5 seeded repeats per separation.
@@ -169,6 +184,7 @@ def test_classifier_accepts_any_scikit_learn_classifier():
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=lambda a: repr(a))
 def test_not_fitted_and_labels(attack):
+    attack = clone(attack)  # the shared instance stays unfitted, however often the tests run in one process
     with pytest.raises(NotFittedError):
         attack.decision_function(np.zeros((2, 3)))
     X = np.r_[np.zeros((40, 2)), np.ones((40, 2))] + np.random.default_rng(0).normal(0, 0.1, (80, 2))
@@ -206,3 +222,234 @@ def test_fit_and_score_errors():
         fit_and_score({"t": ThresholdAttack()}, _table(range(4), np.eye(4)[:, :2], ["a", "b"]), shadow)
     with pytest.raises(ConfigError, match="not a feature column"):
         fit_and_score({"t": ThresholdAttack(reduce="q")}, shadow, shadow)
+
+
+# --- cases found by mutation testing (docs/mutation.md) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("covariance", "tied", "non_member_var", "member_var"),
+    [
+        ("diagonal", False, [1.0, 4.0], [4.0, 4.0]),
+        ("diagonal", True, [2.5, 4.0], [2.5, 4.0]),  # pooled: (1 + 1 + 4 + 4) / 4 and (4 + 4 + 4 + 4) / 4
+        ("scalar", False, [2.5, 2.5], [4.0, 4.0]),  # the mean variance of each class
+        ("scalar", True, [3.25, 3.25], [3.25, 3.25]),
+    ],
+)
+def test_distribution_llr_hand_computed_with_unequal_variances(covariance, tied, non_member_var, member_var):
+    # non-members (0, 0), (2, 4): mean (1, 2), variances (1, 4); members (3, 1), (7, 5): mean (5, 3), variances (4, 4)
+    X, y = np.array([[0.0, 0.0], [2.0, 4.0], [3.0, 1.0], [7.0, 5.0]]), np.array([0, 0, 1, 1])
+    attack = DistributionAttack(covariance=covariance, tied=tied).fit(X, y)
+    np.testing.assert_array_equal(attack.means_, [[1.0, 2.0], [5.0, 3.0]])
+    np.testing.assert_allclose(attack.variances_, [non_member_var, member_var])
+    points = np.array([[5.0, 3.0], [1.0, 2.0], [3.0, 2.5], [-1.0, 7.0]])
+    expected = norm.logpdf(points, [5.0, 3.0], np.sqrt(member_var)).sum(axis=1) - norm.logpdf(
+        points, [1.0, 2.0], np.sqrt(non_member_var)
+    ).sum(axis=1)
+    np.testing.assert_allclose(attack.decision_function(points), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_distribution_full_llr_equals_scipy_with_ledoit_wolf(tied):
+    """Each class's covariance is Ledoit-Wolf's of its centred rows (pooled when tied), plus the variance floor."""
+    rng = np.random.default_rng(4)
+    non_members = rng.multivariate_normal([0, 0, 0], [[1, 0.5, 0], [0.5, 2, 0.3], [0, 0.3, 0.5]], size=12)
+    members = rng.multivariate_normal([1, -1, 0.5], [[3, -1, 0], [-1, 1, 0], [0, 0, 0.2]], size=9)
+    X, y = np.r_[non_members, members], np.r_[np.zeros(12), np.ones(9)]
+    attack = DistributionAttack(covariance="full", tied=tied, var_floor=0.05).fit(X, y)
+    centred = [non_members - non_members.mean(0), members - members.mean(0)]
+    shrunk = [ledoit_wolf(np.concatenate(centred), assume_centered=True)[0]] * 2 if tied else [
+        ledoit_wolf(c, assume_centered=True)[0] for c in centred
+    ]  # fmt: skip
+    floor = 0.05 * np.mean([np.trace(c) for c in shrunk]) / 3
+    covariances = [c + floor * np.eye(3) for c in shrunk]
+    np.testing.assert_allclose(attack.covariances_, covariances, rtol=1e-12)
+    points = rng.normal(0, 2, (6, 3))
+    expected = multivariate_normal(members.mean(0), covariances[1]).logpdf(points) - multivariate_normal(
+        non_members.mean(0), covariances[0]
+    ).logpdf(points)
+    np.testing.assert_allclose(attack.decision_function(points), expected, rtol=1e-9)
+
+
+def test_distribution_variance_floor_is_relative_to_the_mean_variance():
+    # feature 1: variance 1 in each class; feature 2 constant: variance 0. Mean variance 0.5, floor 0.1 * 0.5
+    X = np.c_[[0.0, 2.0, 4.0, 6.0], [3.0, 3.0, 3.0, 3.0]]
+    y = np.array([0, 0, 1, 1])
+    np.testing.assert_allclose(DistributionAttack(var_floor=0.1).fit(X, y).variances_, [[1.0, 0.05], [1.0, 0.05]])
+    full = DistributionAttack(covariance="full", var_floor=0.1).fit(X, y)
+    # Ledoit-Wolf keeps the trace (1): the floor is 0.1 * 1 / 2 features, added to the diagonal
+    shrunk = ledoit_wolf(np.c_[[-1.0, 1.0], [0.0, 0.0]], assume_centered=True)[0]
+    np.testing.assert_allclose(full.covariances_, [shrunk + 0.05 * np.eye(2)] * 2, rtol=1e-12)
+    # all features constant: the floor is var_floor itself
+    constant = np.full((4, 2), 7.0)
+    np.testing.assert_allclose(DistributionAttack(var_floor=0.1).fit(constant, y).variances_, 0.1)
+    np.testing.assert_allclose(
+        DistributionAttack(covariance="full", var_floor=0.1).fit(constant, y).covariances_, [0.1 * np.eye(2)] * 2
+    )
+
+
+def test_distribution_bad_settings_name_the_problem():
+    X, y = np.array([[0.0], [2.0], [4.0], [6.0]]), np.array([0, 0, 1, 1])
+    with pytest.raises(ConfigError, match=r"^covariance must be one of scalar, diagonal, full; got 'round'$"):
+        DistributionAttack(covariance="round").fit(X, y)
+    with pytest.raises(ConfigError, match=r"^var_floor must be positive; got 0$"):
+        DistributionAttack(var_floor=0).fit(X, y)
+    with pytest.raises(ConfigError, match=r"^need at least two samples of class \S+ to fit a distribution$"):
+        DistributionAttack().fit(X[:3], y[:3])
+
+
+def test_threshold_extreme_youden_points():
+    # the top score is a member and all others are not: J = 1 at the first cut, midway between 3 and 2
+    attack = ThresholdAttack().fit([[3.0], [2.0], [1.0]], [1, 0, 0])
+    assert (attack.threshold_, attack.youden_j_) == (2.5, 1.0)
+    # members score lower than non-members: no cut beats calling nobody a member, just above the highest score
+    attack = ThresholdAttack().fit([[1.0], [2.0], [3.0], [4.0]], [1, 1, 0, 0])
+    assert (attack.threshold_, attack.youden_j_) == (np.nextafter(4.0, np.inf), 0.0)
+    np.testing.assert_array_equal(attack.predict([[4.0], [5.0]]), [0, 1])
+
+
+def test_threshold_reduces_by_the_mean_by_default():
+    X, y = np.array([[0.0, 2.0], [1.0, 0.0], [2.0, 3.0], [3.0, 4.0]]), np.array([0, 0, 1, 1])
+    # means 1, 0.5, 2.5, 3.5: the members are the top two, the cut midway between 2.5 and 1 (by maxima: 3 and 2)
+    attack = ThresholdAttack().fit(X, y)
+    assert attack.threshold_ == 1.75
+    np.testing.assert_allclose(attack.decision_function(X), [-0.75, -1.25, 0.75, 1.75])
+
+
+def test_threshold_columns_named_by_a_table():
+    import pyarrow as pa
+
+    y = [0, 0, 1, 1]
+    table = pa.table({"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 0.0, 1.0, 2.0]})
+    attack = ThresholdAttack(reduce="b").fit(table, y)
+    assert (attack.column_, attack.threshold_) == (1, 0.5)
+    unknown = r"^reduce='c' is neither one of mean, max nor a column name"
+    with pytest.raises(ConfigError, match=unknown + "; the columns are a, b$"):
+        ThresholdAttack(reduce="c").fit(table, y)
+    with pytest.raises(ConfigError, match=unknown + "$"):
+        ThresholdAttack(reduce="c").fit(np.zeros((4, 2)), y)  # no names to list
+    ten = pa.table({f"c{i}": [0.0, 1.0, 2.0, 3.0] for i in range(10)})
+    with pytest.raises(ConfigError, match=r"the columns are c0, c1, c2, c3, c4, c5, c6, c7, c8, c9$"):
+        ThresholdAttack(reduce="x").fit(ten, y)
+    eleven = pa.table({f"c{i}": [0.0, 1.0, 2.0, 3.0] for i in range(11)})
+    with pytest.raises(ConfigError, match=r"the columns are c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, \.\.\.$"):
+        ThresholdAttack(reduce="x").fit(eleven, y)
+    with pytest.raises(ConfigError, match=r"^reduce must be one of mean, max, a column index or a name; got 1\.5$"):
+        ThresholdAttack(reduce=1.5).fit(np.zeros((4, 2)), y)
+
+
+def test_fit_and_score_with_default_and_indexed_threshold_attacks():
+    X = np.array([[0.0, 2.0], [1.0, 0.0], [2.0, 3.0], [3.0, 4.0]])
+    shadow = _table(range(4), X, ["a", "b"], [0, 0, 1, 1])
+    scores = fit_and_score({"mean": ThresholdAttack(), "a": ThresholdAttack(reduce=0)}, shadow, shadow)
+    np.testing.assert_allclose(scores["mean"], [-0.75, -1.25, 0.75, 1.75])
+    np.testing.assert_allclose(scores["a"], [-1.5, -0.5, 0.5, 1.5])
+
+
+def test_fit_and_score_messages_are_exact():
+    shadow = _table(range(4), np.eye(4)[:, :3], ["a", "b", "c"], [0, 0, 1, 1])
+    with pytest.raises(DataError, match=r"^shadow and target feature columns differ: the target lacks b, c$"):
+        fit_and_score({"t": ThresholdAttack()}, shadow, _table(range(4), np.eye(4)[:, :1], ["a"]))
+    with pytest.raises(DataError, match=r"^shadow and target feature columns differ: the shadow lacks d, e$"):
+        fit_and_score({"t": ThresholdAttack()}, shadow, _table(range(4), np.eye(5)[:4], [*"abcde"]))
+    unlabelled = _table(range(4), np.eye(4)[:, :3], ["a", "b", "c"])
+    with pytest.raises(DataError, match=r"^the shadow feature table has no membership labels; attacks are fitted"):
+        fit_and_score({"t": ThresholdAttack()}, unlabelled, shadow)
+    with pytest.raises(ConfigError, match=r"^threshold attack: reduce='q' is not a feature column \(a, b, c\)$"):
+        fit_and_score({"t": ThresholdAttack(reduce="q")}, shadow, shadow)
+
+
+def test_classifier_prefers_the_estimators_own_decision_function():
+    rng = np.random.default_rng(5)
+    X, y = _equicorrelated(4, 2.0, 30, rng)
+    attack = ClassifierAttack(estimator=RidgeClassifier()).fit(X, y)  # a decision function and no probabilities
+    np.testing.assert_allclose(
+        attack.decision_function(X), attack.model_.decision_function(attack.scaler_.transform(X)), rtol=1e-12
+    )
+
+
+def test_classifier_clips_saturated_probabilities():
+    X, y = np.array([[-2.0], [-1.0], [1.0], [2.0]]), np.array([0, 0, 1, 1])
+    attack = ClassifierAttack(estimator=GaussianNB(), standardize=False).fit(X, y)
+    far = np.array([[-100.0], [100.0]])
+    assert list(attack.model_.predict_proba(far)[:, 1]) == [0.0, 1.0]  # saturated
+    np.testing.assert_allclose(attack.decision_function(far), [logit(1e-15), logit(1 - 1e-15)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("attack", [ThresholdAttack(), DistributionAttack(), DistributionAttack(covariance="full")])
+def test_float32_input_is_computed_in_float64(attack):
+    X = np.array([[0.0, 0.1], [1.0, 0.3], [2.0, 0.7], [3.0, 0.9], [4.0, 1.1], [5.0, 1.3]], dtype=np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    wide = X.astype(np.float64)  # the same numbers
+    fitted, reference = clone(attack).fit(X, y), clone(attack).fit(wide, y)
+    scores = fitted.decision_function(X)
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, reference.decision_function(wide))
+
+
+def test_classifier_settings_are_checked():
+    X, y = _equicorrelated(2, 2.0, 20, np.random.default_rng(7))
+    for fraction in (0.0, 1.0, 1.5):
+        with pytest.raises(
+            ConfigError, match=rf"^validation_fraction must lie strictly between 0 and 1; got {fraction}$"
+        ):
+            ClassifierAttack(validation_fraction=fraction).fit(X, y)
+    for max_iter, patience in ((0, 20), (20, 0)):
+        with pytest.raises(ConfigError, match=r"^max_iter and n_iter_no_change must be at least 1$"):
+            ClassifierAttack(max_iter=max_iter, n_iter_no_change=patience).fit(X, y)
+    assert len(ClassifierAttack(max_iter=1, n_iter_no_change=1).fit(X, y).validation_loss_) == 1
+    assert len(ClassifierAttack(max_iter=3, n_iter_no_change=100).fit(X, y).validation_loss_) == 3  # all epochs
+    with pytest.raises(
+        ConfigError, match=r"^estimator LinearRegression has neither decision_function nor predict_proba$"
+    ):
+        ClassifierAttack(estimator=LinearRegression()).fit(X, y)
+    user = ClassifierAttack(estimator=LogisticRegression()).fit(X, y)
+    assert (user.n_iter_, user.validation_loss_) == (None, [])
+
+
+def test_classifier_stops_on_a_plateau():
+    # steps of 1e-10 never lower the held-out loss by the required 1e-6: epoch 1 is the best, 3 more and it stops
+    X, y = _equicorrelated(2, 2.0, 20, np.random.default_rng(8))
+    attack = ClassifierAttack(learning_rate_init=1e-10, max_iter=50, n_iter_no_change=3).fit(X, y)
+    assert (attack.n_iter_, len(attack.validation_loss_)) == (1, 4)
+
+
+def test_classifier_logit_with_two_hidden_layers():
+    X, y = _equicorrelated(3, 2.0, 30, np.random.default_rng(9))
+    attack = ClassifierAttack(hidden_layer_sizes=(6, 4), max_iter=30).fit(X, y)
+    p = attack.model_.predict_proba(attack.scaler_.transform(X))[:, 1]
+    np.testing.assert_allclose(attack.decision_function(X), logit(p), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("labels", "which"), [([1, 1, 1, 1], "members"), ([0, 0, 0, 0], "non-members")])
+def test_one_class_is_refused_naming_it(labels, which):
+    with pytest.raises(
+        DataError, match=rf"^DistributionAttack needs members and non-members to fit, .* only: {which} \(4"
+    ):
+        DistributionAttack().fit(np.eye(4), labels)
+
+
+def test_classifier_training_equals_a_loop_written_with_scikit_learn():
+    """The MLP's epochs replayed by hand: scikit-learn's stratified held-out slice, one partial_fit per epoch, its
+    log_loss of predict_proba on the held-out slice, a stop after n_iter_no_change epochs without a lower loss, and
+    the weights of the best epoch kept."""
+    X, y = _equicorrelated(3, 1.5, 40, np.random.default_rng(6))
+    settings = {"hidden_layer_sizes": (5,), "alpha": 0.1, "learning_rate_init": 0.01, "batch_size": 16}
+    attack = ClassifierAttack(**settings, max_iter=60, validation_fraction=0.3, n_iter_no_change=4, random_state=3)
+    attack.fit(X, y)
+
+    Xs = StandardScaler().fit_transform(X)
+    X_train, X_held, y_train, y_held = train_test_split(Xs, y, test_size=0.3, stratify=y, random_state=3)
+    mlp = MLPClassifier(**settings, random_state=3)
+    losses, best_loss, best_epoch, best = [], np.inf, 0, None
+    for epoch in range(1, 61):
+        mlp.partial_fit(X_train, y_train, classes=[0, 1])
+        losses.append(log_loss(y_held, mlp.predict_proba(X_held)))
+        if losses[-1] < best_loss - 1e-6:
+            best_loss, best_epoch, best = losses[-1], epoch, copy.deepcopy(mlp)
+        elif epoch - best_epoch >= 4:
+            break
+    assert 4 < len(losses) < 60  # it stopped early, after some improvement
+    np.testing.assert_allclose(attack.validation_loss_, losses, rtol=1e-9)
+    assert attack.n_iter_ == best_epoch
+    np.testing.assert_allclose(attack.decision_function(X), logit(best.predict_proba(Xs)[:, 1]), rtol=1e-6)

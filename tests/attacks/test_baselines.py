@@ -51,6 +51,7 @@ def silent_pipe():
     return pipe
 
 
+@pytest.mark.slow
 def test_graybox_errors_by_hand_on_a_model_that_predicts_no_noise(silent_pipe):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from diffmia.assets import BASE_DIR, CLASSIFIER_PATH
@@ -22,6 +23,7 @@ def test_shipped_base_is_small_and_has_its_card():
     assert card["command"].startswith("diffmia data digits")
 
 
+@pytest.mark.slow
 def test_shipped_base_follows_unseen_prompts():
     """40 private captions (4 per digit), 20 steps, guidance 3: >= 80% show the prompted digit (measured on 200
     generations at 25 steps: 98.0%; see benchmarks/base_quality.py)."""

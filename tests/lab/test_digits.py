@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from diffmia.assets import CLASSIFIER_PATH
 from diffmia.cli import main
@@ -77,6 +78,7 @@ def _names(records):
     return [names[r["label"]] for r in records]
 
 
+@pytest.mark.slow
 def test_written_folder_loads_and_trains_the_classifier(tmp_path, capsys):
     assert main(["data", "digits", str(tmp_path / "digits")]) == 0
     folder = load_image_folder(tmp_path / "digits", require_captions=True)

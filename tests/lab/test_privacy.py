@@ -167,6 +167,7 @@ def test_dp_fine_tune_card_and_determinism(tmp_path, digit_folder):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stopping_holds_out_images_and_stops_by_its_rule(tmp_path, digit_folder):
     data = digit_folder(tmp_path / "data", 20)
     recipe = FinetuneConfig(method="lora", batch_size=6, max_steps=60, checkpoint_every=0, learning_rate=3e-2,

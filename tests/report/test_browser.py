@@ -16,6 +16,8 @@ from PIL import Image
 
 from diffmia.report import render_report
 
+pytestmark = pytest.mark.slow  # a real browser: seconds per page
+
 LEAK_RED = (0xC6, 0x28, 0x28)  # the background of a LEAK tag; nothing else on the page is this colour
 CHECK = """<script>
 window.addEventListener("load", () => {

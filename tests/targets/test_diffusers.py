@@ -86,6 +86,7 @@ generate(target, queries, GenerationCache(sys.argv[2]), chunk_size=2, show_progr
 """
 
 
+@pytest.mark.slow
 def test_killed_generation_resumes_complete_and_identical(tiny_model, tmp_path):
     script = GENERATE_SCRIPT.format(captions=CAPTIONS)
     cache_dir = tmp_path / "cache"

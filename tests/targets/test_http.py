@@ -164,6 +164,7 @@ def test_unreachable_url_and_bad_settings(monkeypatch):
         HTTPTarget("http://127.0.0.1:9", api="comfy", token_env=TOKEN_ENV)
 
 
+@pytest.mark.slow
 def test_against_the_serve_command(local, tiny_model, tmp_path):
     """`diffmia serve` itself, as a user starts it, in a subprocess on a free loopback port."""
     import socket
