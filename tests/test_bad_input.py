@@ -157,7 +157,7 @@ CATALOGUE = [
     Bad("files", "shadow features of one class only",
         lambda t, c: ["attack", "--shadow", str(features(t / "shadow.parquet", SHADOW | {"member": [True] * 4})),
                       "--target", str(features(t / "target.parquet", SHADOW)), "--out",
-                      str(t / "out" / "scores.parquet")], "only members"),
+                      str(t / "out" / "scores.parquet")], "one class only: members"),
     Bad("files", "--out in an unknown format",
         lambda t, c: ["attack", "--shadow", str(features(t / "shadow.parquet", SHADOW)), "--target",
                       str(features(t / "target.parquet", SHADOW)), "--out", str(t / "scores.txt")], ".txt"),

@@ -24,6 +24,7 @@ def test_caption_agreement_scores_each_attribute():
     assert (other["coverage"], other["digit"], other["darkness"], other["horizontal"]) == (0.0, 0.0, 1.0, 1.0)
 
 
+@pytest.mark.slow
 def test_tiny_captioner_trains_and_loads(tmp_path, digit_folder):
     data = digit_folder(tmp_path / "aux", 12)
     out = tmp_path / "cap"
@@ -46,6 +47,7 @@ def test_missing_captioner_weights_are_named(tmp_path):
         BlipCaptioner(tmp_path / "empty").caption_images([])
 
 
+@pytest.mark.slow
 def test_builtin_captioner_names_the_digit_of_unseen_digits():
     """The shipped tiny BLIP (trained on the public digits) captions private digits it never saw."""
     from diffmia.lab.data import digits_records
