@@ -246,7 +246,8 @@ class HTTPTarget:
                     wait = max(wait, min(asked, self.max_retry_wait))
             if attempt == retries:
                 hint = "; is the server running at that address?" if problem.startswith("ConnectError") else ""
-                raise TargetError(f"{where} failed after {retries + 1} attempt{'s' if retries else ''} (last: {problem}){hint}")
+                tries = f"{retries + 1} attempt{'s' if retries else ''}"
+                raise TargetError(f"{where} failed after {tries} (last: {problem}){hint}")
             if wait > NOTICE_AFTER:
                 capped = (
                     f" with Retry-After: {asked:.0f}, capped by target.max_retry_wait" if (asked or 0) > wait else ""
