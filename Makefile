@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest browser clean
+.PHONY: demo test lint typecheck pytest browser clean mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,12 @@ pytest: $(VENV)/.installed browser
 
 test: lint typecheck pytest
 
+# mutation testing of the result-making modules against their own fast tests (not part of `make test`; one worker,
+# an hour or more on 2 cores): `make mutate`, or `make mutate GROUPS="metrics distances"`.
+MUTMUT ?= mutmut==3.8.1
+mutate: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(MUTMUT)"
+	$(BIN)/python benchmarks/mutate.py $(GROUPS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .mutmut mutants

@@ -218,3 +218,12 @@ def test_ssim_of_integer_images_equals_that_of_their_float_copies():
 def test_ssim_refuses_images_of_another_size():
     with pytest.raises(ConfigError, match=r"^ssim needs images of one size, got \(8, 8\) and \(6, 6\)$"):
         ssim(np.zeros((8, 8)), np.zeros((2, 6, 6)))
+
+
+def test_float32_embeddings_are_compared_in_float64():
+    # encoders hand out float32: every measure equals the one of the same numbers in float64
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(512).astype(np.float32), rng.standard_normal((3, 512)).astype(np.float32)
+    for name, measure in SIMILARITIES.items():
+        np.testing.assert_allclose(measure(a, b), measure(a.astype(float), b.astype(float)), rtol=1e-15, err_msg=name)
+        np.testing.assert_allclose(measure(b, a), measure(b.astype(float), a.astype(float)), rtol=1e-15, err_msg=name)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -453,3 +455,13 @@ def test_classifier_training_equals_a_loop_written_with_scikit_learn():
     np.testing.assert_allclose(attack.validation_loss_, losses, rtol=1e-9)
     assert attack.n_iter_ == best_epoch
     np.testing.assert_allclose(attack.decision_function(X), logit(best.predict_proba(Xs)[:, 1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("attack_class", [ThresholdAttack, DistributionAttack, ClassifierAttack])
+def test_defaults_are_the_documented_ones(attack_class):
+    """Each ``name : type, default value`` line of the class docstring against ``get_params()`` of a bare instance."""
+    documented = {
+        name: ast.literal_eval(value)
+        for name, value in re.findall(r"^    (\w+) : .*?, default (.+)$", attack_class.__doc__, flags=re.MULTILINE)
+    }
+    assert documented == attack_class().get_params()
