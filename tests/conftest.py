@@ -68,3 +68,11 @@ def write_run():
         return result
 
     return write
+
+
+@pytest.fixture(scope="session")
+def builtin():
+    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
+    from diffmia.targets.diffusers import DiffusersTarget
+
+    return DiffusersTarget("builtin", device="cpu", dtype="float64")

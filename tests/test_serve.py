@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from diffmia import cli
 from diffmia.config import FinetuneConfig
@@ -30,6 +30,7 @@ from diffmia.lab.finetune import finetune
 from diffmia.records import Query
 from diffmia.serve import MAX_BODY_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, Limits, is_loopback, make_app
 from diffmia.targets.diffusers import DiffusersTarget
+from drawn import ONE, SEVEN, rms
 from loopback import serving
 
 TOKEN_ENV, TOKEN = "DIFFMIA_SERVE_TEST_TOKEN", "an0ther-s3cret"
@@ -241,26 +242,7 @@ def test_cli_limit_defaults_are_the_servers():
 # --- image-to-image follows what is sent; answers are the local pipeline's ------------------------------------------
 
 
-def _digit(points, size=32):
-    """A white stroke on black, as the built-in model's digits are drawn."""
-    image = Image.new("RGB", (size, size))
-    ImageDraw.Draw(image).line(points, fill=(255, 255, 255), width=4)
-    return image
-
-
-ONE, SEVEN = _digit([(16, 5), (16, 27)]), _digit([(8, 6), (24, 6), (12, 27)])
 DIGIT_PROMPT = "a handwritten digit"
-
-
-def _l2(a, b):
-    """Root mean square pixel difference of two images."""
-    return float(np.sqrt(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean()))
-
-
-@pytest.fixture(scope="module")
-def builtin():
-    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
-    return DiffusersTarget("builtin", device="cpu", dtype="float64")
 
 
 @pytest.mark.parametrize("api", ["diffmia", "a1111"])
@@ -288,10 +270,10 @@ def test_served_img2img_follows_the_init_image_and_strength(builtin, api):
     for got, want, case in zip(served, local, cases, strict=True):  # seeded, and PNG is lossless: the same pixels
         np.testing.assert_array_equal(got, np.asarray(want), err_msg=f"{api} {case}")
     low_one, low_seven, high_one, high_seven = served
-    assert _l2(low_one, low_seven) > 20  # another init image, another answer
-    assert _l2(low_one, ONE) + 15 < _l2(low_one, SEVEN) and _l2(low_seven, SEVEN) + 15 < _l2(low_seven, ONE)
-    assert _l2(low_one, ONE) + 8 < _l2(high_one, ONE)  # a lower strength keeps more of the init image
-    assert _l2(low_seven, SEVEN) + 8 < _l2(high_seven, SEVEN)
+    assert rms(low_one, low_seven) > 20  # another init image, another answer
+    assert rms(low_one, ONE) + 15 < rms(low_one, SEVEN) and rms(low_seven, SEVEN) + 15 < rms(low_seven, ONE)
+    assert rms(low_one, ONE) + 8 < rms(high_one, ONE)  # a lower strength keeps more of the init image
+    assert rms(low_seven, SEVEN) + 8 < rms(high_seven, SEVEN)
 
 
 # --- malformed requests and unknown routes ------------------------------------------------------------------------

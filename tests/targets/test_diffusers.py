@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from diffmia.cache import GenerationCache
 from diffmia.config import FinetuneConfig
@@ -23,6 +23,7 @@ from diffmia.execution import generate
 from diffmia.lab.finetune import finetune
 from diffmia.records import Query
 from diffmia.targets.diffusers import DiffusersTarget
+from drawn import ONE, SEVEN, rms
 
 CAPTIONS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
 
@@ -138,38 +139,17 @@ def test_fingerprint_is_the_weights_not_the_folder(tiny_model, tmp_path):
 # --- image-to-image follows its init image and its strength -------------------------------------------------------
 
 
-def _digit(points, size=32):
-    """A white stroke on black, as the built-in model's digits are drawn."""
-    image = Image.new("RGB", (size, size))
-    ImageDraw.Draw(image).line(points, fill=(255, 255, 255), width=4)
-    return image
-
-
-ONE, SEVEN = _digit([(16, 5), (16, 27)]), _digit([(8, 6), (24, 6), (12, 27)])
-
-
-def _l2(a, b):
-    """Root mean square pixel difference of two images."""
-    return float(np.sqrt(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean()))
-
-
-@pytest.fixture(scope="module")
-def builtin():
-    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
-    return DiffusersTarget("builtin", device="cpu", dtype="float64")
-
-
 def test_img2img_output_follows_its_init_image_and_strength(builtin, tmp_path):
     ONE.save(tmp_path / "one.png")
     SEVEN.save(tmp_path / "seven.png")
     queries = [Query("a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png",
                      strength=strength) for strength in (0.25, 0.75) for name in ("one", "seven")]  # fmt: skip
     low_one, low_seven, high_one, high_seven = builtin.generate(queries)
-    assert _l2(low_one, low_seven) > 20  # another init image, another output, all else equal
-    assert _l2(low_one, ONE) + 15 < _l2(low_one, SEVEN)  # each stays nearer its own init than the other's
-    assert _l2(low_seven, SEVEN) + 15 < _l2(low_seven, ONE)
-    assert _l2(low_one, ONE) + 8 < _l2(high_one, ONE)  # a lower strength keeps more of the init image
-    assert _l2(low_seven, SEVEN) + 8 < _l2(high_seven, SEVEN)
+    assert rms(low_one, low_seven) > 20  # another init image, another output, all else equal
+    assert rms(low_one, ONE) + 15 < rms(low_one, SEVEN)  # each stays nearer its own init than the other's
+    assert rms(low_seven, SEVEN) + 15 < rms(low_seven, ONE)
+    assert rms(low_one, ONE) + 8 < rms(high_one, ONE)  # a lower strength keeps more of the init image
+    assert rms(low_seven, SEVEN) + 8 < rms(high_seven, SEVEN)
     in_memory = [replace(q, init_image=None) for q in queries]  # the same images given in memory (diffmia serve)
     again = builtin.generate(in_memory, init_images=[ONE, SEVEN, ONE, SEVEN])
     np.testing.assert_array_equal(_pixels(again), _pixels([low_one, low_seven, high_one, high_seven]))

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from diffmia.cache import GenerationCache
 from diffmia.config import dump_config, parse_config
@@ -26,6 +26,7 @@ from diffmia.serve import make_app
 from diffmia.targets import make_target, probe_target
 from diffmia.targets.diffusers import DiffusersTarget
 from diffmia.targets.http import HTTPTarget
+from drawn import ONE, SEVEN, rms
 from loopback import serving
 
 CAPTIONS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
@@ -81,27 +82,6 @@ def test_both_wire_formats_give_the_local_images(local, api):
         np.testing.assert_array_equal(_pixels(remote.generate(_queries())), expected)
 
 
-def _digit(points, size=32):
-    """A white stroke on black, as the built-in model's digits are drawn."""
-    image = Image.new("RGB", (size, size))
-    ImageDraw.Draw(image).line(points, fill=(255, 255, 255), width=4)
-    return image
-
-
-ONE, SEVEN = _digit([(16, 5), (16, 27)]), _digit([(8, 6), (24, 6), (12, 27)])
-
-
-def _l2(a, b):
-    """Root mean square pixel difference of two images."""
-    return float(np.sqrt(((np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) ** 2).mean()))
-
-
-@pytest.fixture(scope="module")
-def builtin():
-    """The shipped tiny base (trained on digits, so its VAE gives an image back): img2img keeps what it is given."""
-    return DiffusersTarget("builtin", device="cpu", dtype="float64")
-
-
 @pytest.mark.parametrize("api", ["diffmia", "a1111"])
 def test_img2img_in_both_wire_formats_gives_the_local_images(builtin, tmp_path, api):
     """Init images travel to the server and back (base64 PNG, lossless): the images of the local pipeline, which
@@ -117,10 +97,10 @@ def test_img2img_in_both_wire_formats_gives_the_local_images(builtin, tmp_path, 
     assert remote.requests == (1 if api == "diffmia" else 4)
     np.testing.assert_array_equal(_pixels(images), expected)
     low_one, low_seven, high_one, high_seven = images
-    assert _l2(low_one, low_seven) > 20  # another init image, another answer
-    assert _l2(low_one, ONE) + 15 < _l2(low_one, SEVEN) and _l2(low_seven, SEVEN) + 15 < _l2(low_seven, ONE)
-    assert _l2(low_one, ONE) + 8 < _l2(high_one, ONE)  # a lower strength keeps more of the init image
-    assert _l2(low_seven, SEVEN) + 8 < _l2(high_seven, SEVEN)
+    assert rms(low_one, low_seven) > 20  # another init image, another answer
+    assert rms(low_one, ONE) + 15 < rms(low_one, SEVEN) and rms(low_seven, SEVEN) + 15 < rms(low_seven, ONE)
+    assert rms(low_one, ONE) + 8 < rms(high_one, ONE)  # a lower strength keeps more of the init image
+    assert rms(low_seven, SEVEN) + 8 < rms(high_seven, SEVEN)
 
 
 def test_faults_are_retried_to_the_same_images(local):
