@@ -17,8 +17,9 @@ from PIL import Image
 from diffmia.attacks.baselines import gan_leaks_queries, graybox_scores, nearest_generation_scores
 from diffmia.config import GenerationConfig, parse_config
 from diffmia.encoders import PixelEncoder
-from diffmia.errors import ConfigError
+from diffmia.errors import ConfigError, DataError
 from diffmia.lab.finetune import load_pipeline
+from diffmia.queries import query_seed
 
 
 def _image(values):
@@ -32,10 +33,57 @@ def test_nearest_generation_by_hand():
     np.testing.assert_allclose(scores, [0.0, -np.sqrt(3.0)], atol=1e-6)
 
 
+class _TableEncoder:
+    """Embeds the image whose top-left red value is i as row i of a fixed table (any dtype)."""
+
+    fingerprint = "table"
+
+    def __init__(self, table) -> None:
+        self.table = table
+
+    def encode(self, images):
+        return self.table[[int(np.asarray(im)[0, 0, 0]) for im in images]]
+
+
+def _indexed(i):
+    return Image.new("RGB", (2, 2), (i, 0, 0))
+
+
+def test_nearest_generation_equals_a_brute_force_minimum():
+    """Real-valued embeddings of several shapes (tokens flattened): minus the smallest Euclidean distance."""
+    table = np.random.default_rng(4).normal(size=(9, 3, 5)) * [[[1.0], [4.0], [0.5]]]
+    scores = nearest_generation_scores([_indexed(i) for i in range(4)], [_indexed(i) for i in range(4, 9)],
+                                       _TableEncoder(table))  # fmt: skip
+    flat = table.reshape(9, -1)
+    expected = [-min(np.linalg.norm(flat[i] - flat[j]) for j in range(4, 9)) for i in range(4)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+
+
+def test_nearest_generation_is_computed_in_float64():
+    """float32 embeddings 10000 and 10001, 1 apart: 10001^2 has no float32 form, so a square norm taken in float32
+    cancels the expanded distance to 0; in float64 it is 1. Either side may be the candidate."""
+    table = np.array([[10000.0, 0.0], [10001.0, 0.0]], dtype=np.float32)
+    for candidate, generation in ((0, 1), (1, 0)):
+        scores = nearest_generation_scores([_indexed(candidate)], [_indexed(generation)], _TableEncoder(table))
+        assert scores.dtype == np.float64
+        np.testing.assert_array_equal(scores, [-1.0])
+
+
+@pytest.mark.parametrize(("n_candidates", "n_generations"), [(0, 2), (2, 0), (0, 0)])
+def test_nearest_generation_needs_both_sets(n_candidates, n_generations):
+    encoder = _TableEncoder(np.zeros((1, 2)))
+    message = f"need candidates and generations, got {n_candidates} and {n_generations}"
+    with pytest.raises(DataError, match=f"^{message}$"):
+        nearest_generation_scores([_indexed(0)] * n_candidates, [_indexed(0)] * n_generations, encoder)
+
+
 def test_gan_leaks_queries_are_caption_free_and_seeded():
-    settings = GenerationConfig(steps=7, guidance=2.0)
+    settings = GenerationConfig(steps=7, guidance=2.0, negative_prompt="blurry", seed=11)
     queries = gan_leaks_queries(5, settings)
     assert [q.prompt for q in queries] == [""] * 5 and {q.steps for q in queries} == {7}
+    assert {q.guidance for q in queries} == {2.0} and {q.negative_prompt for q in queries} == {"blurry"}
+    assert [q.seed for q in queries] == [query_seed(11, "gan-leaks", "text2img", i) for i in range(5)]
+    assert all(q.init_image is None for q in queries)
     assert len({q.seed for q in queries}) == 5
     assert [q.seed for q in gan_leaks_queries(5, settings)] == [q.seed for q in queries]
     assert [q.seed for q in gan_leaks_queries(5, GenerationConfig(seed=1))] != [q.seed for q in queries]
@@ -72,7 +120,7 @@ def test_graybox_errors_by_hand_on_a_model_that_predicts_no_noise(silent_pipe):
 
 def test_graybox_bad_arguments(silent_pipe):
     image = [Image.new("RGB", (32, 32))]
-    with pytest.raises(ConfigError, match="unknown gray-box attack 'lira'"):
+    with pytest.raises(ConfigError, match=r"^unknown gray-box attack 'lira'; valid: loss, secmi, pia$"):
         graybox_scores(silent_pipe, image, ["x"], "lira")
     with pytest.raises(ConfigError, match="timestep 1010 is beyond the schedule's 1000 steps"):
         graybox_scores(silent_pipe, image, ["x"], "secmi", secmi_t=1000)
@@ -97,15 +145,21 @@ _T, _A, _B, _C, _SCALE = 40, 0.3, -0.8, 0.5, 0.5
 
 
 class _AffineUNet(torch.nn.Module):
-    """Outputs 0.3 x - 0.8 t / T + 0.5 mean(context) as a diffusers UNet does: in an output's ``.sample``."""
+    """Outputs 0.3 x - 0.8 t / T + 0.5 mean(context) as a diffusers UNet does: in an output's ``.sample``.
 
-    def __init__(self) -> None:
+    Like a real UNet it refuses input of another dtype than its weights', and it records its batch sizes.
+    """
+
+    def __init__(self, dtype=torch.float64, timesteps=_T) -> None:
         super().__init__()
-        self.config, self.dtype = SimpleNamespace(sample_size=2), torch.float64
+        self.config, self.dtype, self.timesteps, self.batches = SimpleNamespace(sample_size=2), dtype, timesteps, []
 
     def forward(self, x, t, context):
+        if x.dtype != self.dtype:
+            raise RuntimeError(f"Input type ({x.dtype}) and weight type ({self.dtype}) should be the same")
+        self.batches.append(len(x))
         t = torch.as_tensor(t, dtype=x.dtype).expand(len(x))
-        shift = _B * t / _T + _C * context.to(x.dtype).mean(dim=(1, 2))
+        shift = _B * t / self.timesteps + _C * context.to(x.dtype).mean(dim=(1, 2))
         return UNet2DConditionOutput(sample=_A * x + shift[:, None, None, None])
 
 
@@ -118,15 +172,19 @@ class _LengthTokenizer:
         return SimpleNamespace(input_ids=torch.tensor([[len(p)] * max_length for p in prompts]))
 
 
-def _stub_pipe(prediction: str) -> SimpleNamespace:
+class StableDiffusionPipeline(SimpleNamespace):
+    """Stands in for diffusers' class of this name: the family (:mod:`diffmia.families`) is read from the class."""
+
+
+def _stub_pipe(prediction: str, dtype=torch.float64, timesteps=_T) -> SimpleNamespace:
     """The pieces of a StableDiffusionPipeline the gray-box attacks read, small enough to follow by hand."""
-    scheduler = DDIMScheduler(num_train_timesteps=_T, beta_start=0.001, beta_end=0.05, beta_schedule="linear",
+    scheduler = DDIMScheduler(num_train_timesteps=timesteps, beta_start=0.001, beta_end=0.05, beta_schedule="linear",
                               prediction_type=prediction)  # fmt: skip
     posterior = lambda pixels: SimpleNamespace(mean=F.avg_pool2d(pixels, 2), sample=lambda generator=None: pixels)  # noqa: E731
-    vae = SimpleNamespace(dtype=torch.float64, config=SimpleNamespace(scaling_factor=_SCALE),
+    vae = SimpleNamespace(dtype=dtype, config=SimpleNamespace(scaling_factor=_SCALE),
                           encode=lambda pixels: SimpleNamespace(latent_dist=posterior(pixels)))  # fmt: skip
-    embed = lambda ids: (ids[..., None].to(torch.float64) / 8,)  # noqa: E731  # (batch, tokens, 1) like CLIP's
-    return SimpleNamespace(unet=_AffineUNet(), scheduler=scheduler, vae=vae, vae_scale_factor=2,
+    embed = lambda ids: (ids[..., None].to(dtype) / 8,)  # noqa: E731  # (batch, tokens, 1) like CLIP's
+    return StableDiffusionPipeline(unet=_AffineUNet(dtype, timesteps), scheduler=scheduler, vae=vae, vae_scale_factor=2,
                            image_processor=VaeImageProcessor(vae_scale_factor=2), device=torch.device("cpu"),
                            tokenizer=_LengthTokenizer(), text_encoder=embed)  # fmt: skip
 
@@ -213,3 +271,67 @@ def test_graybox_refuses_other_predictions():
     pipe.scheduler = DDIMScheduler(num_train_timesteps=_T, prediction_type="sample")
     with pytest.raises(ConfigError, match="need an epsilon or v prediction model, got 'sample'"):
         graybox_scores(pipe, _IMAGES, _PROMPTS, "pia")
+
+
+@pytest.mark.parametrize("attack", ["loss", "secmi", "pia"])
+def test_graybox_defaults_are_the_papers_timesteps(attack):
+    """On a 1,000-step schedule the defaults are loss at 100/200/300/400, SecMI t = 100 and delta 10, PIA t = 200,
+    noise seed 0, and batches of 64 (70 images: one full batch and one of 6)."""
+    images, prompts = (_IMAGES * 24)[:70], (_PROMPTS * 24)[:70]
+    explicit = _stub_pipe("epsilon", timesteps=1000)
+    expected = graybox_scores(explicit, images, prompts, attack, loss_timesteps=(100, 200, 300, 400), secmi_t=100,
+                              secmi_delta=10, pia_t=200, seed=0, batch_size=64)  # fmt: skip
+    pipe = _stub_pipe("epsilon", timesteps=1000)
+    np.testing.assert_array_equal(graybox_scores(pipe, images, prompts, attack), expected)
+    assert sorted(set(pipe.unet.batches)) == [6, 64] and pipe.unet.batches == explicit.unet.batches
+
+
+def test_graybox_timesteps_must_lie_inside_the_schedule():
+    """The last usable step of a T-step schedule is T - 1."""
+    pipe = _stub_pipe("epsilon")
+    with pytest.raises(ConfigError, match=f"^pia: timestep {_T} is beyond the schedule's {_T} steps$"):
+        graybox_scores(pipe, _IMAGES, _PROMPTS, "pia", pia_t=_T)
+    with pytest.raises(ConfigError, match=f"^loss: timestep {_T} is beyond"):
+        graybox_scores(pipe, _IMAGES, _PROMPTS, "loss", loss_timesteps=(1, _T))
+    assert np.isfinite(graybox_scores(pipe, _IMAGES, _PROMPTS, "pia", pia_t=_T - 1)).all()
+    assert np.isfinite(graybox_scores(pipe, _IMAGES, _PROMPTS, "secmi", secmi_t=_T - 5, secmi_delta=4)).all()
+
+
+@pytest.mark.parametrize("attack", ["loss", "secmi", "pia"])
+def test_graybox_reads_images_at_the_models_resolution(attack):
+    """An image of another size is resized (Lanczos, the image processor's default) to the model's 4 x 4 first."""
+    large = [im.resize((8, 8), Image.Resampling.NEAREST) for im in _IMAGES]
+    mixed = [large[0], _IMAGES[1], large[2].resize((6, 10))]
+    expected = graybox_scores(_stub_pipe("epsilon"), [im.resize((4, 4), Image.Resampling.LANCZOS) for im in mixed],
+                              _PROMPTS, attack, secmi_t=8, pia_t=9, loss_timesteps=(3, 9))  # fmt: skip
+    scores = graybox_scores(_stub_pipe("epsilon"), mixed, _PROMPTS, attack, secmi_t=8, pia_t=9, loss_timesteps=(3, 9))
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("attack", ["loss", "secmi", "pia"])
+def test_a_float32_pipeline_is_fed_float32_and_scored_in_float64(attack):
+    """A float32 UNet gets float32 input (a real one refuses float64); the scores equal the float64 model's to its
+    precision and come back in float64."""
+    settings = dict(secmi_t=8, pia_t=9, loss_timesteps=(3, 9))
+    scores = graybox_scores(_stub_pipe("v_prediction", torch.float32), _IMAGES, _PROMPTS, attack, **settings)
+    exact = graybox_scores(_stub_pipe("v_prediction"), _IMAGES, _PROMPTS, attack, **settings)
+    assert scores.dtype == np.float64
+    np.testing.assert_allclose(scores, exact, rtol=1e-4)
+
+
+def test_graybox_prompts_are_padded_and_truncated_to_the_tokenizers_length():
+    """The shipped CLIP tokenizer (32 tokens): a short prompt is padded, a long one cut, both to 32 ids."""
+    from transformers import AutoTokenizer
+
+    from diffmia.assets import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(f"{resolve_model('builtin')}/tokenizer")
+    pipe, seen = _stub_pipe("epsilon"), []
+    pipe.tokenizer = tokenizer
+    pipe.text_encoder = lambda ids: (seen.append(ids), (ids[..., None].to(torch.float64) / 8,))[1]
+    prompts = ["a one", " ".join(["seven"] * 50), "two"]
+    graybox_scores(pipe, _IMAGES, prompts, "pia", pia_t=9)
+    (ids,) = seen
+    expected = tokenizer(prompts, padding="max_length", max_length=32, truncation=True).input_ids
+    assert ids.shape == (3, 32) and ids.tolist() == expected
+    assert ids[1, -1] == tokenizer.eos_token_id and ids[0, -1] == tokenizer.pad_token_id
