@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bombs import BOMB_PNG
-from diffmia.lab.pipeline import TinySDConfig, build_pipeline
+from diffmia.lab.pipeline import build_pipeline
+from sizes import TINY
 
-TINY = TinySDConfig(resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1,
-                    text_width=32, text_layers=1, text_heads=2, max_length=16)  # fmt: skip
 CAPTIONS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
 
 

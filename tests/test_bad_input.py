@@ -186,6 +186,11 @@ CATALOGUE = [
     Bad("configs", "DP-SGD options without --dp",
         lambda t, c: ["finetune", "--model", "builtin", "--data", str(folder(t / "data")), "--out", str(t / "out"),
                       "--epsilon", "8"], "need --dp"),
+    Bad("configs", "fine-tuning a model of a family diffmia cannot train",
+        lambda t, c: ["finetune", "--model", str(text(t / "pixart" / "model_index.json",
+                                                      '{"_class_name": "PixArtAlphaPipeline"}').parent),
+                      "--data", str(folder(t / "data")), "--out", str(t / "out")],
+        "this model is a PixArtAlphaPipeline"),
     Bad("configs", "generation without an image folder",
         lambda t, c: ["generate", str(text(t / "g.toml", "[generation]\nsteps = 2\n"))], "generation.data"),
     # --- image folders and their metadata

@@ -27,7 +27,7 @@ ROOT = "diffmia"
 HEAVY = frozenset({"torch", "diffusers", "transformers", "peft", "accelerate", "opacus", "ray", "matplotlib",
                    "pyarrow", "scipy", "sklearn", "httpx", "uvicorn", "jinja2"})  # fmt: skip
 GROUND = ("diffmia.errors", "diffmia.files", "diffmia.images", "diffmia.versions", "diffmia.assets",
-          "diffmia.progress", "diffmia.records")  # fmt: skip
+          "diffmia.progress", "diffmia.records", "diffmia.families")  # fmt: skip
 GROUND_MAY_IMPORT = frozenset({"diffmia.errors"})
 # names, not modules: some of the upper floor is still being written
 UPPER = frozenset({"diffmia.audit", "diffmia.models", "diffmia.prompts", "diffmia.quality", "diffmia.cli",

@@ -247,7 +247,7 @@ class TargetConfig(_Section):
 
     kind: Literal["diffusers", "http"] = "diffusers"
     model: str = "builtin"
-    lora: str | None = None
+    lora: str | None = None  # a diffusers LoRA folder, or one .safetensors file (diffusers, kohya or civitai keys)
     lora_scale: float = 1.0
     scheduler: str | None = None
     dtype: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"

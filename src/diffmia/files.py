@@ -155,11 +155,15 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 
 def weights_digest(folder: Path) -> str:
-    """Content hash of a local model folder's weights and configuration.
+    """Content hash of a local model folder's weights and configuration, or of one weights file (its name and
+    content: the same digest as a folder holding that file alone).
 
     Reading gigabytes of weights is slow, so the hash is remembered for as long as no weight file's name, size
     or modification time changes: an audit asks for the same model's fingerprint many times.
     """
+    if Path(folder).is_file():  # a single-file LoRA: that file alone, whatever lies beside it
+        path, stat = Path(folder).resolve(), Path(folder).stat()
+        return _content_digest(str(path.parent), ((path.name, stat.st_size, stat.st_mtime_ns),))
     files = sorted(f for f in Path(folder).rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin", ".json"))
     signature = tuple((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     return _content_digest(str(Path(folder).resolve()), signature)

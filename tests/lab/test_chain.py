@@ -19,13 +19,10 @@ from diffmia.cli import main
 from diffmia.config import FinetuneConfig
 from diffmia.lab.data import digits_records
 from diffmia.lab.finetune import finetune
-from diffmia.lab.pipeline import TinySDConfig, build_tokenizer
+from diffmia.lab.pipeline import build_tokenizer
 from diffmia.lab.pretrain import PretrainConfig, pretrain
+from sizes import TINY
 
-TINY = TinySDConfig(
-    resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1, text_width=32,
-    text_layers=1, text_heads=2, max_length=16,
-)  # fmt: skip
 RECIPE = {"batch_size": 8, "checkpoint_every": 0, "max_steps": 2}
 
 
@@ -168,7 +165,7 @@ def test_finetune_bad_input_fails_before_training(lab, digit_folder, tmp_path, c
     assert main([*common, "--data", str(broken)]) == 2
     assert "images/digit-0001.png (missing)" in capsys.readouterr().err
     assert main(["finetune", "--model", str(tmp_path / "nothing"), "--data", str(members), "--out", str(out)]) == 2
-    assert "cannot load a Stable Diffusion pipeline" in capsys.readouterr().err
+    assert "cannot load a diffusers pipeline from" in capsys.readouterr().err
     assert not out.exists()
 
 

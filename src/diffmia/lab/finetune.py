@@ -1,9 +1,11 @@
-"""Fine-tuning recipes for targets and shadows: full or LoRA fine-tunes of the UNet of any
-``StableDiffusionPipeline``-compatible model (the built-in base, Stable Diffusion v1-5, ...) on a captioned
-image folder. The text encoder and VAE stay frozen, as in Stable Diffusion practice.
+"""Fine-tuning recipes for targets and shadows: full or LoRA fine-tunes of the UNet of a Stable Diffusion 1.x /
+2.x or SDXL pipeline (the built-in base, Stable Diffusion v1-5, SDXL base, ...) on a captioned image folder. The
+family is read from the pipeline's class (:mod:`diffmia.families`); the text encoders and the VAE stay frozen, as
+in Stable Diffusion practice.
 
 The output folder holds ``pipeline/`` (full fine-tune: a complete pipeline) or ``lora/`` (LoRA weights saved
-with ``save_lora_weights``, loadable by stock ``load_lora_weights``), and ``card.json``: the whole regime.
+with the family's ``save_lora_weights``, loadable by stock ``load_lora_weights``), and ``card.json``: the whole
+regime, the family included.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from diffmia.assets import resolve_model
 from diffmia.config import FinetuneConfig
 from diffmia.data import load_image_folder
 from diffmia.errors import ConfigError, DataError, TargetError
+from diffmia.families import Conditioning, condition, family_of, family_of_class
 from diffmia.files import atomic_path
 from diffmia.lab.privacy import PrivacyPlan, plan_privacy, poisson_batch
 from diffmia.lab.seeding import step_rng, torch_generator
@@ -40,21 +43,28 @@ from diffmia.lab.training import (
 from diffmia.records import Sample
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 
-def load_pipeline(model: str | Path) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline from ``builtin``, a local folder or a hub id, safety checker off."""
-    from diffusers import StableDiffusionPipeline
+def load_pipeline(model: str | Path) -> DiffusionPipeline:
+    """The pipeline of ``builtin``, a local folder or a hub id, of a family diffmia fine-tunes; safety checker off.
+
+    Its class is read first (model_index.json), so a model of another family is refused before its weights load.
+    """
+    from diffusers import DiffusionPipeline
 
     source = resolve_model(model)
     local = Path(source).exists()
     try:
-        return StableDiffusionPipeline.from_pretrained(
-            source, safety_checker=None, requires_safety_checker=False, local_files_only=local
-        )
+        index = DiffusionPipeline.load_config(source, local_files_only=local)
     except (OSError, ValueError) as exc:
-        raise TargetError(f"cannot load a Stable Diffusion pipeline from {source!r}: {exc}") from None
+        raise TargetError(f"cannot load a diffusers pipeline from {source!r}: {exc}") from None
+    family_of_class(index.get("_class_name"))
+    options = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+    try:
+        return DiffusionPipeline.from_pretrained(source, local_files_only=local, **options)
+    except (OSError, ValueError) as exc:
+        raise TargetError(f"cannot load a diffusers pipeline from {source!r}: {exc}") from None
 
 
 def _digest(ids: Sequence[str]) -> str:
@@ -95,13 +105,13 @@ def finetune(
         _make_trainable(pipe, recipe, device, dtype)
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         # 3. the loss, the DP-SGD plan and the early stopping
-        posterior, embeddings = _encode_once(pipe, inputs.data, device, dtype)
+        posterior, context = _encode_once(pipe, inputs.data, device, dtype)
         steps = recipe.total_steps(n)
         plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
         stopper = _early_stopping(inputs, recipe, out, noise_scheduler, device, dtype)
         loss_fn = _FinetuneLoss(
             vae=pipe.vae, data=inputs.data, noise_scheduler=noise_scheduler,
-            scaling=float(pipe.vae.config.scaling_factor), posterior=posterior, embeddings=embeddings, recipe=recipe,
+            scaling=float(pipe.vae.config.scaling_factor), posterior=posterior, context=context, recipe=recipe,
             plan=plan, device=device, dtype=dtype,
         )  # fmt: skip
         # 4. the training
@@ -155,10 +165,10 @@ def _load_inputs(model: str | Path, data_dir: str | Path, out: Path, recipe: Fin
 
 
 def _make_trainable(pipe: Any, recipe: FinetuneConfig, device: Any, dtype: Any) -> None:
-    """Freeze the VAE and text encoder on ``device``; make the UNet trainable, whole or through new LoRA adapters."""
+    """Freeze the VAE and text encoders on ``device``; make the UNet trainable, whole or through new LoRA adapters."""
     import torch
 
-    for frozen in (pipe.vae, pipe.text_encoder):
+    for frozen in (pipe.vae, *(getattr(pipe, name) for name in family_of(pipe).text_encoders)):
         frozen.requires_grad_(False).to(device)
         if dtype != torch.float32:  # mixed precision: the frozen parts run in half precision
             frozen.to(dtype=dtype)
@@ -169,17 +179,13 @@ def _make_trainable(pipe: Any, recipe: FinetuneConfig, device: Any, dtype: Any) 
             _add_lora(pipe.unet, recipe)
 
 
-def _encode_once(pipe: Any, data: TrainImages, device: Any, dtype: Any) -> tuple[Any, Any]:
-    """(the VAE posterior of every training image, the captions' text embeddings), computed once.
+def _encode_once(pipe: Any, data: TrainImages, device: Any, dtype: Any) -> tuple[Any, Conditioning]:
+    """(the VAE posterior of every training image, the captions' conditioning), computed once.
 
     The posterior is None when the images are not fixed (random crops or flips): each batch is encoded as drawn.
     """
     import torch
 
-    ids = pipe.tokenizer(
-        list(data.captions), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids  # fmt: skip
     r = data.resolution
     fixed = data.center_crop and not data.random_flip and all(im.shape[:2] == (r, r) for im in data.images)
     with torch.no_grad():
@@ -187,8 +193,7 @@ def _encode_once(pipe: Any, data: TrainImages, device: Any, dtype: Any) -> tuple
         if fixed:
             pixels = to_tensor(data.batch(np.arange(len(data)), np.random.default_rng(0))).to(device, dtype)
             posterior = pipe.vae.encode(pixels).latent_dist
-        embeddings = pipe.text_encoder(ids.to(device))[0]
-    return posterior, embeddings
+    return posterior, condition(pipe, data.captions, r, device)
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ class _FinetuneLoss:
     noise_scheduler: Any
     scaling: float  # the VAE's latent scaling factor
     posterior: Any  # the training images' posterior, encoded once (None: encode each batch as drawn)
-    embeddings: Any  # the captions' text embeddings
+    context: Conditioning  # the captions' conditioning
     recipe: FinetuneConfig
     plan: PrivacyPlan | None
     device: Any
@@ -219,7 +224,7 @@ class _FinetuneLoss:
             else:
                 dist = self.vae.encode(to_tensor(self.data.batch(index, rng)).to(self.device, self.dtype)).latent_dist
                 mean, std = dist.mean, dist.std
-        context = self.embeddings[index]
+        context = self.context[index]
         return weight * denoising_loss(
             unet, self.noise_scheduler, mean, std, self.scaling, context, generator, self.device, self.dtype
         )
@@ -258,6 +263,7 @@ def _card(
         "kind": "diffmia fine-tune",
         "base_model": str(inputs.model),
         "base_model_path": resolve_model(inputs.model),
+        "family": family_of(inputs.pipe).name,
         "method": recipe.method,
         "recipe": recipe.model_dump(mode="json"),
         "data": {
@@ -303,12 +309,10 @@ class _EarlyStopping:
         self.recipe, self.path, self.noise_scheduler = recipe, path, noise_scheduler
         self.device, self.dtype = device, dtype
         self.scaling = float(pipe.vae.config.scaling_factor)
-        ids = pipe.tokenizer(list(images.captions), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
         with torch.no_grad():
             pixels = to_tensor(images.batch(np.arange(len(images)), np.random.default_rng(0))).to(device, dtype)
             self.posterior = pipe.vae.encode(pixels).latent_dist
-            self.context = pipe.text_encoder(ids.to(device))[0]
+        self.context = condition(pipe, images.captions, images.resolution, device)
         self.history: dict[int, float] = (
             {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
         )
@@ -364,9 +368,9 @@ def _add_lora(unet: Any, recipe: FinetuneConfig) -> None:
 
 
 def _save_lora(pipe: Any, unet: Any, directory: Path) -> None:
-    from diffusers import StableDiffusionPipeline
+    """The UNet's adapters in the diffusers layout of the pipeline's own class (SD and SDXL files differ)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
+    type(pipe).save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)

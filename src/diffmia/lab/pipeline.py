@@ -4,6 +4,11 @@
 encoder and a CLIPTokenizer whose BPE vocabulary is learned from the captions (every caption word is one
 token). Saved with ``save_pretrained``, the folder loads unchanged in stock ``StableDiffusionPipeline`` and
 ``StableDiffusionImg2ImgPipeline``.
+
+``family="sdxl"`` builds the same sizes as a ``StableDiffusionXLPipeline``, as SDXL is built: two CLIP text
+encoders (the second with a pooled projection) whose hidden states the UNet attends to side by side, a UNet whose
+first level has no attention, linear attention projections, the pooled text and six size ids added to the
+timestep embedding, and SDXL's Euler scheduler.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 from diffmia.errors import ConfigError
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
+    from diffusers import DiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTokenizer
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+TIME_EMBED_DIM = 8  # SDXL: the width of each of the six size ids' sinusoidal embedding (256 in SDXL itself)
+FAMILIES = ("sd", "sdxl")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789,.'-!?"
 
 
@@ -94,13 +101,15 @@ def build_tokenizer(captions: Iterable[str], max_length: int) -> CLIPTokenizer:
 
 
 def build_pipeline(
-    captions: Iterable[str], config: TinySDConfig | None = None, seed: int = 0
-) -> StableDiffusionPipeline:
-    """A randomly initialised tiny StableDiffusionPipeline (seeded), with a tokenizer learned from ``captions``."""
+    captions: Iterable[str], config: TinySDConfig | None = None, seed: int = 0, family: str = "sd"
+) -> DiffusionPipeline:
+    """A randomly initialised tiny pipeline of ``family`` (seeded), with a tokenizer learned from ``captions``."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown model family {family!r} (valid: {', '.join(FAMILIES)})")
     config = config or TinySDConfig()
     tokenizer = build_tokenizer(captions, config.max_length)
     torch.manual_seed(seed)
@@ -116,6 +125,20 @@ def build_pipeline(
         norm_num_groups=min(32, config.vae_channels[0]),
         sample_size=config.resolution,
     )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.text_width,
+        intermediate_size=4 * config.text_width,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=config.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=config.text_width,
+    )
+    if family == "sdxl":
+        return _build_sdxl(config, vae, tokenizer, text_config)
     n_unet = len(config.unet_channels)
     unet = UNet2DConditionModel(
         sample_size=config.resolution // 2 ** (n_vae - 1),
@@ -129,19 +152,7 @@ def build_pipeline(
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=min(32, config.unet_channels[0]),
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=config.text_width,
-            intermediate_size=4 * config.text_width,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=config.text_heads,
-            max_position_embeddings=config.max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(text_config)
     scheduler = DDIMScheduler(
         num_train_timesteps=config.train_timesteps,
         beta_schedule="scaled_linear",
@@ -160,4 +171,47 @@ def build_pipeline(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _build_sdxl(config: TinySDConfig, vae: Any, tokenizer: CLIPTokenizer, text_config: CLIPTextConfig) -> Any:
+    """The tiny StableDiffusionXLPipeline around ``vae``: both text encoders share one tokenizer."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    n_vae, n_unet = len(config.vae_channels), len(config.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=config.resolution // 2 ** (n_vae - 1),
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        block_out_channels=config.unet_channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
+        layers_per_block=config.unet_layers_per_block,
+        cross_attention_dim=2 * config.text_width,  # both encoders' hidden states, concatenated
+        attention_head_dim=config.attention_head_dim,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=config.text_width + 6 * TIME_EMBED_DIM,  # pooled text + six ids
+        norm_num_groups=min(32, config.unet_channels[0]),
+    )
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=config.train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )

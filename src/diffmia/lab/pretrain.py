@@ -19,6 +19,7 @@ import numpy as np
 
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
+from diffmia.families import Conditioning
 from diffmia.files import atomic_path, exclusive_lock
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 from diffmia.lab.seeding import step_rng, torch_generator
@@ -178,7 +179,7 @@ class _UnetLoss:
         generator = torch_generator(rng)
         batch_ids = self.ids[index].clone()
         batch_ids[torch.from_numpy(rng.random(len(index)) < recipe.caption_dropout)] = self.empty
-        context = text_encoder(batch_ids)[0]
+        context = Conditioning(text_encoder(batch_ids)[0])  # the text encoder trains too
         mean, std = latents.mean[index], latents.std[index]
         return denoising_loss(unet, self.noise_scheduler, mean, std, latents.scaling, context, generator)
 

@@ -33,6 +33,7 @@ from diffmia.records import Sample
 if TYPE_CHECKING:
     import torch
 
+    from diffmia.families import Conditioning
     from diffmia.lab.privacy import PrivacyPlan
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
@@ -111,13 +112,14 @@ def denoising_loss(
     mean: Any,
     std: Any,
     scaling: float,
-    context: Any,
+    context: Conditioning,
     generator: Any,
     device: Any = "cpu",
     dtype: Any = None,
 ) -> Any:
     """The diffusion training loss of one batch: sample latents from the VAE posterior (mean, std), noise them
-    at random timesteps and regress the scheduler's target (the noise, or the velocity for v-prediction).
+    at random timesteps and regress the scheduler's target (the noise, or the velocity for v-prediction), the
+    UNet conditioned on ``context`` as its family's pipeline conditions it.
 
     Draws, in this order, from ``generator``: the posterior sample, the noise, the timesteps.
     """
@@ -134,7 +136,7 @@ def denoising_loss(
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
-    prediction = unet(noisy, timesteps, context).sample
+    prediction = context.predict(unet, noisy, timesteps)
     return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
 

@@ -57,7 +57,8 @@ class DiffusersTarget:
     Parameters
     ----------
     model : "builtin", a pipeline folder or a hub id
-    lora : folder (or file) of LoRA weights to load on top, and ``lora_scale`` their strength
+    lora : LoRA weights to load on top: a diffusers LoRA folder, or one ``.safetensors`` file in the diffusers,
+        kohya or civitai key layout (``load_lora_weights`` converts it); ``lora_scale`` their strength
     scheduler : None keeps the pipeline's; else one of SCHEDULERS
     dtype : "auto" (float16 on CUDA, else float32) or an explicit one. Images never depend on the batch by
         construction (one generator per image), but multithreaded float32 CPU kernels can round a pixel
@@ -99,10 +100,7 @@ class DiffusersTarget:
             # a local folder is identified by its weights alone, so a moved or copied model keeps its cache
             path = Path(self.model)
             identity = f"local@{weights_digest(path)}" if path.is_dir() else f"{self.model}@hub"
-            lora = "none"
-            if self.lora is not None:
-                lora_path = Path(self.lora)
-                lora = weights_digest(lora_path) if lora_path.is_dir() else weights_digest(lora_path.parent)
+            lora = "none" if self.lora is None else weights_digest(Path(self.lora))  # a folder, or the one file
             self._fingerprint = (
                 f"diffusers({identity},lora={lora}x{self.lora_scale},scheduler={self.scheduler},"
                 f"dtype={self.dtype},device={self.device.split(':')[0]},safety_checker={self.safety_checker})"
@@ -116,7 +114,13 @@ class DiffusersTarget:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
             local = Path(self.model).exists()
-            options: dict[str, Any] = {} if self.safety_checker else {"safety_checker": None}
+            try:
+                index = diffusers.DiffusionPipeline.load_config(self.model, local_files_only=local)
+            except (OSError, ValueError) as exc:
+                raise TargetError(f"cannot load a diffusers pipeline from {self.model!r}: {exc}") from None
+            # only a pipeline that has a safety checker takes the option (SDXL, Flux, ... have none)
+            off = not self.safety_checker and "safety_checker" in index
+            options: dict[str, Any] = {"safety_checker": None} if off else {}
             try:
                 text2img = AutoPipelineForText2Image.from_pretrained(
                     self.model, dtype=getattr(torch, self.dtype), local_files_only=local, **options
@@ -127,8 +131,11 @@ class DiffusersTarget:
                 cls = getattr(diffusers, SCHEDULERS[self.scheduler])
                 text2img.scheduler = cls.from_config(text2img.scheduler.config)
             if self.lora is not None:
+                path = Path(self.lora)
+                where = {"weight_name": path.name} if path.is_file() else {}
                 try:
-                    text2img.load_lora_weights(str(self.lora), adapter_name="target")
+                    text2img.load_lora_weights(str(path.parent if path.is_file() else path), adapter_name="target",
+                                               **where)  # fmt: skip
                 except (OSError, ValueError) as exc:
                     raise TargetError(f"cannot load LoRA weights {self.lora}: {exc}") from None
                 text2img.set_adapters(["target"], adapter_weights=[self.lora_scale])

@@ -10,7 +10,9 @@ as condition and no guidance, and return scores where higher = more likely a mem
 - ``pia``: minus PIA's error (Kong et al., ICLR 2024): the network's own noise prediction at t = 0 initialises
   the noise, the latent is noised with it to step t, and the prediction there is compared with it (l4 norm).
 
-The default timesteps are those of the papers for 1,000-step schedules (SecMI t = 100, delta = 10; PIA t = 200).
+They read Stable Diffusion 1.x / 2.x and SDXL pipelines, each conditioned as its own pipeline does
+(:mod:`diffmia.families`). The default timesteps are those of the papers for 1,000-step schedules (SecMI t = 100,
+delta = 10; PIA t = 200).
 """
 
 from __future__ import annotations
@@ -21,18 +23,21 @@ from typing import Any
 import numpy as np
 
 from diffmia.errors import ConfigError
+from diffmia.families import Conditioning, condition, family_of
 from diffmia.records import FloatArray
 
 GRAYBOX_ATTACKS = ("loss", "secmi", "pia")
 
 
 class _Denoiser:
-    """The pipeline's pieces the attacks need: latents, prompt embeddings, noise prediction, DDIM steps."""
+    """The pipeline's pieces the attacks need: latents, prompt conditioning, noise prediction, DDIM steps."""
 
-    def __init__(self, pipe: Any, batch_size: int) -> None:
+    def __init__(self, pipe: Any) -> None:
         import torch
 
-        self.pipe, self.batch_size = pipe, batch_size
+        family_of(pipe)  # a pipeline of a family diffmia cannot condition is refused before any work
+        self.pipe = pipe
+        self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own resolution
         self.alphas = pipe.scheduler.alphas_cumprod.to(torch.float64)
         self.prediction = pipe.scheduler.config.prediction_type
         if self.prediction not in ("epsilon", "v_prediction"):
@@ -41,36 +46,29 @@ class _Denoiser:
     def latents(self, images: Sequence[Any]) -> Any:
         import torch
 
-        pipe = self.pipe
-        size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own resolution, whatever the images'
+        pipe, size = self.pipe, self.size  # images of any size are read at the model's resolution
         pixels = pipe.image_processor.preprocess(list(images), height=size, width=size).to(pipe.device, pipe.vae.dtype)
         with torch.no_grad():
             mean = pipe.vae.encode(pixels).latent_dist.mean
         return (mean * pipe.vae.config.scaling_factor).to(torch.float64)
 
-    def context(self, prompts: Sequence[str]) -> Any:
-        import torch
+    def context(self, prompts: Sequence[str]) -> Conditioning:
+        return condition(self.pipe, prompts, self.size, self.pipe.device)
 
-        pipe = self.pipe
-        ids = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids  # fmt: skip
-        with torch.no_grad():
-            return pipe.text_encoder(ids.to(pipe.device))[0]
-
-    def epsilon(self, x: Any, t: int, context: Any) -> Any:
+    def epsilon(self, x: Any, t: int, context: Conditioning) -> Any:
         """The predicted noise of ``x`` at step ``t`` (v predictions converted)."""
         import torch
 
         unet = self.pipe.unet
         with torch.no_grad():
             steps = torch.full((len(x),), t, device=x.device)
-            out = unet(x.to(unet.dtype), steps, context).sample.to(torch.float64)
+            out = context.predict(unet, x.to(unet.dtype), steps).to(torch.float64)
         if self.prediction == "epsilon":
             return out
         a = self.alphas[t]
         return a.sqrt() * out + (1 - a).sqrt() * x
 
-    def ddim(self, x: Any, t: int, s: int, context: Any) -> Any:
+    def ddim(self, x: Any, t: int, s: int, context: Conditioning) -> Any:
         """The deterministic DDIM map from step ``t`` to step ``s`` (s > t inverts, s < t denoises)."""
         eps = self.epsilon(x, t, context)
         a_t, a_s = self.alphas[t], self.alphas[s]
@@ -98,7 +96,7 @@ def graybox_scores(
         raise ConfigError(f"unknown gray-box attack {attack!r}; valid: {', '.join(GRAYBOX_ATTACKS)}")
     if len(images) != len(prompts):
         raise ConfigError(f"{len(images)} images but {len(prompts)} prompts")
-    model = _Denoiser(pipe, batch_size)
+    model = _Denoiser(pipe)
     horizon = len(model.alphas)
     needed = {"loss": max(loss_timesteps), "secmi": secmi_t + secmi_delta, "pia": pia_t}[attack]
     if needed >= horizon:

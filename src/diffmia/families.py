@@ -1,0 +1,99 @@
+"""Model families: how each kind of diffusers pipeline conditions its denoiser on a prompt.
+
+Fine-tuning (:mod:`diffmia.lab.finetune`) and the gray-box baselines read a pipeline's weights, so they must call
+its denoiser as its own pipeline does. A family is chosen from the pipeline's class, never by a user's flag:
+
+- ``sd`` (Stable Diffusion 1.x / 2.x): a CLIP text encoder's last hidden states;
+- ``sdxl`` (Stable Diffusion XL): two CLIP text encoders' penultimate hidden states side by side, plus the second
+  one's pooled projection and the six size / crop "time ids" (original size, crop corner, target size).
+
+Both train the UNet with the epsilon or v objective of their noise schedule. torch and diffusers are imported
+lazily: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from diffmia.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a fine-tune and a gray-box attack must know of one family of pipelines."""
+
+    name: str
+    pipelines: tuple[str, ...]  # the diffusers pipeline classes of the family (text-to-image and image-to-image)
+    text_encoders: tuple[str, ...]  # the pipeline's text encoder attributes, frozen while the denoiser trains
+
+
+FAMILIES = (
+    Family("sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), ("text_encoder",)),
+    Family(
+        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), ("text_encoder", "text_encoder_2")
+    ),
+)
+
+
+def family_of_class(name: str | None) -> Family:
+    """The family of the pipeline class called ``name`` (a model_index.json's ``_class_name``)."""
+    for family in FAMILIES:
+        if name in family.pipelines:
+            return family
+    known = ", ".join(f"{f.name} ({f.pipelines[0]})" for f in FAMILIES)
+    raise ConfigError(f"diffmia fine-tunes and reads the weights of these model families only: {known}; "
+                      f"this model is a {name or 'pipeline of unknown class'}")  # fmt: skip
+
+
+def family_of(pipe: Any) -> Family:
+    """The family of a loaded pipeline, by its class (or the nearest base class diffmia knows)."""
+    for cls in type(pipe).__mro__:
+        if any(cls.__name__ in family.pipelines for family in FAMILIES):
+            return family_of_class(cls.__name__)
+    return family_of_class(type(pipe).__name__)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a batch of prompts conditions the denoiser on, one row per prompt.
+
+    ``embeds`` are the token embeddings it attends to; ``added`` holds SDXL's ``added_cond_kwargs`` (the pooled
+    text embedding and the time ids), None for families without them. Indexing selects rows of every part.
+    """
+
+    embeds: Any
+    added: dict[str, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.embeds)
+
+    def __getitem__(self, index: Any) -> Conditioning:
+        added = None if self.added is None else {k: v[index] for k, v in self.added.items()}
+        return Conditioning(self.embeds[index], added)
+
+    def predict(self, denoiser: Any, x: Any, timesteps: Any) -> Any:
+        """The denoiser's output (noise or v) for latents ``x`` at ``timesteps``."""
+        if self.added is None:
+            return denoiser(x, timesteps, self.embeds).sample
+        return denoiser(x, timesteps, self.embeds, added_cond_kwargs=self.added).sample
+
+
+def condition(pipe: Any, prompts: Sequence[str], resolution: int, device: Any) -> Conditioning:
+    """The conditioning of ``prompts`` for images of ``resolution`` x ``resolution``, as the pipeline computes it
+    when it generates at that size (no guidance, one image per prompt). No gradient flows into the encoders."""
+    import torch
+
+    family = family_of(pipe)
+    with torch.no_grad():
+        if family.name == "sd":
+            ids = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids  # fmt: skip
+            return Conditioning(pipe.text_encoder(ids.to(device))[0])
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+    # (original height, width, crop top, left, target height, width): uncropped images at the model's size
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
+    return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.to(embeds.dtype)})
