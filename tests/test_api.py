@@ -35,6 +35,7 @@ def test_an_unknown_name_is_an_attribute_error():
         _ = diffmia.run_audits
 
 
+@pytest.mark.slow
 def test_importing_the_package_loads_no_heavy_dependency():
     code = ("import sys, diffmia; heavy = ('torch', 'sklearn', 'pyarrow', 'matplotlib', 'diffusers'); "
             "print(sorted(m for m in heavy if m in sys.modules))")  # fmt: skip

@@ -222,6 +222,7 @@ def test_config_show_prints_the_resolved_config(tmp_path, capsys):
     assert "seed = 3" in out and 'covariance = "diagonal"' in out
 
 
+@pytest.mark.slow
 def test_console_script_and_module_entry_points(tmp_path):
     """The installed `diffmia` script and `python -m diffmia`: version; a DiffmiaError is one line, exit 2."""
     bin_dir = os.path.dirname(sys.executable)

@@ -342,6 +342,7 @@ def _finetune_lora(model, root):
     return finetune(model, root / "data", root / "out", recipe, show_progress=False) / "lora"
 
 
+@pytest.mark.slow
 def test_a_lora_given_to_the_server_changes_its_answers(target, url, tiny_model, tmp_path, monkeypatch):
     lora = _finetune_lora(tiny_model, tmp_path)
     queries = [Query(PROMPT, seed=seed, steps=2, guidance=3.0) for seed in (1, 2)]

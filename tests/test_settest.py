@@ -35,6 +35,7 @@ def test_large_samples_use_the_normal_approximation_with_continuity_correction()
     assert result.p_value == pytest.approx(norm.sf(z), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_the_test_holds_its_level_when_candidates_are_not_members():
     rng = np.random.default_rng(0)
     p = np.array([set_test(rng.random(20), rng.random(80)).p_value for _ in range(2000)])

@@ -67,6 +67,7 @@ def test_base_loads_in_stock_pipelines_and_is_seeded(lab):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_full_and_lora_fine_tunes_reload_in_stock_pipelines(lab):
     from diffusers import StableDiffusionPipeline
 

@@ -107,6 +107,7 @@ def test_conditioning_and_graybox_loss_are_what_the_pipeline_feeds_its_unet(base
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_fine_tunes_of_each_family_generate_seeded_and_batch_independent(bases, family, tmp_path):
     """Full and LoRA fine-tunes of each family's base: the card names the family; both change text-to-image and
     image-to-image generations; a query gives the same image alone, repeated or in a batch."""

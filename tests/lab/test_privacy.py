@@ -101,6 +101,7 @@ def test_noise_has_std_noise_multiplier_times_clip_and_is_seeded(lora_unet):
     torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)  # the same step draws the same noise
 
 
+@pytest.mark.slow
 def test_reported_epsilon_is_opacus_for_the_same_parameters():
     plan = plan_privacy(PrivacyConfig(epsilon=4.0, delta=1e-5), n_images=100, batch_size=10, steps=50)
     assert plan.sample_rate == 0.1 and plan.expected_batch_size == 10
@@ -144,6 +145,7 @@ def test_privacy_config_errors(tmp_path, digit_folder, capsys):
     assert not (tmp_path / "out" / "card.json").exists()
 
 
+@pytest.mark.slow
 def test_dp_fine_tune_card_and_determinism(tmp_path, digit_folder):
     data = digit_folder(tmp_path / "data", 20)
     recipe = FinetuneConfig(method="lora", batch_size=5, max_steps=3, checkpoint_every=0, learning_rate=1e-3,

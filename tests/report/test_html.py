@@ -9,6 +9,7 @@ import io
 import re
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from diffmia.report import render_report
@@ -21,6 +22,7 @@ def _auc(evaluation: dict) -> str:
     return f"AUC {evaluation['auc']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
+@pytest.mark.slow
 def test_the_verdict_leads_with_the_numbers_of_the_run(run_dir, fixture_result, headline):
     page = render_report(run_dir).read_text()
     verdict = page[page.index('<section id="verdict">') : page.index("</section>")]
@@ -50,6 +52,7 @@ def test_the_verdict_leads_with_the_numbers_of_the_run(run_dir, fixture_result, 
     assert "<script" not in page and not re.search(r'src="(?!data:)', page)
 
 
+@pytest.mark.slow
 def test_a_resolved_tpr_is_quoted_in_the_verdict_and_tables(run_dir, edit_result, headline):
     def resolve(result):
         first = headline(result, "I")["tpr_at_fpr"][0]
@@ -62,6 +65,7 @@ def test_a_resolved_tpr_is_quoted_in_the_verdict_and_tables(run_dir, edit_result
     assert "<td>0.854<br><small>FPR 0.0000; [0.612, 0.950]</small></td>" in page
 
 
+@pytest.mark.slow
 def test_missing_images_say_so_and_present_ones_are_inline(run_dir, edit_result, tmp_path):
     page = render_report(run_dir).read_text()
     exposed = page[page.index("Most exposed members") : page.index("Every candidate")]
@@ -74,6 +78,7 @@ def test_missing_images_say_so_and_present_ones_are_inline(run_dir, edit_result,
     assert re.search(r'<img class="px" alt="digit-0118" src="data:image/png;base64,[A-Za-z0-9+/=]+">', exposed)
 
 
+@pytest.mark.slow
 def test_an_image_that_cannot_be_decoded_is_missing_not_a_crash(run_dir, edit_result, tmp_path, bomb_png):
     bomb_png(tmp_path / "bomb.png")
     (tmp_path / "text.png").write_text("not an image")
@@ -108,6 +113,7 @@ def test_every_candidate_is_listed_with_rank_truth_and_decision(run_dir, fixture
     assert sum(r[5] != r[6] for r in rows) == 4  # balanced accuracy 0.9 of 20 + 20: four wrong calls
 
 
+@pytest.mark.slow
 def test_every_candidate_gets_a_small_thumbnail_from_the_recorded_images(run_dir, edit_result, tmp_path):
     scores = pq.read_table(run_dir / "scores.parquet").to_pydict()
     ids = sorted(set(scores["sample_id"]))
@@ -125,6 +131,7 @@ def test_every_candidate_gets_a_small_thumbnail_from_the_recorded_images(run_dir
     assert f'<tr id="candidate-{gone}"><td class="l">{gone}</td>\n<td class="l">(image missing)</td>' in table
 
 
+@pytest.mark.slow
 def test_the_details_hold_every_evaluation_regime_and_pass(run_dir, fixture_result):
     page = render_report(run_dir).read_text()
     table = page[page.index('<table id="results">') :]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from diffmia.cli import _print_audit, main
 from diffmia.results import load_run
 
 
+@pytest.mark.slow
 def test_report_writes_html_by_default_and_markdown_on_request(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {run_dir / 'report.html'}"
@@ -16,6 +19,7 @@ def test_report_writes_html_by_default_and_markdown_on_request(run_dir, capsys):
     assert not list(run_dir.glob(".report.*"))  # written atomically: no temporary file left behind
 
 
+@pytest.mark.slow
 def test_report_renders_the_same_page_again(run_dir):
     assert main(["report", str(run_dir)]) == 0
     first = (run_dir / "report.html").read_text()

@@ -357,6 +357,7 @@ def test_retry_after_as_a_date():
     assert retry_after("soon") is None and retry_after(None) is None
 
 
+@pytest.mark.slow
 def test_a_server_that_trickles_its_answer_meets_the_deadline():
     async def trickle(send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
