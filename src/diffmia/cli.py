@@ -299,6 +299,10 @@ def data_digits(
     typer.echo(f"wrote 1797 captioned digits to {out} (split: 1197 public, 600 private)")
 
 
+FAMILY_HELP = ("Pipeline family: sd (the Stable Diffusion 1.x layout) or sdxl (two text encoders, pooled text and "
+               "size ids, SDXL's UNet layout and scheduler).")  # fmt: skip
+
+
 @lab_app.command("pretrain")
 def lab_pretrain(
     data: Annotated[Path, typer.Argument(help="Captioned image folder (e.g. from `diffmia data digits`).")],
@@ -319,10 +323,12 @@ def lab_pretrain(
     unet_layers: Annotated[int, typer.Option(min=1, help="ResNet (+ attention) layers per UNet block.")] = 2,
     text_width: Annotated[int, typer.Option(min=4, help="Text encoder width (= cross-attention width).")] = 64,
     text_layers: Annotated[int, typer.Option(min=1, help="Text encoder transformer layers.")] = 3,
+    family: Annotated[str, typer.Option(help=FAMILY_HELP)] = "sd",
     resume: Annotated[bool, typer.Option(help="Resume from out_dir/checkpoints when present.")] = True,
 ) -> None:
-    """Pretrain a tiny base model (VAE, then UNet with its text encoder). The defaults build the shipped base;
-    other sizes give a base of another family (e.g. for shadows that do not share the target's architecture)."""
+    """Pretrain a tiny base model (VAE, then UNet with its text encoders). The defaults build the shipped base;
+    other sizes or ``--family sdxl`` give a base of another family (e.g. for shadows that do not share the target's
+    architecture)."""
     import shlex
 
     recipe = PretrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, seed=seed)
@@ -332,9 +338,10 @@ def lab_pretrain(
     command = shlex.join(["diffmia", "lab", "pretrain", str(data), str(out_dir), "--split", str(split), "--vae-steps",
                           str(vae_steps), "--unet-steps", str(unet_steps), "--seed", str(seed), "--vae-channels",
                           vae_channels, "--unet-channels", unet_channels, "--unet-layers", str(unet_layers),
-                          "--text-width", str(text_width), "--text-layers", str(text_layers)])  # fmt: skip
+                          "--text-width", str(text_width), "--text-layers", str(text_layers),
+                          "--family", family])  # fmt: skip
     path = pretrain(data, out_dir, split=None if split == "all" else split, recipe=recipe, model=model,
-                    resume=resume, command=command)  # fmt: skip
+                    family=family, resume=resume, command=command)  # fmt: skip
     typer.echo(f"base pipeline written to {path}; its card: {out_dir / 'card.json'}")
 
 

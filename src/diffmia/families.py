@@ -27,12 +27,16 @@ class Family:
     name: str
     pipelines: tuple[str, ...]  # the diffusers pipeline classes of the family (text-to-image and image-to-image)
     text_encoders: tuple[str, ...]  # the pipeline's text encoder attributes, frozen while the denoiser trains
+    tokenizers: tuple[str, ...]  # the tokenizer attribute of each text encoder, in the same order
 
 
 FAMILIES = (
-    Family("sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), ("text_encoder",)),
+    Family("sd", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"), ("text_encoder",), ("tokenizer",)),
     Family(
-        "sdxl", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), ("text_encoder", "text_encoder_2")
+        "sdxl",
+        ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"),
+        ("text_encoder", "text_encoder_2"),
+        ("tokenizer", "tokenizer_2"),
     ),
 )
 
@@ -80,20 +84,41 @@ class Conditioning:
         return denoiser(x, timesteps, self.embeds, added_cond_kwargs=self.added).sample
 
 
+def tokenize(pipe: Any, prompts: Sequence[str]) -> list[Any]:
+    """The token ids of ``prompts`` for each text encoder of the pipeline's family, padded and cut to its length."""
+    ids = []
+    for name in family_of(pipe).tokenizers:
+        tokenizer = getattr(pipe, name)
+        ids.append(tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids)  # fmt: skip
+    return ids
+
+
+def encode(family: Family, encoders: Sequence[Any], ids: Sequence[Any], resolution: int) -> Conditioning:
+    """The conditioning of token ``ids`` (one tensor per encoder) for images of ``resolution`` px, as the family's
+    pipeline computes it; gradients flow into the encoders (pretraining trains them).
+
+    SD: the encoder's last hidden states. SDXL: both encoders' penultimate hidden states side by side, the second
+    encoder's pooled projection, and the size ids (original height and width, crop corner 0, 0, target size) of
+    an uncropped image of that size.
+    """
+    import torch
+
+    if family.name == "sd":
+        return Conditioning(encoders[0](ids[0])[0])
+    outputs = [encoder(i, output_hidden_states=True) for encoder, i in zip(encoders, ids, strict=True)]
+    embeds = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(embeds))
+    added = {"text_embeds": outputs[-1].text_embeds, "time_ids": time_ids.to(embeds.device, embeds.dtype)}
+    return Conditioning(embeds, added)
+
+
 def condition(pipe: Any, prompts: Sequence[str], resolution: int, device: Any) -> Conditioning:
     """The conditioning of ``prompts`` for images of ``resolution`` x ``resolution``, as the pipeline computes it
     when it generates at that size (no guidance, one image per prompt). No gradient flows into the encoders."""
     import torch
 
     family = family_of(pipe)
+    encoders = [getattr(pipe, name) for name in family.text_encoders]
     with torch.no_grad():
-        if family.name == "sd":
-            ids = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids  # fmt: skip
-            return Conditioning(pipe.text_encoder(ids.to(device))[0])
-        embeds, _, pooled, _ = pipe.encode_prompt(
-            list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
-    # (original height, width, crop top, left, target height, width): uncropped images at the model's size
-    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(prompts), device=device)
-    return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.to(embeds.dtype)})
+        return encode(family, encoders, [i.to(device) for i in tokenize(pipe, prompts)], resolution)

@@ -224,3 +224,32 @@ def test_lora_files_round_trip_in_the_diffusers_and_kohya_layouts(bases, family,
     assert DiffusersTarget(bases["root"] / family, lora=kohya, dtype="float64").fingerprint == fingerprint
     other = _kohya(tmp_path / "lora" / "pytorch_lora_weights.safetensors", tmp_path / "other" / "style.safetensors", 4)
     assert DiffusersTarget(bases["root"] / family, lora=other, dtype="float64").fingerprint != fingerprint
+
+
+def test_pretrain_command_builds_an_sdxl_base_and_trains_both_text_encoders(digit_folder, tmp_path):
+    """`diffmia lab pretrain --family sdxl`: an SDXL pipeline whose UNet and both text encoders trained (they
+    differ from the same seed's fresh build), its card naming the family; a fine-tune then reads it as SDXL."""
+    from safetensors.torch import load_file as weights
+
+    from diffmia.cli import main
+    from diffmia.lab.pipeline import TinySDConfig
+
+    data = digit_folder(tmp_path / "data", 8)
+    sizes = ["--vae-channels", "16,32", "--unet-channels", "16,32", "--unet-layers", "1", "--text-width", "32",
+             "--text-layers", "1"]  # fmt: skip
+    args = ["lab", "pretrain", str(data), str(tmp_path / "base"), "--split", "all", "--vae-steps", "1"]
+    assert main([*args, "--unet-steps", "2", "--family", "sdxl", *sizes]) == 0
+    card = json.loads((tmp_path / "base" / "card.json").read_text())
+    assert (card["family"], card["unet"]["steps"]) == ("sdxl", 2) and "--family sdxl" in card["command"]
+    pipeline = tmp_path / "base" / "pipeline"
+    assert json.loads((pipeline / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    fresh = build_pipeline([s.caption or "" for s in load_image_folder(data).samples], TinySDConfig(
+        vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1, text_width=32, text_layers=1), seed=0,
+        family="sdxl")  # fmt: skip
+    for part in ("text_encoder", "text_encoder_2", "unet"):
+        (file,) = (pipeline / part).glob("*.safetensors")
+        trained, initial = weights(file), getattr(fresh, part).state_dict()
+        assert any(not torch.equal(trained[k], initial[k]) for k in trained), part
+    tuned = finetune(pipeline, data, tmp_path / "tuned", FinetuneConfig(**RECIPE), show_progress=False)
+    assert json.loads((tuned / "card.json").read_text())["family"] == "sdxl"
+    assert main([*args[:3], str(tmp_path / "other"), "--family", "flux"]) == 2

@@ -19,7 +19,7 @@ import numpy as np
 
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
-from diffmia.families import Conditioning
+from diffmia.families import Family, encode, family_of, tokenize
 from diffmia.files import atomic_path, exclusive_lock
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 from diffmia.lab.seeding import step_rng, torch_generator
@@ -35,7 +35,7 @@ from diffmia.lab.training import (
 from diffmia.records import Sample
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,6 @@ def select_split(samples: Sequence[Sample], extra: dict[str, dict[str, Any]], sp
     return chosen
 
 
-def _caption_ids(pipe: StableDiffusionPipeline, captions: Sequence[str]) -> Any:
-    return pipe.tokenizer(
-        list(captions), padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids  # fmt: skip
-
-
 def pretrain(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -78,11 +71,13 @@ def pretrain(
     split: str | None = "public",
     recipe: PretrainConfig | None = None,
     model: TinySDConfig | None = None,
+    family: str = "sd",
     resume: bool = True,
     show_progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """Pretrain the tiny base model on ``data_dir`` (its ``split`` part); write the pipeline and its card.
+    """Pretrain a tiny base model of ``family`` (``sd`` or ``sdxl``) on ``data_dir`` (its ``split`` part); write
+    the pipeline and its card.
 
     Returns the pipeline folder ``out_dir/pipeline``. Checkpoints go to ``out_dir/checkpoints``; a rerun
     resumes from them.
@@ -96,25 +91,24 @@ def pretrain(
     samples = select_split(folder.samples, folder.extra, split)
     data = TrainImages.from_samples(samples, model.resolution)
     stamp = {"recipe": recipe.__dict__, "model": model.to_dict(), "data": str(Path(data_dir).resolve()),
-             "split": split}  # fmt: skip
+             "split": split, "family": family}  # fmt: skip
     with exclusive_lock(out, "pretraining folder"):  # one run at a time: they would share checkpoints
         check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)  # tuples as the stamp reads back
         # 2. a fresh pipeline and the images as one tensor (centre crop, no flip: fixed images)
         began = time.perf_counter()
-        pipe = build_pipeline(data.captions, model, seed=recipe.seed)
+        pipe = build_pipeline(data.captions, model, seed=recipe.seed, family=family)
         n = len(data)
         all_images = to_tensor(data.batch(np.arange(n), np.random.default_rng(0)))
         # 3. the VAE, then the UNet and text encoder on the latents of the trained VAE
         vae_log = _train_vae(pipe, all_images, recipe, out / "checkpoints" / "vae", resume, show_progress)
         latents = _fixed_latents(pipe, all_images)
-        unet_log = _train_unet(
-            pipe, data.captions, latents, recipe, out / "checkpoints" / "unet", resume, show_progress
-        )
+        unet_log = _train_unet(pipe, data, latents, recipe, out / "checkpoints" / "unet", resume, show_progress)
         # 4. the pipeline and its card
         pipeline_dir = out / "pipeline"
         pipe.save_pretrained(pipeline_dir)
         card = {
             "kind": "diffmia tiny Stable Diffusion base",
+            "family": family,
             "data": {"folder": str(data_dir), "split": split, "n_images": n, "ids_sha256": _ids_digest(samples)},
             "model": model.to_dict(),
             "recipe": recipe.__dict__,
@@ -160,11 +154,13 @@ class _Latents:
 
 @dataclass(frozen=True)
 class _UnetLoss:
-    """The denoising loss of the UNet and text encoder on a micro-batch, with some captions dropped to the empty
+    """The denoising loss of the UNet and text encoders on a micro-batch, with some captions dropped to the empty
     prompt (the unconditional branch of classifier-free guidance)."""
 
-    ids: Any  # the captions' token ids
-    empty: Any  # the empty prompt's token ids
+    family: Family
+    ids: list[Any]  # the captions' token ids, one tensor per text encoder
+    empty: list[Any]  # the empty prompt's token ids, one per text encoder
+    resolution: int
     noise_scheduler: Any
     latents: _Latents
     recipe: PretrainConfig
@@ -172,20 +168,24 @@ class _UnetLoss:
     def __call__(self, modules: Sequence[Any], micro: int, process: int) -> Any:
         import torch
 
-        unet, text_encoder = modules
+        unet, *encoders = modules
         recipe, latents = self.recipe, self.latents
         rng = step_rng(recipe.seed, micro, process, stream=1)
-        index = epoch_batches(len(self.ids), recipe.batch_size, recipe.seed + 1, micro)
+        index = epoch_batches(len(self.ids[0]), recipe.batch_size, recipe.seed + 1, micro)
         generator = torch_generator(rng)
-        batch_ids = self.ids[index].clone()
-        batch_ids[torch.from_numpy(rng.random(len(index)) < recipe.caption_dropout)] = self.empty
-        context = Conditioning(text_encoder(batch_ids)[0])  # the text encoder trains too
+        dropped = torch.from_numpy(rng.random(len(index)) < recipe.caption_dropout)
+        batch_ids = []
+        for ids, empty in zip(self.ids, self.empty, strict=True):
+            batch = ids[index].clone()
+            batch[dropped] = empty
+            batch_ids.append(batch)
+        context = encode(self.family, encoders, batch_ids, self.resolution)  # the text encoders train too
         mean, std = latents.mean[index], latents.std[index]
         return denoising_loss(unet, self.noise_scheduler, mean, std, latents.scaling, context, generator)
 
 
 def _train_vae(
-    pipe: StableDiffusionPipeline, images: Any, recipe: PretrainConfig, checkpoints: Path, resume: bool,
+    pipe: DiffusionPipeline, images: Any, recipe: PretrainConfig, checkpoints: Path, resume: bool,
     show_progress: bool,
 ) -> TrainingLog:  # fmt: skip
     """Train the VAE alone, then freeze it: the UNet learns on its latents."""
@@ -199,7 +199,7 @@ def _train_vae(
     return log
 
 
-def _fixed_latents(pipe: StableDiffusionPipeline, images: Any) -> _Latents:
+def _fixed_latents(pipe: DiffusionPipeline, images: Any) -> _Latents:
     """Encode every image once with the trained VAE; record the latents' scaling factor in the VAE's config."""
     import torch
 
@@ -212,16 +212,19 @@ def _fixed_latents(pipe: StableDiffusionPipeline, images: Any) -> _Latents:
 
 
 def _train_unet(
-    pipe: StableDiffusionPipeline, captions: Sequence[str], latents: _Latents, recipe: PretrainConfig,
-    checkpoints: Path, resume: bool, show_progress: bool,
+    pipe: Any, data: TrainImages, latents: _Latents, recipe: PretrainConfig, checkpoints: Path, resume: bool,
+    show_progress: bool,
 ) -> TrainingLog:  # fmt: skip
-    """Train the UNet together with the text encoder on the fixed latents."""
+    """Train the UNet together with the text encoders on the fixed latents."""
     from diffusers import DDPMScheduler
 
-    ids, empty = _caption_ids(pipe, captions), _caption_ids(pipe, [""])[0]
-    loss = _UnetLoss(ids, empty, DDPMScheduler.from_config(pipe.scheduler.config), latents, recipe)
+    family = family_of(pipe)
+    ids, empty = tokenize(pipe, data.captions), [i[0] for i in tokenize(pipe, [""])]
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    loss = _UnetLoss(family, ids, empty, data.resolution, scheduler, latents, recipe)
     return train(
-        modules=[pipe.unet, pipe.text_encoder], loss_fn=loss, max_steps=recipe.unet_steps,
+        modules=[pipe.unet, *(getattr(pipe, name) for name in family.text_encoders)], loss_fn=loss,
+        max_steps=recipe.unet_steps,
         learning_rate=recipe.unet_learning_rate, seed=recipe.seed, checkpoint_dir=checkpoints,
         checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain UNet + text encoder",
         show_progress=show_progress,
