@@ -428,12 +428,18 @@ def test_report_rerenders_from_saved_results(tiny_run):
 # tested in tests/report/ on the saved run tests/data/run-v1
 
 
-@pytest.mark.parametrize("name", ["sd15-lora.toml", "http-endpoint.toml", "generate.toml", "builtin-captioner.toml"])
+@pytest.mark.parametrize(
+    "name", ["sd15-lora.toml", "sdxl-lora.toml", "http-endpoint.toml", "generate.toml", "builtin-captioner.toml"]
+)
 def test_example_configs_are_valid(name):
     config = load_config(Path(__file__).parent.parent / "examples" / name)
     if name == "sd15-lora.toml":
         assert config.finetune.method == "lora" and config.finetune.lora_rank == 4
         assert config.features.encoders == ["facebook/deit-base-distilled-patch16-384"]
+    if name == "sdxl-lora.toml":  # a single-file LoRA on the SDXL base, shadows LoRA-tuned from the same base
+        assert config.target.lora.endswith(".safetensors") and config.finetune.method == "lora"
+        assert config.audit.base_model == config.target.model == "stabilityai/stable-diffusion-xl-base-1.0"
+        assert config.finetune.mixed_precision == "bf16" and config.finetune.resolution == 1024
     if name == "http-endpoint.toml":
         assert config.target.kind == "http" and config.target.token_env == "MY_TOKEN"
 
