@@ -299,8 +299,9 @@ def data_digits(
     typer.echo(f"wrote 1797 captioned digits to {out} (split: 1197 public, 600 private)")
 
 
-FAMILY_HELP = ("Pipeline family: sd (the Stable Diffusion 1.x layout) or sdxl (two text encoders, pooled text and "
-               "size ids, SDXL's UNet layout and scheduler).")  # fmt: skip
+FAMILY_HELP = ("Pipeline family: sd (the Stable Diffusion 1.x layout), sdxl (two text encoders, pooled text and "
+               "size ids, SDXL's UNet layout and scheduler) or sd3 (two CLIP and a T5 encoder, a joint-attention "
+               "transformer trained by flow matching).")  # fmt: skip
 
 
 @lab_app.command("pretrain")

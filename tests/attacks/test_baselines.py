@@ -154,12 +154,12 @@ class _AffineUNet(torch.nn.Module):
         super().__init__()
         self.config, self.dtype, self.timesteps, self.batches = SimpleNamespace(sample_size=2), dtype, timesteps, []
 
-    def forward(self, x, t, context):
+    def forward(self, x, t, encoder_hidden_states):
         if x.dtype != self.dtype:
             raise RuntimeError(f"Input type ({x.dtype}) and weight type ({self.dtype}) should be the same")
         self.batches.append(len(x))
         t = torch.as_tensor(t, dtype=x.dtype).expand(len(x))
-        shift = _B * t / self.timesteps + _C * context.to(x.dtype).mean(dim=(1, 2))
+        shift = _B * t / self.timesteps + _C * encoder_hidden_states.to(x.dtype).mean(dim=(1, 2))
         return UNet2DConditionOutput(sample=_A * x + shift[:, None, None, None])
 
 

@@ -22,12 +22,12 @@ from diffmia.lab.data import digits_records
 from diffmia.lab.finetune import _add_lora, _save_lora, finetune, load_pipeline
 from diffmia.lab.pipeline import build_pipeline
 from diffmia.lab.seeding import step_rng, torch_generator
-from diffmia.lab.training import TrainImages, denoising_loss, epoch_batches, to_tensor
+from diffmia.lab.training import TrainImages, epoch_batches, to_tensor
 from diffmia.records import Query
 from diffmia.targets.diffusers import DiffusersTarget
 from sizes import TINY
 
-FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline"}
 PROMPTS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
 RECIPE = {"batch_size": 8, "checkpoint_every": 0, "max_steps": 2}
 
@@ -38,26 +38,36 @@ def bases(tmp_path_factory, digit_folder):
     root = tmp_path_factory.mktemp("families")
     captions = [r["caption"] for r in digits_records()[1]] + PROMPTS
     for family in FAMILIES:
-        build_pipeline(captions, TINY, seed=0, family=family).save_pretrained(root / family)
+        pipe = build_pipeline(captions, TINY, seed=0, family=family)
+        if family == "sd3":  # as a pretrained SD3 VAE: latents shifted before they are scaled (SD3's is 0.0609)
+            pipe.vae.register_to_config(shift_factor=0.25, scaling_factor=1.5)
+        pipe.save_pretrained(root / family)
     return {"root": root, "members": digit_folder(root / "members", 8)}
 
 
+def _denoiser(pipe):
+    return getattr(pipe, family_of(pipe).denoiser)
+
+
 def _fed_to_unet(pipe, prompts) -> Conditioning:
-    """What the pipeline itself passes its UNet when it generates from ``prompts`` without guidance."""
+    """What the pipeline itself passes its denoiser (UNet or transformer) when it generates from ``prompts`` without
+    guidance."""
     seen = []
-    forward = pipe.unet.forward
+    network = _denoiser(pipe)
+    forward = network.forward
 
-    def record(x, t, encoder_hidden_states, **kwargs):
-        seen.append((encoder_hidden_states, kwargs))
-        return forward(x, t, encoder_hidden_states, **kwargs)
+    def record(*args, **kwargs):
+        seen.append(kwargs)
+        return forward(*args, **kwargs)
 
-    pipe.unet.forward = record
+    network.forward = record
     try:
         pipe(list(prompts), num_inference_steps=1, guidance_scale=1.0, output_type="latent")
     finally:
-        pipe.unet.forward = forward
-    hidden, kwargs = seen[0]
-    return Conditioning(hidden, kwargs.get("added_cond_kwargs"))
+        network.forward = forward
+    kwargs = seen[0]
+    return Conditioning(kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"),
+                        kwargs.get("pooled_projections"))  # fmt: skip
 
 
 def _images(target: DiffusersTarget, queries: list[Query], inits=None) -> np.ndarray:
@@ -67,41 +77,50 @@ def _images(target: DiffusersTarget, queries: list[Query], inits=None) -> np.nda
 def test_families_are_read_from_the_pipeline_class():
     assert family_of_class("StableDiffusionXLImg2ImgPipeline").text_encoders == ("text_encoder", "text_encoder_2")
     assert family_of_class("StableDiffusionImg2ImgPipeline").name == "sd"
-    with pytest.raises(ConfigError, match=r"sdxl \(StableDiffusionXLPipeline\); this model is a FluxPipeline$"):
+    assert family_of_class("StableDiffusion3Img2ImgPipeline").objective == "flow"
+    with pytest.raises(ConfigError, match=r"sd3 \(StableDiffusion3Pipeline\); this model is a FluxPipeline$"):
         family_of_class("FluxPipeline")
     with pytest.raises(ConfigError, match=r"this model is a pipeline of unknown class$"):
         family_of_class(None)
-    with pytest.raises(ConfigError, match=r"unknown model family 'flux' \(valid: sd, sdxl\)"):
+    with pytest.raises(ConfigError, match=r"unknown model family 'flux' \(valid: sd, sdxl, sd3\)"):
         build_pipeline(PROMPTS, TINY, family="flux")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_conditioning_and_graybox_loss_are_what_the_pipeline_feeds_its_unet(bases, family):
     """The conditioning the fine-tune and the gray-box attacks compute equals what the family's own pipeline passes
-    its UNet when it generates (hidden states, and for SDXL the pooled text and size ids); the gray-box loss is the
-    UNet's error under exactly that conditioning, by hand."""
+    its denoiser when it generates (hidden states; SDXL's pooled text and size ids; SD3's CLIP and T5 states and
+    pooled projections); the gray-box loss is the denoiser's error under exactly that conditioning, by hand."""
     pipe = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
     assert type(pipe).__name__ == FAMILIES[family] and family_of(pipe).name == family
     fed, context = _fed_to_unet(pipe, PROMPTS), condition(pipe, PROMPTS, 16, "cpu")
     torch.testing.assert_close(context.embeds, fed.embeds, rtol=0, atol=0)
     if family == "sd":
-        assert context.added is None and fed.added is None
-    else:
+        assert context.added is None is fed.added and context.pooled is None is fed.pooled
+    elif family == "sdxl":
         assert context.embeds.shape == (2, 16, 64)  # both encoders' 32 features side by side
         assert context.added.keys() == fed.added.keys() == {"text_embeds", "time_ids"}
         for key, value in fed.added.items():
             torch.testing.assert_close(context.added[key], value, rtol=0, atol=0)
         assert context.added["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
+    else:  # 16 CLIP tokens (both encoders' 32 features, zero-padded to T5's 128) then T5's 256 tokens
+        assert context.embeds.shape == (2, 16 + 256, 128) and context.pooled.shape == (2, 64)
+        assert float(context.embeds[:, :16, 64:].abs().max()) == 0.0 < float(context.embeds[:, 16:, 64:].abs().max())
+        torch.testing.assert_close(context.pooled, fed.pooled, rtol=0, atol=0)
     # gray-box loss at one timestep, by hand with the pipeline's conditioning
     images = [Image.open(p).convert("RGB") for p in sorted((bases["members"] / "images").iterdir())[:2]]
     with torch.no_grad():
         pixels = pipe.image_processor.preprocess(images, height=16, width=16)
-        x0 = pipe.vae.encode(pixels).latent_dist.mean.double() * pipe.vae.config.scaling_factor
+        shift = pipe.vae.config.get("shift_factor") or 0.0
+        x0 = (pipe.vae.encode(pixels).latent_dist.mean.double() - shift) * pipe.vae.config.scaling_factor
         noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        a = pipe.scheduler.alphas_cumprod.double()[500]
-        xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).float()
-        eps = fed.predict(pipe.unet, xt, torch.full((2,), 500)).double()
-    expected = -((eps - noise) ** 2).mean(dim=(1, 2, 3)).numpy()
+        if family == "sd3":  # flow matching: x_s = (1 - s) x0 + s noise at s = 0.5, the velocity noise - x0
+            xt, target = 0.5 * x0 + 0.5 * noise, noise - x0
+        else:
+            a = pipe.scheduler.alphas_cumprod.double()[500]
+            xt, target = a.sqrt() * x0 + (1 - a).sqrt() * noise, noise
+        out = fed.predict(_denoiser(pipe), xt.float(), torch.full((2,), 500)).double()
+    expected = -((out - target) ** 2).mean(dim=(1, 2, 3)).numpy()
     scores = graybox_scores(pipe, images, PROMPTS, "loss", loss_timesteps=(500,))
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
@@ -136,11 +155,11 @@ def test_fine_tunes_of_each_family_generate_seeded_and_batch_independent(bases, 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_first_fine_tuning_loss_is_the_unets_error_under_the_pipelines_conditioning(bases, family, tmp_path):
-    """One step over the eight images: the loss the card records equals the denoising loss of the same draws with
-    the conditioning the pipeline itself would use for the captions (for SDXL: the size ids of 16 px images)."""
-    from diffusers import DDPMScheduler
-
+def test_the_first_fine_tuning_loss_is_the_objective_under_the_pipelines_conditioning(bases, family, tmp_path):
+    """One step over the eight images: the loss the card records equals the family's objective, written out here,
+    for the same draws (posterior sample, noise, timesteps) with the conditioning the pipeline itself gives the
+    captions: the noise at a uniform DDPM step for SD and SDXL (epsilon models), the velocity noise - x0 at SD3's
+    shifted flow-matching level s' = 3s / (1 + 2s), s = (1000 - i) / 1000 for a uniform index i."""
     base, members = bases["root"] / family, bases["members"]
     out = finetune(base, members, tmp_path / "one", FinetuneConfig(max_steps=1, batch_size=8, checkpoint_every=0),
                    show_progress=False)  # fmt: skip
@@ -149,36 +168,53 @@ def test_the_first_fine_tuning_loss_is_the_unets_error_under_the_pipelines_condi
     data = TrainImages.from_samples(load_image_folder(members).samples, 16)
     index = epoch_batches(8, 8, 0, 0)  # the recipe's seed 0, the first micro-batch
     context = _fed_to_unet(pipe, [data.captions[i] for i in index])
+    generator = torch_generator(step_rng(0, 0, 0))
     with torch.no_grad():
         posterior = pipe.vae.encode(to_tensor(data.batch(index, np.random.default_rng(0)))).latent_dist
-        expected = denoising_loss(pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config), posterior.mean,
-                                  posterior.std, pipe.vae.config.scaling_factor, context,
-                                  torch_generator(step_rng(0, 0, 0)))  # fmt: skip
+        sample = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        x0 = (sample - (pipe.vae.config.get("shift_factor") or 0.0)) * pipe.vae.config.scaling_factor
+        noise = torch.randn(x0.shape, generator=generator)
+        drawn = torch.randint(0, 1000, (8,), generator=generator)
+        if family == "sd3":
+            s = (1000 - drawn.double()) / 1000
+            sigma = (3 * s / (1 + 2 * s)).float()[:, None, None, None]
+            noisy, target, steps = (1 - sigma) * x0 + sigma * noise, noise - x0, sigma.flatten() * 1000
+        else:
+            a = pipe.scheduler.alphas_cumprod[drawn][:, None, None, None]
+            noisy, target, steps = a.sqrt() * x0 + (1 - a).sqrt() * noise, noise, drawn
+        expected = ((context.predict(_denoiser(pipe), noisy, steps) - target) ** 2).mean()
     assert recorded == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_dp_sgd_trains_an_sdxl_lora(bases, tmp_path):
-    """Opacus's per-sample gradients reach SDXL's added conditioning: a DP-SGD LoRA fine-tune runs and accounts."""
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_dp_sgd_trains_a_lora_of_the_other_families(bases, family, tmp_path):
+    """Opacus's per-sample gradients reach SDXL's UNet with its added conditioning and SD3's transformer: a DP-SGD
+    LoRA fine-tune runs, accounts and trains."""
     recipe = FinetuneConfig(
         method="lora", lora_rank=2, dp=PrivacyConfig(noise_multiplier=1.0), **(RECIPE | {"batch_size": 4})
     )
-    out = finetune(bases["root"] / "sdxl", bases["members"], tmp_path / "dp", recipe, show_progress=False)
+    out = finetune(bases["root"] / family, bases["members"], tmp_path / "dp", recipe, show_progress=False)
     card = json.loads((out / "card.json").read_text())
-    assert card["family"] == "sdxl" and card["privacy"]["epsilon"] > 0
+    assert card["family"] == family and card["privacy"]["epsilon"] > 0
     weights = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
-    assert max(float(v.abs().max()) for k, v in weights.items() if "lora.up" in k) > 0
+    assert max(float(v.abs().max()) for k, v in weights.items() if "lora.up" in k or "lora_B" in k) > 0
 
 
-def _kohya(diffusers_file, out, rank):
-    """The LoRA file in kohya's key layout: ``lora_unet_<module path with underscores>.lora_down/up.weight`` and
-    an ``alpha`` per module (alpha = rank: scale 1, as the diffusers file has)."""
+def _single_file(diffusers_file, out, family, rank, scale=1.0):
+    """The LoRA weights as one file as they are shared: for SD and SDXL in kohya's key layout,
+    ``lora_unet_<module path with underscores>.lora_down/up.weight`` and an ``alpha`` per module (alpha = rank:
+    scale 1, as the diffusers file has); for SD3 in the diffusers layout. ``scale`` multiplies the up weights."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v * scale if ".up." in k or "lora_B" in k else v for k, v in load_file(diffusers_file).items()}
+    if family == "sd3":
+        save_file(weights, out)
+        return out
     converted = {}
-    for key, value in load_file(diffusers_file).items():
+    for key, value in weights.items():
         module, kind = key.removeprefix("unet.").split(".lora.")
         name = "lora_unet_" + module.replace(".", "_")
         converted[f"{name}.lora_{kind.removesuffix('.weight')}.weight"] = value
         converted[f"{name}.alpha"] = torch.tensor(float(rank))
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_file(converted, out)
     return out
 
@@ -186,28 +222,28 @@ def _kohya(diffusers_file, out, rank):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_files_round_trip_in_the_diffusers_and_kohya_layouts(bases, family, tmp_path):
     """Adapters saved in the family's diffusers layout load back (stock ``load_lora_weights``) to the in-memory
-    model's outputs; the same weights as one kohya-layout file in a downloads folder give a target the same images,
-    and its fingerprint hashes that file alone."""
+    model's outputs; the same weights as one file in a downloads folder (kohya's layout for SD and SDXL) give a
+    target the same images, and its fingerprint hashes that file alone."""
     pipe = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        _add_lora(pipe.unet, FinetuneConfig(method="lora", lora_rank=2))
+        _add_lora(_denoiser(pipe), FinetuneConfig(method="lora", lora_rank=2))
         with torch.no_grad():
-            for name, parameter in pipe.unet.named_parameters():
+            for name, parameter in _denoiser(pipe).named_parameters():
                 if "lora_B" in name:
                     parameter.normal_(0.0, 0.2)  # a trained adapter's B is not zero
-    _save_lora(pipe, pipe.unet, tmp_path / "lora")
+    _save_lora(pipe, _denoiser(pipe), tmp_path / "lora")
     context = condition(pipe, PROMPTS, 16, "cpu")
     x = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        in_memory = context.predict(pipe.unet, x, torch.tensor([300, 700]))
+        in_memory = context.predict(_denoiser(pipe), x, torch.tensor([300, 700]))
         loaded = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
-        plain = context.predict(loaded.unet, x, torch.tensor([300, 700]))
+        plain = context.predict(_denoiser(loaded), x, torch.tensor([300, 700]))
         loaded.load_lora_weights(tmp_path / "lora")
-        torch.testing.assert_close(context.predict(loaded.unet, x, torch.tensor([300, 700])), in_memory)
+        torch.testing.assert_close(context.predict(_denoiser(loaded), x, torch.tensor([300, 700])), in_memory)
     assert (in_memory - plain).abs().max() > 1e-3  # the adapters act
-    downloads = tmp_path / "downloads"
-    kohya = _kohya(tmp_path / "lora" / "pytorch_lora_weights.safetensors", downloads / "style.safetensors", 2)
+    downloads, saved = tmp_path / "downloads", tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    kohya = _single_file(saved, downloads / "style.safetensors", family, 2)
     (downloads / "other.safetensors").write_bytes(b"unrelated")
     (tmp_path / "elsewhere").mkdir()
     queries = [Query(PROMPTS[0], seed=4, steps=3, guidance=2.0)]
@@ -222,13 +258,15 @@ def test_lora_files_round_trip_in_the_diffusers_and_kohya_layouts(bases, family,
     assert DiffusersTarget(bases["root"] / family, lora=copy, dtype="float64").fingerprint == fingerprint
     (downloads / "other.safetensors").write_bytes(b"changed")
     assert DiffusersTarget(bases["root"] / family, lora=kohya, dtype="float64").fingerprint == fingerprint
-    other = _kohya(tmp_path / "lora" / "pytorch_lora_weights.safetensors", tmp_path / "other" / "style.safetensors", 4)
+    other = _single_file(saved, tmp_path / "other" / "style.safetensors", family, 2, scale=2.0)
     assert DiffusersTarget(bases["root"] / family, lora=other, dtype="float64").fingerprint != fingerprint
 
 
-def test_pretrain_command_builds_an_sdxl_base_and_trains_both_text_encoders(digit_folder, tmp_path):
-    """`diffmia lab pretrain --family sdxl`: an SDXL pipeline whose UNet and both text encoders trained (they
-    differ from the same seed's fresh build), its card naming the family; a fine-tune then reads it as SDXL."""
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_pretrain_command_builds_a_base_of_the_family_and_trains_every_text_encoder(digit_folder, tmp_path, family):
+    """`diffmia lab pretrain --family sdxl|sd3`: a pipeline of that class whose denoiser and every text encoder
+    trained (they differ from the same seed's fresh build), its card naming the family (SD3's latents shifted as
+    well as scaled); a fine-tune then reads it as that family."""
     from safetensors.torch import load_file as weights
 
     from diffmia.cli import main
@@ -238,18 +276,33 @@ def test_pretrain_command_builds_an_sdxl_base_and_trains_both_text_encoders(digi
     sizes = ["--vae-channels", "16,32", "--unet-channels", "16,32", "--unet-layers", "1", "--text-width", "32",
              "--text-layers", "1"]  # fmt: skip
     args = ["lab", "pretrain", str(data), str(tmp_path / "base"), "--split", "all", "--vae-steps", "1"]
-    assert main([*args, "--unet-steps", "2", "--family", "sdxl", *sizes]) == 0
+    assert main([*args, "--unet-steps", "2", "--family", family, *sizes]) == 0
     card = json.loads((tmp_path / "base" / "card.json").read_text())
-    assert (card["family"], card["unet"]["steps"]) == ("sdxl", 2) and "--family sdxl" in card["command"]
+    assert (card["family"], card["unet"]["steps"]) == (family, 2) and f"--family {family}" in card["command"]
+    assert (card["latent_shift_factor"] != 0.0) == (family == "sd3")
     pipeline = tmp_path / "base" / "pipeline"
-    assert json.loads((pipeline / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    vae = json.loads((pipeline / "vae" / "config.json").read_text())  # what generation and fine-tunes will read
+    assert (vae["scaling_factor"], vae["shift_factor"] or 0.0) == (card["latent_scaling_factor"],
+                                                                    card["latent_shift_factor"])  # fmt: skip
+    assert json.loads((pipeline / "model_index.json").read_text())["_class_name"] == FAMILIES[family]
     fresh = build_pipeline([s.caption or "" for s in load_image_folder(data).samples], TinySDConfig(
         vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1, text_width=32, text_layers=1), seed=0,
-        family="sdxl")  # fmt: skip
-    for part in ("text_encoder", "text_encoder_2", "unet"):
+        family=family)  # fmt: skip
+    trained_parts = (*family_of(fresh).text_encoders, family_of(fresh).denoiser)
+    for part in trained_parts:
         (file,) = (pipeline / part).glob("*.safetensors")
         trained, initial = weights(file), getattr(fresh, part).state_dict()
         assert any(not torch.equal(trained[k], initial[k]) for k in trained), part
     tuned = finetune(pipeline, data, tmp_path / "tuned", FinetuneConfig(**RECIPE), show_progress=False)
-    assert json.loads((tuned / "card.json").read_text())["family"] == "sdxl"
+    assert json.loads((tuned / "card.json").read_text())["family"] == family
     assert main([*args[:3], str(tmp_path / "other"), "--family", "flux"]) == 2
+
+
+def test_flow_models_refuse_the_ddim_attacks(bases):
+    """SecMI and PIA are derived for DDIM on noise- or v-predicting models: refused for SD3 by name, before work."""
+    pipe = DiffusionPipeline.from_pretrained(bases["root"] / "sd3", local_files_only=True)
+    image = [Image.new("RGB", (16, 16))]
+    for attack in ("secmi", "pia"):
+        with pytest.raises(ConfigError, match=f"^{attack} is derived for DDIM .* sd3 models are trained by flow "
+                                              "matching: use the loss attack$"):  # fmt: skip
+            graybox_scores(pipe, image, ["x"], attack)

@@ -1,7 +1,8 @@
-"""Fine-tuning recipes for targets and shadows: full or LoRA fine-tunes of the UNet of a Stable Diffusion 1.x /
-2.x or SDXL pipeline (the built-in base, Stable Diffusion v1-5, SDXL base, ...) on a captioned image folder. The
-family is read from the pipeline's class (:mod:`diffmia.families`); the text encoders and the VAE stay frozen, as
-in Stable Diffusion practice.
+"""Fine-tuning recipes for targets and shadows: full or LoRA fine-tunes of the denoiser of a Stable Diffusion 1.x
+/ 2.x, SDXL or SD3 pipeline (the built-in base, Stable Diffusion v1-5, SDXL base, ...) on a captioned image folder:
+the UNet by its noise schedule's objective, SD3's transformer by flow matching. The family is read from the
+pipeline's class (:mod:`diffmia.families`); the text encoders and the VAE stay frozen, as in Stable Diffusion
+practice.
 
 The output folder holds ``pipeline/`` (full fine-tune: a complete pipeline) or ``lora/`` (LoRA weights saved
 with the family's ``save_lora_weights``, loadable by stock ``load_lora_weights``), and ``card.json``: the whole
@@ -26,7 +27,14 @@ from diffmia.assets import resolve_model
 from diffmia.config import FinetuneConfig
 from diffmia.data import load_image_folder
 from diffmia.errors import ConfigError, DataError, TargetError
-from diffmia.families import Conditioning, condition, family_of, family_of_class
+from diffmia.families import (
+    Conditioning,
+    condition,
+    family_of,
+    family_of_class,
+    latent_shift,
+    training_scheduler,
+)
 from diffmia.files import atomic_path
 from diffmia.lab.privacy import PrivacyPlan, plan_privacy, poisson_batch
 from diffmia.lab.seeding import step_rng, torch_generator
@@ -87,7 +95,6 @@ def finetune(
     """
     import torch
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     recipe = recipe or FinetuneConfig()
     out = Path(out_dir)
@@ -103,7 +110,8 @@ def finetune(
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(recipe.mixed_precision, torch.float32)
         device = accelerator.device
         _make_trainable(pipe, recipe, device, dtype)
-        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        noise_scheduler, family = training_scheduler(pipe), family_of(pipe)
+        denoiser = getattr(pipe, family.denoiser)
         # 3. the loss, the DP-SGD plan and the early stopping
         posterior, context = _encode_once(pipe, inputs.data, device, dtype)
         steps = recipe.total_steps(n)
@@ -111,12 +119,13 @@ def finetune(
         stopper = _early_stopping(inputs, recipe, out, noise_scheduler, device, dtype)
         loss_fn = _FinetuneLoss(
             vae=pipe.vae, data=inputs.data, noise_scheduler=noise_scheduler,
-            scaling=float(pipe.vae.config.scaling_factor), posterior=posterior, context=context, recipe=recipe,
+            scaling=float(pipe.vae.config.scaling_factor), shift=latent_shift(pipe.vae), posterior=posterior,
+            context=context, recipe=recipe,
             plan=plan, device=device, dtype=dtype,
         )  # fmt: skip
         # 4. the training
         log = train(
-            modules=[pipe.unet], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate,
+            modules=[denoiser], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate,
             seed=recipe.seed, checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
             lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
             gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
@@ -125,9 +134,8 @@ def finetune(
             should_stop=stopper.should_stop if stopper is not None else None,
         )  # fmt: skip
         # 5. the weights and the card: the result, so the checkpoints go
-        unet = accelerator.unwrap_model(pipe.unet)
         if recipe.method == "lora":
-            _save_lora(pipe, unet, out / "lora")
+            _save_lora(pipe, accelerator.unwrap_model(denoiser), out / "lora")
         else:
             pipe.save_pretrained(out / "pipeline")
         card = _card(inputs, recipe, log, log.stopped_at or steps, plan, stopper, began, device)
@@ -172,11 +180,12 @@ def _make_trainable(pipe: Any, recipe: FinetuneConfig, device: Any, dtype: Any) 
         frozen.requires_grad_(False).to(device)
         if dtype != torch.float32:  # mixed precision: the frozen parts run in half precision
             frozen.to(dtype=dtype)
-    pipe.unet.requires_grad_(recipe.method == "full")
+    denoiser = getattr(pipe, family_of(pipe).denoiser)
+    denoiser.requires_grad_(recipe.method == "full")
     if recipe.method == "lora":
         with torch.random.fork_rng():  # the adapters' random initialisation is part of the seeded recipe
             torch.manual_seed(recipe.seed)
-            _add_lora(pipe.unet, recipe)
+            _add_lora(denoiser, recipe)
 
 
 def _encode_once(pipe: Any, data: TrainImages, device: Any, dtype: Any) -> tuple[Any, Conditioning]:
@@ -198,12 +207,13 @@ def _encode_once(pipe: Any, data: TrainImages, device: Any, dtype: Any) -> tuple
 
 @dataclass(frozen=True)
 class _FinetuneLoss:
-    """The UNet's denoising loss on a micro-batch: an epoch's batch, or under DP-SGD the step's Poisson sample."""
+    """The denoiser's training loss on a micro-batch: an epoch's batch, or under DP-SGD the step's Poisson sample."""
 
     vae: Any
     data: TrainImages
     noise_scheduler: Any
     scaling: float  # the VAE's latent scaling factor
+    shift: float  # and its latent shift (SD3)
     posterior: Any  # the training images' posterior, encoded once (None: encode each batch as drawn)
     context: Conditioning  # the captions' conditioning
     recipe: FinetuneConfig
@@ -226,8 +236,9 @@ class _FinetuneLoss:
                 mean, std = dist.mean, dist.std
         context = self.context[index]
         return weight * denoising_loss(
-            unet, self.noise_scheduler, mean, std, self.scaling, context, generator, self.device, self.dtype
-        )
+            unet, self.noise_scheduler, mean, std, self.scaling, context, generator, self.device, self.dtype,
+            self.shift,
+        )  # fmt: skip
 
     def _batch(self, micro: int) -> tuple[np.ndarray, float]:
         """The images of micro-batch ``micro``, and the weight of their loss."""
@@ -308,7 +319,7 @@ class _EarlyStopping:
 
         self.recipe, self.path, self.noise_scheduler = recipe, path, noise_scheduler
         self.device, self.dtype = device, dtype
-        self.scaling = float(pipe.vae.config.scaling_factor)
+        self.scaling, self.shift = float(pipe.vae.config.scaling_factor), latent_shift(pipe.vae)
         with torch.no_grad():
             pixels = to_tensor(images.batch(np.arange(len(images)), np.random.default_rng(0))).to(device, dtype)
             self.posterior = pipe.vae.encode(pixels).latent_dist
@@ -323,10 +334,8 @@ class _EarlyStopping:
         generator = torch_generator(step_rng(self.recipe.seed, 0, 0, stream=21))
         with torch.no_grad():
             posterior = (self.posterior.mean, self.posterior.std, self.scaling, self.context)
-            draws = [
-                float(denoising_loss(unet, self.noise_scheduler, *posterior, generator, self.device, self.dtype))
-                for _ in range(4)
-            ]
+            where = (self.device, self.dtype, self.shift)
+            draws = [float(denoising_loss(unet, self.noise_scheduler, *posterior, generator, *where)) for _ in range(4)]
         return float(np.mean(draws))
 
     def should_stop(self, modules: Sequence[Any], done: int) -> bool:
@@ -351,13 +360,14 @@ class _EarlyStopping:
 
 
 def _add_lora(unet: Any, recipe: FinetuneConfig) -> None:
+    """New LoRA adapters on the denoiser (a UNet or a transformer) at ``recipe.lora_target_modules``."""
     from peft import LoraConfig
 
     names = {name.rsplit(".", 1)[-1] for name, _ in unet.named_modules()}
     full_names = {name for name, _ in unet.named_modules()}
     missing = [t for t in recipe.lora_target_modules if t not in names and not any(n.endswith(t) for n in full_names)]
     if missing:
-        raise ConfigError(f"finetune.lora_target_modules: the UNet has no module named {', '.join(missing)}")
+        raise ConfigError(f"finetune.lora_target_modules: the denoiser has no module named {', '.join(missing)}")
     config = LoraConfig(
         r=recipe.lora_rank,
         lora_alpha=recipe.lora_alpha or recipe.lora_rank,
@@ -367,10 +377,11 @@ def _add_lora(unet: Any, recipe: FinetuneConfig) -> None:
     unet.add_adapter(config)
 
 
-def _save_lora(pipe: Any, unet: Any, directory: Path) -> None:
-    """The UNet's adapters in the diffusers layout of the pipeline's own class (SD and SDXL files differ)."""
+def _save_lora(pipe: Any, denoiser: Any, directory: Path) -> None:
+    """The denoiser's adapters in the diffusers layout of the pipeline's own class (the families' files differ)."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    type(pipe).save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    key = f"{family_of(pipe).denoiser}_lora_layers"  # unet_lora_layers, transformer_lora_layers
+    type(pipe).save_lora_weights(directory, **{key: layers}, safe_serialization=True)

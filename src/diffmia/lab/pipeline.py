@@ -9,6 +9,11 @@ token). Saved with ``save_pretrained``, the folder loads unchanged in stock ``St
 encoders (the second with a pooled projection) whose hidden states the UNet attends to side by side, a UNet whose
 first level has no attention, linear attention projections, the pooled text and six size ids added to the
 timestep embedding, and SDXL's Euler scheduler.
+
+``family="sd3"`` builds a ``StableDiffusion3Pipeline``: two CLIP encoders with projections and a T5 encoder (twice
+as wide as both CLIP encoders' states side by side, as in SD3; its Unigram tokenizer is learned from the captions,
+as T5's SentencePiece one was), a joint-attention ``SD3Transformer2DModel`` over 2 x 2 latent patches, a VAE
+without quant convolutions, and the flow-matching Euler scheduler with SD3's shift of 3.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ if TYPE_CHECKING:
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 TIME_EMBED_DIM = 8  # SDXL: the width of each of the six size ids' sinusoidal embedding (256 in SDXL itself)
-FAMILIES = ("sd", "sdxl")
+FAMILIES = ("sd", "sdxl", "sd3")
+SD3_LAYERS, SD3_PATCH = 2, 2  # the tiny SD3 transformer's joint blocks and its patch size
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789,.'-!?"
 
 
@@ -100,6 +106,22 @@ def build_tokenizer(captions: Iterable[str], max_length: int) -> CLIPTokenizer:
     )
 
 
+def build_t5_tokenizer(captions: Iterable[str], max_length: int = 512) -> Any:
+    """A T5 tokenizer (Unigram, SentencePiece-style word starts) whose vocabulary is learned from ``captions``; its
+    512-token limit is T5's (SD3's pipeline pads and cuts to 256 by itself)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import T5Tokenizer
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.Lowercase()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=8000, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      initial_alphabet=list(ALPHABET), show_progress=False)  # fmt: skip
+    unigram.train_from_iterator(captions, trainer)
+    vocab = [(piece, score) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
 def build_pipeline(
     captions: Iterable[str], config: TinySDConfig | None = None, seed: int = 0, family: str = "sd"
 ) -> DiffusionPipeline:
@@ -124,6 +146,8 @@ def build_pipeline(
         latent_channels=config.latent_channels,
         norm_num_groups=min(32, config.vae_channels[0]),
         sample_size=config.resolution,
+        # SD3's VAE has no quant convolutions and shifts its latents (pretraining sets the shift and scale)
+        **({"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.0} if family == "sd3" else {}),
     )
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -139,6 +163,8 @@ def build_pipeline(
     )
     if family == "sdxl":
         return _build_sdxl(config, vae, tokenizer, text_config)
+    if family == "sd3":
+        return _build_sd3(config, vae, tokenizer, text_config, captions)
     n_unet = len(config.unet_channels)
     unet = UNet2DConditionModel(
         sample_size=config.resolution // 2 ** (n_vae - 1),
@@ -214,4 +240,45 @@ def _build_sdxl(config: TinySDConfig, vae: Any, tokenizer: CLIPTokenizer, text_c
         scheduler=scheduler,
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
+    )
+
+
+def _build_sd3(
+    config: TinySDConfig, vae: Any, tokenizer: CLIPTokenizer, text_config: CLIPTextConfig, captions: Iterable[str]
+) -> Any:
+    """The tiny StableDiffusion3Pipeline around ``vae``: both CLIP encoders share one tokenizer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    t5_width = 4 * config.text_width  # the joint attention width: twice both CLIP encoders' states, as in SD3
+    t5_tokenizer = build_t5_tokenizer(captions)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=t5_width, d_kv=t5_width // config.text_heads,
+                                 d_ff=2 * t5_width, num_layers=config.text_layers, num_heads=config.text_heads,
+                                 pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id,
+                                 decoder_start_token_id=t5_tokenizer.pad_token_id))  # fmt: skip
+    latent = config.resolution // 2 ** (len(config.vae_channels) - 1)
+    heads = config.unet_channels[-1] // config.attention_head_dim
+    transformer = SD3Transformer2DModel(
+        sample_size=latent,
+        patch_size=SD3_PATCH,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
+        num_layers=SD3_LAYERS,
+        attention_head_dim=config.attention_head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=t5_width,
+        caption_projection_dim=heads * config.attention_head_dim,
+        pooled_projection_dim=2 * config.text_width,  # both CLIP pooled projections side by side
+        pos_embed_max_size=latent // SD3_PATCH,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.train_timesteps, shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer_2=tokenizer,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer,
     )

@@ -19,7 +19,7 @@ import numpy as np
 
 from diffmia.data import load_image_folder
 from diffmia.errors import DataError
-from diffmia.families import Family, encode, family_of, tokenize
+from diffmia.families import Family, encode, family_of, tokenize, training_scheduler
 from diffmia.files import atomic_path, exclusive_lock
 from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 from diffmia.lab.seeding import step_rng, torch_generator
@@ -115,6 +115,7 @@ def pretrain(
             "vae": _stage_card(recipe.vae_steps, vae_log),
             "unet": _stage_card(recipe.unet_steps, unet_log),
             "latent_scaling_factor": latents.scaling,
+            "latent_shift_factor": latents.shift,
             "wall_seconds": round(time.perf_counter() - began, 1),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
             "command": command or f"diffmia.lab.pretrain.pretrain({str(data_dir)!r}, {str(out_dir)!r})",
@@ -150,6 +151,7 @@ class _Latents:
     mean: Any
     std: Any
     scaling: float
+    shift: float  # subtracted before scaling (flow families, as SD3; 0 for the others)
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ class _UnetLoss:
             batch_ids.append(batch)
         context = encode(self.family, encoders, batch_ids, self.resolution)  # the text encoders train too
         mean, std = latents.mean[index], latents.std[index]
-        return denoising_loss(unet, self.noise_scheduler, mean, std, latents.scaling, context, generator)
+        return denoising_loss(unet, self.noise_scheduler, mean, std, latents.scaling, context, generator,
+                              shift=latents.shift)  # fmt: skip
 
 
 def _train_vae(
@@ -200,15 +203,21 @@ def _train_vae(
 
 
 def _fixed_latents(pipe: DiffusionPipeline, images: Any) -> _Latents:
-    """Encode every image once with the trained VAE; record the latents' scaling factor in the VAE's config."""
+    """Encode every image once with the trained VAE; record the latents' scaling factor in the VAE's config (and
+    for a flow family, as SD3, the shift that centres them first)."""
     import torch
 
     with torch.no_grad():
         posterior = pipe.vae.encode(images).latent_dist
         mean, std = posterior.mean, posterior.std
+    if family_of(pipe).objective == "flow":
+        shift = float(mean.mean())
+        scaling = float(1.0 / (mean - shift).std())
+        pipe.vae.register_to_config(scaling_factor=scaling, shift_factor=shift)
+        return _Latents(mean, std, scaling, shift)
     scaling = float(1.0 / mean.std())
     pipe.vae.register_to_config(scaling_factor=scaling)
-    return _Latents(mean, std, scaling)
+    return _Latents(mean, std, scaling, 0.0)
 
 
 def _train_unet(
@@ -216,14 +225,12 @@ def _train_unet(
     show_progress: bool,
 ) -> TrainingLog:  # fmt: skip
     """Train the UNet together with the text encoders on the fixed latents."""
-    from diffusers import DDPMScheduler
-
     family = family_of(pipe)
     ids, empty = tokenize(pipe, data.captions), [i[0] for i in tokenize(pipe, [""])]
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    scheduler = training_scheduler(pipe)
     loss = _UnetLoss(family, ids, empty, data.resolution, scheduler, latents, recipe)
     return train(
-        modules=[pipe.unet, *(getattr(pipe, name) for name in family.text_encoders)], loss_fn=loss,
+        modules=[getattr(pipe, name) for name in (family.denoiser, *family.text_encoders)], loss_fn=loss,
         max_steps=recipe.unet_steps,
         learning_rate=recipe.unet_learning_rate, seed=recipe.seed, checkpoint_dir=checkpoints,
         checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain UNet + text encoder",

@@ -116,26 +116,37 @@ def denoising_loss(
     generator: Any,
     device: Any = "cpu",
     dtype: Any = None,
+    shift: float = 0.0,
 ) -> Any:
-    """The diffusion training loss of one batch: sample latents from the VAE posterior (mean, std), noise them
-    at random timesteps and regress the scheduler's target (the noise, or the velocity for v-prediction), the
-    UNet conditioned on ``context`` as its family's pipeline conditions it.
+    """The training loss of one batch: sample latents from the VAE posterior (mean, std), shifted by ``shift`` and
+    scaled by ``scaling``; noise them at random levels and regress the target, the denoiser conditioned on
+    ``context`` as its family's pipeline conditions it. A diffusion scheduler (DDPM) gives the noise, or the velocity
+    for v-prediction, at a uniform timestep; a flow-matching one gives x_s = (1 - s) x0 + s noise at one of its
+    noise levels s, uniformly drawn, and the velocity noise - x0.
 
     Draws, in this order, from ``generator``: the posterior sample, the noise, the timesteps.
     """
     import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     dtype = dtype or mean.dtype
     with torch.no_grad():
-        latents = (mean + std * torch.randn(mean.shape, generator=generator).to(device, dtype)) * scaling
+        sample = mean + std * torch.randn(mean.shape, generator=generator).to(device, dtype)
+        latents = (sample - shift) * scaling
     noise = torch.randn(latents.shape, generator=generator).to(device, dtype)
     steps = noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (len(latents),), generator=generator).to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    drawn = torch.randint(0, steps, (len(latents),), generator=generator)
+    if isinstance(noise_scheduler, FlowMatchEulerDiscreteScheduler):
+        timesteps = noise_scheduler.timesteps[drawn].to(device)
+        sigmas = noise_scheduler.sigmas[drawn].to(device, dtype).view(-1, *[1] * (latents.ndim - 1))
+        noisy, target = (1 - sigmas) * latents + sigmas * noise, noise - latents
     else:
-        target = noise
+        timesteps = drawn.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if noise_scheduler.config.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
     prediction = context.predict(unet, noisy, timesteps)
     return torch.nn.functional.mse_loss(prediction.float(), target.float())
 

@@ -10,9 +10,11 @@ as condition and no guidance, and return scores where higher = more likely a mem
 - ``pia``: minus PIA's error (Kong et al., ICLR 2024): the network's own noise prediction at t = 0 initialises
   the noise, the latent is noised with it to step t, and the prediction there is compared with it (l4 norm).
 
-They read Stable Diffusion 1.x / 2.x and SDXL pipelines, each conditioned as its own pipeline does
-(:mod:`diffmia.families`). The default timesteps are those of the papers for 1,000-step schedules (SecMI t = 100,
-delta = 10; PIA t = 200).
+They read Stable Diffusion 1.x / 2.x, SDXL and SD3 pipelines, each conditioned as its own pipeline does
+(:mod:`diffmia.families`). For SD3, trained by flow matching, the loss attack noises to x_s = (1 - s) x0 + s noise at
+s = t / 1000 and measures the error of the predicted velocity noise - x0; SecMI and PIA are derived for DDIM on
+noise- or v-predicting models and are refused for it. The default timesteps are those of the papers for 1,000-step
+schedules (SecMI t = 100, delta = 10; PIA t = 200).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from diffmia.errors import ConfigError
-from diffmia.families import Conditioning, condition, family_of
+from diffmia.families import Conditioning, condition, family_of, latent_shift
 from diffmia.records import FloatArray
 
 GRAYBOX_ATTACKS = ("loss", "secmi", "pia")
@@ -35,9 +37,12 @@ class _Denoiser:
     def __init__(self, pipe: Any) -> None:
         import torch
 
-        family_of(pipe)  # a pipeline of a family diffmia cannot condition is refused before any work
-        self.pipe = pipe
-        self.size = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own resolution
+        self.family = family_of(pipe)  # a family diffmia cannot condition is refused before any work
+        self.pipe, self.network = pipe, getattr(pipe, self.family.denoiser)
+        self.size = self.network.config.sample_size * pipe.vae_scale_factor  # the model's own resolution
+        self.horizon = int(pipe.scheduler.config.num_train_timesteps)
+        if self.family.objective == "flow":
+            return
         self.alphas = pipe.scheduler.alphas_cumprod.to(torch.float64)
         self.prediction = pipe.scheduler.config.prediction_type
         if self.prediction not in ("epsilon", "v_prediction"):
@@ -50,19 +55,22 @@ class _Denoiser:
         pixels = pipe.image_processor.preprocess(list(images), height=size, width=size).to(pipe.device, pipe.vae.dtype)
         with torch.no_grad():
             mean = pipe.vae.encode(pixels).latent_dist.mean
-        return (mean * pipe.vae.config.scaling_factor).to(torch.float64)
+        return ((mean - latent_shift(pipe.vae)) * pipe.vae.config.scaling_factor).to(torch.float64)
 
     def context(self, prompts: Sequence[str]) -> Conditioning:
         return condition(self.pipe, prompts, self.size, self.pipe.device)
 
-    def epsilon(self, x: Any, t: int, context: Conditioning) -> Any:
-        """The predicted noise of ``x`` at step ``t`` (v predictions converted)."""
+    def output(self, x: Any, t: int, context: Conditioning) -> Any:
+        """The network's output for ``x`` at step ``t`` (noise, v or flow velocity), in float64."""
         import torch
 
-        unet = self.pipe.unet
         with torch.no_grad():
             steps = torch.full((len(x),), t, device=x.device)
-            out = context.predict(unet, x.to(unet.dtype), steps).to(torch.float64)
+            return context.predict(self.network, x.to(self.network.dtype), steps).to(torch.float64)
+
+    def epsilon(self, x: Any, t: int, context: Conditioning) -> Any:
+        """The predicted noise of ``x`` at step ``t`` (v predictions converted)."""
+        out = self.output(x, t, context)
         if self.prediction == "epsilon":
             return out
         a = self.alphas[t]
@@ -97,7 +105,10 @@ def graybox_scores(
     if len(images) != len(prompts):
         raise ConfigError(f"{len(images)} images but {len(prompts)} prompts")
     model = _Denoiser(pipe)
-    horizon = len(model.alphas)
+    if model.family.objective == "flow" and attack != "loss":
+        raise ConfigError(f"{attack} is derived for DDIM on noise- or v-predicting models, and {model.family.name} "
+                          "models are trained by flow matching: use the loss attack")  # fmt: skip
+    horizon = model.horizon
     needed = {"loss": max(loss_timesteps), "secmi": secmi_t + secmi_delta, "pia": pia_t}[attack]
     if needed >= horizon:
         raise ConfigError(f"{attack}: timestep {needed} is beyond the schedule's {horizon} steps")
@@ -110,6 +121,10 @@ def graybox_scores(
             errors = []
             for t in loss_timesteps:
                 noise = torch.randn(x0.shape[1:], generator=generator, dtype=torch.float64).expand_as(x0)
+                if model.family.objective == "flow":  # x_s = (1 - s) x0 + s noise; the velocity noise - x0
+                    xt = (1 - t / horizon) * x0 + t / horizon * noise
+                    errors.append(((model.output(xt, t, context) - (noise - x0)) ** 2).mean(dim=(1, 2, 3)))
+                    continue
                 a = model.alphas[t]
                 xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
                 errors.append(((model.epsilon(xt, t, context) - noise) ** 2).mean(dim=(1, 2, 3)))
