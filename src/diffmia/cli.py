@@ -313,14 +313,17 @@ def lab_pretrain(
         typer.Option(help="Train on the images whose metadata 'split' is this; 'all' for every image."),
     ] = "public",
     vae_steps: Annotated[int, typer.Option(min=1, help="VAE optimizer steps.")] = 400,
-    unet_steps: Annotated[int, typer.Option(min=1, help="UNet + text encoder optimizer steps.")] = 3500,
+    unet_steps: Annotated[int, typer.Option(min=1, help="Denoiser + text encoder optimizer steps.")] = 3500,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
     vae_channels: Annotated[str, typer.Option(help="VAE block widths, comma-separated (levels = entries).")] = (
         "32,64,64"
     ),
-    unet_channels: Annotated[str, typer.Option(help="UNet block widths, comma-separated (levels = entries).")] = (
-        "32,64"
-    ),
+    unet_channels: Annotated[
+        str,
+        typer.Option(
+            help="UNet block widths, comma-separated (levels = entries; SD3: the last is the transformer's width)."
+        ),
+    ] = ("32,64"),
     unet_layers: Annotated[int, typer.Option(min=1, help="ResNet (+ attention) layers per UNet block.")] = 2,
     text_width: Annotated[int, typer.Option(min=4, help="Text encoder width (= cross-attention width).")] = 64,
     text_layers: Annotated[int, typer.Option(min=1, help="Text encoder transformer layers.")] = 3,
@@ -395,7 +398,8 @@ def finetune(
         float | None, typer.Option(help="DP-SGD per-sample clip norm [default: finetune.dp.max_grad_norm, 1.0]")
     ] = None,
 ) -> None:
-    """Fine-tune the UNet of a Stable Diffusion model (full or LoRA) on a captioned image folder.
+    """Fine-tune the denoiser of an SD 1.x/2.x, SDXL or SD3 model (full or LoRA) on a captioned image folder; the
+    family is read from the model's pipeline class.
 
     With --dp the LoRA parameters train by DP-SGD; card.json records epsilon, delta, the clip norm, the noise
     multiplier and the sampling rate.
