@@ -167,27 +167,13 @@ def build_pipeline(
         return _build_sd3(config, vae, tokenizer, text_config, captions)
     n_unet = len(config.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=config.resolution // 2 ** (n_vae - 1),
-        in_channels=config.latent_channels,
-        out_channels=config.latent_channels,
-        block_out_channels=config.unet_channels,
         down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
-        layers_per_block=config.unet_layers_per_block,
         cross_attention_dim=config.text_width,
-        attention_head_dim=config.attention_head_dim,
-        norm_num_groups=min(32, config.unet_channels[0]),
+        **_unet_sizes(config),
     )
     text_encoder = CLIPTextModel(text_config)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **_sd_schedule(config))
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -200,36 +186,42 @@ def build_pipeline(
     )
 
 
+def _unet_sizes(config: TinySDConfig) -> dict[str, Any]:
+    """The UNet sizes every UNet family shares: latent size and channels, widths, layers, heads, norm groups."""
+    return {
+        "sample_size": config.resolution // 2 ** (len(config.vae_channels) - 1),
+        "in_channels": config.latent_channels,
+        "out_channels": config.latent_channels,
+        "block_out_channels": config.unet_channels,
+        "layers_per_block": config.unet_layers_per_block,
+        "attention_head_dim": config.attention_head_dim,
+        "norm_num_groups": min(32, config.unet_channels[0]),
+    }
+
+
+def _sd_schedule(config: TinySDConfig) -> dict[str, Any]:
+    """Stable Diffusion's noise schedule (SD 1.x and SDXL alike): scaled-linear betas 0.00085 to 0.012."""
+    return {"num_train_timesteps": config.train_timesteps, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "beta_end": 0.012, "steps_offset": 1}  # fmt: skip
+
+
 def _build_sdxl(config: TinySDConfig, vae: Any, tokenizer: CLIPTokenizer, text_config: CLIPTextConfig) -> Any:
     """The tiny StableDiffusionXLPipeline around ``vae``: both text encoders share one tokenizer."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    n_vae, n_unet = len(config.vae_channels), len(config.unet_channels)
+    n_unet = len(config.unet_channels)
     unet = UNet2DConditionModel(
-        sample_size=config.resolution // 2 ** (n_vae - 1),
-        in_channels=config.latent_channels,
-        out_channels=config.latent_channels,
-        block_out_channels=config.unet_channels,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n_unet - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n_unet - 1) + ("UpBlock2D",),
-        layers_per_block=config.unet_layers_per_block,
         cross_attention_dim=2 * config.text_width,  # both encoders' hidden states, concatenated
-        attention_head_dim=config.attention_head_dim,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=TIME_EMBED_DIM,
         projection_class_embeddings_input_dim=config.text_width + 6 * TIME_EMBED_DIM,  # pooled text + six ids
-        norm_num_groups=min(32, config.unet_channels[0]),
+        **_unet_sizes(config),
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=config.train_timesteps,
-        beta_schedule="scaled_linear",
-        beta_start=0.00085,
-        beta_end=0.012,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(timestep_spacing="leading", **_sd_schedule(config))
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(text_config),
