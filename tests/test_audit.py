@@ -429,7 +429,15 @@ def test_report_rerenders_from_saved_results(tiny_run):
 
 
 @pytest.mark.parametrize(
-    "name", ["sd15-lora.toml", "sdxl-lora.toml", "http-endpoint.toml", "generate.toml", "builtin-captioner.toml"]
+    "name",
+    [
+        "sd15-lora.toml",
+        "sdxl-lora.toml",
+        "flux-lora.toml",
+        "http-endpoint.toml",
+        "generate.toml",
+        "builtin-captioner.toml",
+    ],
 )
 def test_example_configs_are_valid(name):
     config = load_config(Path(__file__).parent.parent / "examples" / name)
@@ -440,6 +448,9 @@ def test_example_configs_are_valid(name):
         assert config.target.lora.endswith(".safetensors") and config.finetune.method == "lora"
         assert config.audit.base_model == config.target.model == "stabilityai/stable-diffusion-xl-base-1.0"
         assert config.finetune.mixed_precision == "bf16" and config.finetune.resolution == 1024
+    if name == "flux-lora.toml":  # FLUX.1-dev's sampling (guidance embedding 3.5), the gray-box loss baseline
+        assert config.target.lora.endswith(".safetensors") and config.target.dtype == "bfloat16"
+        assert (config.generation.steps, config.generation.guidance, config.audit.baselines) == (28, 3.5, ["loss"])
     if name == "http-endpoint.toml":
         assert config.target.kind == "http" and config.target.token_env == "MY_TOKEN"
 

@@ -300,8 +300,9 @@ def data_digits(
 
 
 FAMILY_HELP = ("Pipeline family: sd (the Stable Diffusion 1.x layout), sdxl (two text encoders, pooled text and "
-               "size ids, SDXL's UNet layout and scheduler) or sd3 (two CLIP and a T5 encoder, a joint-attention "
-               "transformer trained by flow matching).")  # fmt: skip
+               "size ids, SDXL's UNet layout and scheduler), sd3 (two CLIP and a T5 encoder, a joint-attention "
+               "transformer trained by flow matching) or flux (a CLIP and a T5 encoder, a double- and "
+               "single-stream transformer over 2 x 2 latent patches, trained by flow matching).")  # fmt: skip
 
 
 @lab_app.command("pretrain")
@@ -321,7 +322,8 @@ def lab_pretrain(
     unet_channels: Annotated[
         str,
         typer.Option(
-            help="UNet block widths, comma-separated (levels = entries; SD3: the last is the transformer's width)."
+            help="UNet block widths, comma-separated (levels = entries; SD3, Flux: the last is the transformer's "
+            "width)."
         ),
     ] = ("32,64"),
     unet_layers: Annotated[int, typer.Option(min=1, help="ResNet (+ attention) layers per UNet block.")] = 2,
@@ -398,7 +400,7 @@ def finetune(
         float | None, typer.Option(help="DP-SGD per-sample clip norm [default: finetune.dp.max_grad_norm, 1.0]")
     ] = None,
 ) -> None:
-    """Fine-tune the denoiser of an SD 1.x/2.x, SDXL or SD3 model (full or LoRA) on a captioned image folder; the
+    """Fine-tune the denoiser of an SD 1.x/2.x, SDXL, SD3 or Flux model (full or LoRA) on a captioned image folder; the
     family is read from the model's pipeline class.
 
     With --dp the LoRA parameters train by DP-SGD; card.json records epsilon, delta, the clip norm, the noise

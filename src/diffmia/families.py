@@ -7,17 +7,20 @@ its denoiser as its own pipeline does. A family is chosen from the pipeline's cl
 - ``sdxl`` (Stable Diffusion XL): two CLIP text encoders' penultimate hidden states side by side, plus the second
   one's pooled projection and the six size / crop "time ids" (original size, crop corner, target size);
 - ``sd3`` (Stable Diffusion 3): two CLIP encoders' penultimate hidden states side by side, zero-padded to the T5
-  encoder's width and followed by its 256 token states, plus both CLIP pooled projections.
+  encoder's width and followed by its 256 token states, plus both CLIP pooled projections;
+- ``flux`` (FLUX.1): the T5 encoder's 512 token states and the CLIP encoder's pooled output; the latents enter the
+  transformer as a sequence of 2 x 2 patches with their (row, column) position ids, the timestep as t / 1000, and a
+  guidance-distilled model (``guidance_embeds``) also gets the guidance scale.
 
-``sd`` and ``sdxl`` train a UNet with the epsilon or v objective of a noise schedule (``diffusion``); ``sd3``
-trains a transformer by flow matching (``flow``: x_s = (1 - s) x0 + s noise, the velocity noise - x0 regressed,
-s = t / 1000). torch and diffusers are imported lazily: importing this module costs nothing.
+``sd`` and ``sdxl`` train a UNet with the epsilon or v objective of a noise schedule (``diffusion``); ``sd3`` and
+``flux`` train a transformer by flow matching (``flow``: x_s = (1 - s) x0 + s noise, the velocity noise - x0
+regressed, s = t / 1000). torch and diffusers are imported lazily: importing this module costs nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from diffmia.errors import ConfigError
@@ -58,7 +61,18 @@ FAMILIES = (
         objective="flow",
         lengths=(None, None, 256),  # the pipeline's max_sequence_length for T5
     ),
+    Family(
+        "flux",
+        ("FluxPipeline", "FluxImg2ImgPipeline"),
+        ("text_encoder", "text_encoder_2"),
+        ("tokenizer", "tokenizer_2"),
+        denoiser="transformer",
+        objective="flow",
+        lengths=(None, 512),  # the pipeline's max_sequence_length for T5
+    ),
 )
+
+FLUX_GUIDANCE = 3.5  # the guidance a guidance-distilled Flux model is conditioned on: FluxPipeline's default
 
 
 def family_of_class(name: str | None) -> Family:
@@ -84,29 +98,54 @@ class Conditioning:
     """What a batch of prompts conditions the denoiser on, one row per prompt.
 
     ``embeds`` are the token embeddings it attends to; ``added`` holds SDXL's ``added_cond_kwargs`` (the pooled
-    text embedding and the time ids); ``pooled`` is SD3's pooled projection, whose presence means a transformer
-    denoiser. Indexing selects rows of every part.
+    text embedding and the time ids); ``pooled`` is the pooled projection of SD3 and Flux; ``guidance`` the
+    guidance scale a guidance-distilled Flux model is given; ``family`` names the family, whose denoiser
+    :meth:`predict` calls as its pipeline does. Indexing selects rows of every part.
     """
 
     embeds: Any
     added: dict[str, Any] | None = None
     pooled: Any = None
+    family: str = "sd"
+    guidance: Any = None
 
     def __len__(self) -> int:
         return len(self.embeds)
 
     def __getitem__(self, index: Any) -> Conditioning:
         added = None if self.added is None else {k: v[index] for k, v in self.added.items()}
-        return Conditioning(self.embeds[index], added, None if self.pooled is None else self.pooled[index])
+        pooled = None if self.pooled is None else self.pooled[index]
+        guidance = None if self.guidance is None else self.guidance[index]
+        return Conditioning(self.embeds[index], added, pooled, self.family, guidance)
 
     def predict(self, denoiser: Any, x: Any, timesteps: Any) -> Any:
         """The denoiser's output (noise, v or flow velocity) for latents ``x`` at ``timesteps``."""
-        if self.pooled is not None:  # SD3's transformer
+        if self.family == "flux":
+            return _flux_predict(denoiser, x, timesteps, self)
+        if self.family == "sd3":
             return denoiser(hidden_states=x, timestep=timesteps, encoder_hidden_states=self.embeds,
                             pooled_projections=self.pooled).sample  # fmt: skip
         if self.added is None:
             return denoiser(x, timesteps, encoder_hidden_states=self.embeds).sample
         return denoiser(x, timesteps, encoder_hidden_states=self.embeds, added_cond_kwargs=self.added).sample
+
+
+def _flux_predict(transformer: Any, x: Any, timesteps: Any, context: Conditioning) -> Any:
+    """Flux's transformer on latents ``x`` (batch, channels, height, width): as FluxPipeline calls it, on the
+    sequence of 2 x 2 latent patches (row-major, each patch's channels outermost) with position ids (0, row,
+    column), text position ids of zeros and the timestep divided by 1000; its output unpacked to ``x``'s shape."""
+    import torch
+
+    b, c, h, w = x.shape
+    packed = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+    image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x.device, x.dtype)
+    text_ids = torch.zeros(context.embeds.shape[1], 3, device=x.device, dtype=context.embeds.dtype)
+    steps = torch.as_tensor(timesteps, device=x.device).to(x.dtype).expand(b)
+    out = transformer(hidden_states=packed, timestep=steps / 1000, guidance=context.guidance,
+                      encoder_hidden_states=context.embeds, pooled_projections=context.pooled, txt_ids=text_ids,
+                      img_ids=image_ids).sample  # fmt: skip
+    return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
 def tokenize(pipe: Any, prompts: Sequence[str]) -> list[Any]:
@@ -126,22 +165,26 @@ def encode(family: Family, encoders: Sequence[Any], ids: Sequence[Any], resoluti
     SD: the encoder's last hidden states. SDXL: both encoders' penultimate hidden states side by side, the second
     encoder's pooled projection, and the size ids (original height and width, crop corner 0, 0, target size) of
     an uncropped image of that size. SD3: the two CLIP encoders' penultimate states side by side, zero-padded to
-    the T5 width, then the T5 states; both CLIP pooled projections side by side.
+    the T5 width, then the T5 states; both CLIP pooled projections side by side. Flux: the T5 states and the CLIP
+    encoder's pooled output.
     """
     import torch
 
     if family.name == "sd":
         return Conditioning(encoders[0](ids[0])[0])
+    if family.name == "flux":
+        pooled = encoders[0](ids[0], output_hidden_states=False).pooler_output
+        return Conditioning(encoders[1](ids[1], output_hidden_states=False)[0], pooled=pooled, family="flux")
     outputs = [encoder(i, output_hidden_states=True) for encoder, i in zip(encoders[:2], ids[:2], strict=True)]
     embeds = torch.cat([output.hidden_states[-2] for output in outputs], dim=-1)
     if family.name == "sd3":
         t5 = encoders[2](ids[2])[0]
         clip = torch.nn.functional.pad(embeds, (0, t5.shape[-1] - embeds.shape[-1]))
         pooled = torch.cat([output[0] for output in outputs], dim=-1)
-        return Conditioning(torch.cat([clip, t5], dim=-2), pooled=pooled)
+        return Conditioning(torch.cat([clip, t5], dim=-2), pooled=pooled, family="sd3")
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * len(embeds))
     added = {"text_embeds": outputs[-1].text_embeds, "time_ids": time_ids.to(embeds.device, embeds.dtype)}
-    return Conditioning(embeds, added)
+    return Conditioning(embeds, added, family="sdxl")
 
 
 def condition(pipe: Any, prompts: Sequence[str], resolution: int, device: Any) -> Conditioning:
@@ -152,7 +195,10 @@ def condition(pipe: Any, prompts: Sequence[str], resolution: int, device: Any) -
     family = family_of(pipe)
     encoders = [getattr(pipe, name) for name in family.text_encoders]
     with torch.no_grad():
-        return encode(family, encoders, [i.to(device) for i in tokenize(pipe, prompts)], resolution)
+        context = encode(family, encoders, [i.to(device) for i in tokenize(pipe, prompts)], resolution)
+    if family.name == "flux" and pipe.transformer.config.guidance_embeds:  # FLUX.1-dev: guidance-distilled
+        return replace(context, guidance=torch.full((len(context),), FLUX_GUIDANCE, device=device))
+    return context
 
 
 def training_scheduler(pipe: Any) -> Any:
@@ -162,6 +208,15 @@ def training_scheduler(pipe: Any) -> Any:
 
     kind = FlowMatchEulerDiscreteScheduler if family_of(pipe).objective == "flow" else DDPMScheduler
     return kind.from_config(pipe.scheduler.config)
+
+
+def native_size(pipe: Any) -> int:
+    """The image size a pipeline was trained at: its denoiser's latent size times the VAE's scale factor, or, for
+    Flux, whose transformer has no size (its pipelines default to 1024 px whatever the model), its VAE's."""
+    config = getattr(pipe, family_of(pipe).denoiser).config
+    if config.get("sample_size") is not None:
+        return int(config.sample_size * pipe.vae_scale_factor)
+    return int(pipe.vae.config.sample_size)
 
 
 def latent_shift(vae: Any) -> float:

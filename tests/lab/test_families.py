@@ -27,7 +27,13 @@ from diffmia.records import Query
 from diffmia.targets.diffusers import DiffusersTarget
 from sizes import TINY
 
-FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline"}
+FAMILIES = {
+    "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "sd3": "StableDiffusion3Pipeline",
+    "flux": "FluxPipeline",
+}
+FLOW = ("sd3", "flux")  # the families trained by flow matching
 PROMPTS = ["a thin dark upright narrow small handwritten seven, placed high left", "a bold soft one"]
 RECIPE = {"batch_size": 8, "checkpoint_every": 0, "max_steps": 2}
 
@@ -39,7 +45,7 @@ def bases(tmp_path_factory, digit_folder):
     captions = [r["caption"] for r in digits_records()[1]] + PROMPTS
     for family in FAMILIES:
         pipe = build_pipeline(captions, TINY, seed=0, family=family)
-        if family == "sd3":  # as a pretrained SD3 VAE: latents shifted before they are scaled (SD3's is 0.0609)
+        if family in FLOW:  # as a pretrained SD3 or Flux VAE: latents shifted before they are scaled (0.0609, 0.1159)
             pipe.vae.register_to_config(shift_factor=0.25, scaling_factor=1.5)
         pipe.save_pretrained(root / family)
     return {"root": root, "members": digit_folder(root / "members", 8)}
@@ -62,12 +68,12 @@ def _fed_to_unet(pipe, prompts) -> Conditioning:
 
     network.forward = record
     try:
-        pipe(list(prompts), num_inference_steps=1, guidance_scale=1.0, output_type="latent")
+        pipe(list(prompts), num_inference_steps=1, guidance_scale=1.0, output_type="latent", height=16, width=16)
     finally:
         network.forward = forward
     kwargs = seen[0]
     return Conditioning(kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"),
-                        kwargs.get("pooled_projections"))  # fmt: skip
+                        kwargs.get("pooled_projections"), family_of(pipe).name)  # fmt: skip
 
 
 def _images(target: DiffusersTarget, queries: list[Query], inits=None) -> np.ndarray:
@@ -78,12 +84,14 @@ def test_families_are_read_from_the_pipeline_class():
     assert family_of_class("StableDiffusionXLImg2ImgPipeline").text_encoders == ("text_encoder", "text_encoder_2")
     assert family_of_class("StableDiffusionImg2ImgPipeline").name == "sd"
     assert family_of_class("StableDiffusion3Img2ImgPipeline").objective == "flow"
-    with pytest.raises(ConfigError, match=r"sd3 \(StableDiffusion3Pipeline\); this model is a FluxPipeline$"):
-        family_of_class("FluxPipeline")
+    flux = family_of_class("FluxImg2ImgPipeline")
+    assert (flux.name, flux.denoiser, flux.lengths) == ("flux", "transformer", (None, 512))
+    with pytest.raises(ConfigError, match=r"flux \(FluxPipeline\); this model is a PixArtAlphaPipeline$"):
+        family_of_class("PixArtAlphaPipeline")
     with pytest.raises(ConfigError, match=r"this model is a pipeline of unknown class$"):
         family_of_class(None)
-    with pytest.raises(ConfigError, match=r"unknown model family 'flux' \(valid: sd, sdxl, sd3\)"):
-        build_pipeline(PROMPTS, TINY, family="flux")
+    with pytest.raises(ConfigError, match=r"unknown model family 'pixart' \(valid: sd, sdxl, sd3, flux\)"):
+        build_pipeline(PROMPTS, TINY, family="pixart")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -103,9 +111,12 @@ def test_conditioning_and_graybox_loss_are_what_the_pipeline_feeds_its_unet(base
         for key, value in fed.added.items():
             torch.testing.assert_close(context.added[key], value, rtol=0, atol=0)
         assert context.added["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
-    else:  # 16 CLIP tokens (both encoders' 32 features, zero-padded to T5's 128) then T5's 256 tokens
+    elif family == "sd3":  # 16 CLIP tokens (both encoders' 32 features, zero-padded to T5's 128) then T5's 256
         assert context.embeds.shape == (2, 16 + 256, 128) and context.pooled.shape == (2, 64)
         assert float(context.embeds[:, :16, 64:].abs().max()) == 0.0 < float(context.embeds[:, 16:, 64:].abs().max())
+        torch.testing.assert_close(context.pooled, fed.pooled, rtol=0, atol=0)
+    else:  # Flux: T5's 512 token states, the CLIP encoder's pooled output
+        assert context.embeds.shape == (2, 512, 128) and context.pooled.shape == (2, 32)
         torch.testing.assert_close(context.pooled, fed.pooled, rtol=0, atol=0)
     # gray-box loss at one timestep, by hand with the pipeline's conditioning
     images = [Image.open(p).convert("RGB") for p in sorted((bases["members"] / "images").iterdir())[:2]]
@@ -114,7 +125,7 @@ def test_conditioning_and_graybox_loss_are_what_the_pipeline_feeds_its_unet(base
         shift = pipe.vae.config.get("shift_factor") or 0.0
         x0 = (pipe.vae.encode(pixels).latent_dist.mean.double() - shift) * pipe.vae.config.scaling_factor
         noise = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        if family == "sd3":  # flow matching: x_s = (1 - s) x0 + s noise at s = 0.5, the velocity noise - x0
+        if family in FLOW:  # flow matching: x_s = (1 - s) x0 + s noise at s = 0.5, the velocity noise - x0
             xt, target = 0.5 * x0 + 0.5 * noise, noise - x0
         else:
             a = pipe.scheduler.alphas_cumprod.double()[500]
@@ -159,7 +170,8 @@ def test_the_first_fine_tuning_loss_is_the_objective_under_the_pipelines_conditi
     """One step over the eight images: the loss the card records equals the family's objective, written out here,
     for the same draws (posterior sample, noise, timesteps) with the conditioning the pipeline itself gives the
     captions: the noise at a uniform DDPM step for SD and SDXL (epsilon models), the velocity noise - x0 at SD3's
-    shifted flow-matching level s' = 3s / (1 + 2s), s = (1000 - i) / 1000 for a uniform index i."""
+    shifted flow-matching level s' = 3s / (1 + 2s), s = (1000 - i) / 1000 for a uniform index i, and at s itself
+    for Flux (its shift depends on the image size and applies when sampling, not in training)."""
     base, members = bases["root"] / family, bases["members"]
     out = finetune(base, members, tmp_path / "one", FinetuneConfig(max_steps=1, batch_size=8, checkpoint_every=0),
                    show_progress=False)  # fmt: skip
@@ -175,9 +187,9 @@ def test_the_first_fine_tuning_loss_is_the_objective_under_the_pipelines_conditi
         x0 = (sample - (pipe.vae.config.get("shift_factor") or 0.0)) * pipe.vae.config.scaling_factor
         noise = torch.randn(x0.shape, generator=generator)
         drawn = torch.randint(0, 1000, (8,), generator=generator)
-        if family == "sd3":
+        if family in FLOW:
             s = (1000 - drawn.double()) / 1000
-            sigma = (3 * s / (1 + 2 * s)).float()[:, None, None, None]
+            sigma = (3 * s / (1 + 2 * s) if family == "sd3" else s).float()[:, None, None, None]
             noisy, target, steps = (1 - sigma) * x0 + sigma * noise, noise - x0, sigma.flatten() * 1000
         else:
             a = pipe.scheduler.alphas_cumprod[drawn][:, None, None, None]
@@ -186,10 +198,10 @@ def test_the_first_fine_tuning_loss_is_the_objective_under_the_pipelines_conditi
     assert recorded == pytest.approx(float(expected), rel=1e-5)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
 def test_dp_sgd_trains_a_lora_of_the_other_families(bases, family, tmp_path):
-    """Opacus's per-sample gradients reach SDXL's UNet with its added conditioning and SD3's transformer: a DP-SGD
-    LoRA fine-tune runs, accounts and trains."""
+    """Opacus's per-sample gradients reach SDXL's UNet with its added conditioning and SD3's and Flux's
+    transformers: a DP-SGD LoRA fine-tune runs, accounts and trains."""
     recipe = FinetuneConfig(
         method="lora", lora_rank=2, dp=PrivacyConfig(noise_multiplier=1.0), **(RECIPE | {"batch_size": 4})
     )
@@ -203,10 +215,11 @@ def test_dp_sgd_trains_a_lora_of_the_other_families(bases, family, tmp_path):
 def _single_file(diffusers_file, out, family, rank, scale=1.0):
     """The LoRA weights as one file as they are shared: for SD and SDXL in kohya's key layout,
     ``lora_unet_<module path with underscores>.lora_down/up.weight`` and an ``alpha`` per module (alpha = rank:
-    scale 1, as the diffusers file has); for SD3 in the diffusers layout. ``scale`` multiplies the up weights."""
+    scale 1, as the diffusers file has); for SD3 and Flux in the diffusers layout. ``scale`` multiplies the up
+    weights."""
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = {k: v * scale if ".up." in k or "lora_B" in k else v for k, v in load_file(diffusers_file).items()}
-    if family == "sd3":
+    if family in FLOW:
         save_file(weights, out)
         return out
     converted = {}
@@ -262,11 +275,11 @@ def test_lora_files_round_trip_in_the_diffusers_and_kohya_layouts(bases, family,
     assert DiffusersTarget(bases["root"] / family, lora=other, dtype="float64").fingerprint != fingerprint
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", pytest.param("flux", marks=pytest.mark.slow)])
 def test_pretrain_command_builds_a_base_of_the_family_and_trains_every_text_encoder(digit_folder, tmp_path, family):
-    """`diffmia lab pretrain --family sdxl|sd3`: a pipeline of that class whose denoiser and every text encoder
-    trained (they differ from the same seed's fresh build), its card naming the family (SD3's latents shifted as
-    well as scaled); a fine-tune then reads it as that family."""
+    """`diffmia lab pretrain --family sdxl|sd3|flux`: a pipeline of that class whose denoiser and every text encoder
+    trained (they differ from the same seed's fresh build), its card naming the family (SD3's and Flux's latents
+    shifted as well as scaled); a fine-tune then reads it as that family."""
     from safetensors.torch import load_file as weights
 
     from diffmia.cli import main
@@ -279,7 +292,7 @@ def test_pretrain_command_builds_a_base_of_the_family_and_trains_every_text_enco
     assert main([*args, "--unet-steps", "2", "--family", family, *sizes]) == 0
     card = json.loads((tmp_path / "base" / "card.json").read_text())
     assert (card["family"], card["unet"]["steps"]) == (family, 2) and f"--family {family}" in card["command"]
-    assert (card["latent_shift_factor"] != 0.0) == (family == "sd3")
+    assert (card["latent_shift_factor"] != 0.0) == (family in FLOW)
     pipeline = tmp_path / "base" / "pipeline"
     vae = json.loads((pipeline / "vae" / "config.json").read_text())  # what generation and fine-tunes will read
     assert (vae["scaling_factor"], vae["shift_factor"] or 0.0) == (card["latent_scaling_factor"],
@@ -295,14 +308,73 @@ def test_pretrain_command_builds_a_base_of_the_family_and_trains_every_text_enco
         assert any(not torch.equal(trained[k], initial[k]) for k in trained), part
     tuned = finetune(pipeline, data, tmp_path / "tuned", FinetuneConfig(**RECIPE), show_progress=False)
     assert json.loads((tuned / "card.json").read_text())["family"] == family
-    assert main([*args[:3], str(tmp_path / "other"), "--family", "flux"]) == 2
+    assert main([*args[:3], str(tmp_path / "other"), "--family", "pixart"]) == 2
 
 
-def test_flow_models_refuse_the_ddim_attacks(bases):
-    """SecMI and PIA are derived for DDIM on noise- or v-predicting models: refused for SD3 by name, before work."""
-    pipe = DiffusionPipeline.from_pretrained(bases["root"] / "sd3", local_files_only=True)
+@pytest.mark.parametrize("family", FLOW)
+def test_flow_models_refuse_the_ddim_attacks(bases, family):
+    """SecMI and PIA are derived for DDIM on noise- or v-predicting models: refused for SD3 and Flux by name, before
+    work."""
+    pipe = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
     image = [Image.new("RGB", (16, 16))]
     for attack in ("secmi", "pia"):
-        with pytest.raises(ConfigError, match=f"^{attack} is derived for DDIM .* sd3 models are trained by flow "
-                                              "matching: use the loss attack$"):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"^{attack} is derived for DDIM .* {family} models are trained by "
+                                              "flow matching: use the loss attack$"):  # fmt: skip
             graybox_scores(pipe, image, ["x"], attack)
+
+
+def test_a_guidance_distilled_flux_is_conditioned_on_the_pipelines_default_guidance(bases):
+    """FLUX.1-dev embeds the guidance scale: the conditioning carries FluxPipeline's default (3.5), and the
+    prediction the fine-tune and the gray-box loss use equals the transformer's output when the pipeline generates
+    at that guidance; a model without the embedding gets none."""
+    from diffusers import FluxTransformer2DModel
+
+    from diffmia.families import FLUX_GUIDANCE
+
+    pipe = DiffusionPipeline.from_pretrained(bases["root"] / "flux", local_files_only=True)
+    assert condition(pipe, PROMPTS, 16, "cpu").guidance is None
+    config = dict(pipe.transformer.config) | {"guidance_embeds": True}
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        pipe.transformer = FluxTransformer2DModel.from_config(config)
+    seen, forward = [], pipe.transformer.forward
+    pipe.transformer.forward = lambda *a, **k: seen.append(k) or forward(*a, **k)
+    pipe(PROMPTS, num_inference_steps=1, output_type="latent", height=16, width=16)  # guidance_scale left at 3.5
+    fed, context = seen[0], condition(pipe, PROMPTS, 16, "cpu")
+    assert FLUX_GUIDANCE == 3.5 and context.guidance.tolist() == fed["guidance"].tolist() == [3.5, 3.5]
+    with torch.no_grad():
+        theirs = pipe._unpack_latents(forward(**fed)[0], 16, 16, pipe.vae_scale_factor)
+        x = pipe._unpack_latents(fed["hidden_states"], 16, 16, pipe.vae_scale_factor)
+        torch.testing.assert_close(context.predict(pipe.transformer, x, fed["timestep"] * 1000), theirs)
+        assert context[1:].guidance.tolist() == [3.5]
+
+
+EXAMPLES = {  # the family of the hub base each example names, and its pipeline class
+    "sd15-lora.toml": ("sd", "StableDiffusionPipeline"),
+    "sdxl-lora.toml": ("sdxl", "StableDiffusionXLPipeline"),
+    "flux-lora.toml": ("flux", "FluxPipeline"),
+}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_lora_recipes_fit_a_model_of_their_family(bases, example):
+    """Each example's base is of a family diffmia fine-tunes, and its shadows' LoRA recipe names modules that a
+    model of that family has (checked on the tiny one, no weights downloaded); Flux's joint-attention projections
+    exist nowhere in an SD UNet."""
+    from pathlib import Path
+
+    from diffmia.config import load_config
+
+    config = load_config(Path(__file__).parents[2] / "examples" / example)
+    family, pipeline_class = EXAMPLES[example]
+    assert family_of_class(pipeline_class).name == family and config.finetune.method == "lora"
+    assert config.audit.base_model == config.target.model
+    pipe = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
+    _add_lora(_denoiser(pipe), config.finetune)
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in _denoiser(pipe).named_modules() if ".lora_A" in name}
+    for target in config.finetune.lora_target_modules:
+        assert any(name.endswith("." + target) for name in adapted), target
+    if family == "flux":
+        sd = DiffusionPipeline.from_pretrained(bases["root"] / "sd", local_files_only=True)
+        with pytest.raises(ConfigError, match=r"has no module named add_k_proj, add_q_proj, add_v_proj, to_add_out$"):
+            _add_lora(sd.unet, config.finetune)

@@ -1,8 +1,8 @@
 """Fine-tuning recipes for targets and shadows: full or LoRA fine-tunes of the denoiser of a Stable Diffusion 1.x
-/ 2.x, SDXL or SD3 pipeline (the built-in base, Stable Diffusion v1-5, SDXL base, ...) on a captioned image folder:
-the UNet by its noise schedule's objective, SD3's transformer by flow matching. The family is read from the
-pipeline's class (:mod:`diffmia.families`); the text encoders and the VAE stay frozen, as in Stable Diffusion
-practice.
+/ 2.x, SDXL, SD3 or Flux pipeline (the built-in base, Stable Diffusion v1-5, SDXL base, FLUX.1, ...) on a captioned
+image folder: the UNet by its noise schedule's objective, SD3's and Flux's transformers by flow matching. The family
+is read from the pipeline's class (:mod:`diffmia.families`); the text encoders and the VAE stay frozen, as in Stable
+Diffusion practice.
 
 The output folder holds ``pipeline/`` (full fine-tune: a complete pipeline) or ``lora/`` (LoRA weights saved
 with the family's ``save_lora_weights``, loadable by stock ``load_lora_weights``), and ``card.json``: the whole
@@ -213,7 +213,7 @@ class _FinetuneLoss:
     data: TrainImages
     noise_scheduler: Any
     scaling: float  # the VAE's latent scaling factor
-    shift: float  # and its latent shift (SD3)
+    shift: float  # and its latent shift (SD3, Flux)
     posterior: Any  # the training images' posterior, encoded once (None: encode each batch as drawn)
     context: Conditioning  # the captions' conditioning
     recipe: FinetuneConfig

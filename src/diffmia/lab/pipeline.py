@@ -14,6 +14,11 @@ timestep embedding, and SDXL's Euler scheduler.
 as wide as both CLIP encoders' states side by side, as in SD3; its Unigram tokenizer is learned from the captions,
 as T5's SentencePiece one was), a joint-attention ``SD3Transformer2DModel`` over 2 x 2 latent patches, a VAE
 without quant convolutions, and the flow-matching Euler scheduler with SD3's shift of 3.
+
+``family="flux"`` builds a ``FluxPipeline``: a CLIP encoder (its pooled output) and the same T5, a
+``FluxTransformer2DModel`` (one double-stream and two single-stream blocks, rotary position embeddings) over the
+2 x 2 patches of the latents, the VAE without quant convolutions, and FLUX.1-dev's flow-matching scheduler (its
+shift set by the image size at sampling time).
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ if TYPE_CHECKING:
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 TIME_EMBED_DIM = 8  # SDXL: the width of each of the six size ids' sinusoidal embedding (256 in SDXL itself)
-FAMILIES = ("sd", "sdxl", "sd3")
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
 SD3_LAYERS, SD3_PATCH = 2, 2  # the tiny SD3 transformer's joint blocks and its patch size
+FLUX_LAYERS = (1, 2)  # the tiny Flux transformer's double-stream and single-stream blocks
+FLOW_VAE = {"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.0}  # SD3's and Flux's VAE
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789,.'-!?"
 
 
@@ -146,8 +153,8 @@ def build_pipeline(
         latent_channels=config.latent_channels,
         norm_num_groups=min(32, config.vae_channels[0]),
         sample_size=config.resolution,
-        # SD3's VAE has no quant convolutions and shifts its latents (pretraining sets the shift and scale)
-        **({"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.0} if family == "sd3" else {}),
+        # SD3's and Flux's VAEs have no quant convolutions and shift their latents (pretraining sets shift and scale)
+        **(FLOW_VAE if family in ("sd3", "flux") else {}),
     )
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -165,6 +172,8 @@ def build_pipeline(
         return _build_sdxl(config, vae, tokenizer, text_config)
     if family == "sd3":
         return _build_sd3(config, vae, tokenizer, text_config, captions)
+    if family == "flux":
+        return _build_flux(config, vae, tokenizer, text_config, captions)
     n_unet = len(config.unet_channels)
     unet = UNet2DConditionModel(
         down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
@@ -240,14 +249,10 @@ def _build_sd3(
 ) -> Any:
     """The tiny StableDiffusion3Pipeline around ``vae``: both CLIP encoders share one tokenizer."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection
 
-    t5_width = 4 * config.text_width  # the joint attention width: twice both CLIP encoders' states, as in SD3
-    t5_tokenizer = build_t5_tokenizer(captions)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=t5_width, d_kv=t5_width // config.text_heads,
-                                 d_ff=2 * t5_width, num_layers=config.text_layers, num_heads=config.text_heads,
-                                 pad_token_id=t5_tokenizer.pad_token_id, eos_token_id=t5_tokenizer.eos_token_id,
-                                 decoder_start_token_id=t5_tokenizer.pad_token_id))  # fmt: skip
+    t5, t5_tokenizer = _build_t5(config, captions)
+    t5_width = t5.config.d_model
     latent = config.resolution // 2 ** (len(config.vae_channels) - 1)
     heads = config.unet_channels[-1] // config.attention_head_dim
     transformer = SD3Transformer2DModel(
@@ -273,4 +278,55 @@ def _build_sd3(
         tokenizer_2=tokenizer,
         text_encoder_3=t5,
         tokenizer_3=t5_tokenizer,
+    )
+
+
+def _build_t5(config: TinySDConfig, captions: Iterable[str]) -> tuple[Any, Any]:
+    """A T5 encoder and its tokenizer learned from ``captions``: four times the CLIP width (SD3 and Flux pair a
+    T5 several times wider than their CLIP encoders), as many layers and heads as the CLIP encoder."""
+    from transformers import T5Config, T5EncoderModel
+
+    width, tokenizer = 4 * config.text_width, build_t5_tokenizer(captions)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // config.text_heads,
+                                 d_ff=2 * width, num_layers=config.text_layers, num_heads=config.text_heads,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 decoder_start_token_id=tokenizer.pad_token_id))  # fmt: skip
+    return t5, tokenizer
+
+
+def _build_flux(
+    config: TinySDConfig, vae: Any, tokenizer: CLIPTokenizer, text_config: CLIPTextConfig, captions: Iterable[str]
+) -> Any:
+    """The tiny FluxPipeline around ``vae``, not guidance-distilled (as FLUX.1-schnell)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    latent, head = config.resolution // 2 ** (len(config.vae_channels) - 1), config.attention_head_dim
+    if latent % 2 or head % 2:
+        raise ConfigError(f"a Flux model packs its latents in 2 x 2 patches and splits its heads over rotary axes: "
+                          f"the {latent}px latents and the attention head size {head} must be even")  # fmt: skip
+    t5, t5_tokenizer = _build_t5(config, captions)
+    axis = 2 * (head * 7 // 32)  # Flux splits its 128-wide heads 16 / 56 / 56 over (id kind, row, column)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * config.latent_channels,  # a 2 x 2 patch of latents is one token
+        num_layers=FLUX_LAYERS[0],
+        num_single_layers=FLUX_LAYERS[1],
+        attention_head_dim=head,
+        num_attention_heads=config.unet_channels[-1] // head,
+        joint_attention_dim=t5.config.d_model,
+        pooled_projection_dim=config.text_width,
+        axes_dims_rope=(head - 2 * axis, axis, axis),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.train_timesteps, shift=3.0,
+                                                use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)  # fmt: skip
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
     )

@@ -76,8 +76,8 @@ def pretrain(
     show_progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """Pretrain a tiny base model of ``family`` (``sd`` or ``sdxl``) on ``data_dir`` (its ``split`` part); write
-    the pipeline and its card.
+    """Pretrain a tiny base model of ``family`` (``sd``, ``sdxl``, ``sd3`` or ``flux``) on ``data_dir`` (its
+    ``split`` part); write the pipeline and its card.
 
     Returns the pipeline folder ``out_dir/pipeline``. Checkpoints go to ``out_dir/checkpoints``; a rerun
     resumes from them.
@@ -151,7 +151,7 @@ class _Latents:
     mean: Any
     std: Any
     scaling: float
-    shift: float  # subtracted before scaling (flow families, as SD3; 0 for the others)
+    shift: float  # subtracted before scaling (flow families, as SD3 and Flux; 0 for the others)
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def _train_vae(
 
 def _fixed_latents(pipe: DiffusionPipeline, images: Any) -> _Latents:
     """Encode every image once with the trained VAE; record the latents' scaling factor in the VAE's config (and
-    for a flow family, as SD3, the shift that centres them first)."""
+    for a flow family, as SD3 and Flux, the shift that centres them first)."""
     import torch
 
     with torch.no_grad():

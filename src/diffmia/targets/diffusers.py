@@ -16,6 +16,7 @@ from PIL import Image
 
 from diffmia.assets import resolve_model
 from diffmia.errors import ConfigError, TargetError
+from diffmia.families import native_size
 from diffmia.files import weights_digest
 from diffmia.images import load_rgb
 from diffmia.records import Query
@@ -143,6 +144,11 @@ class DiffusersTarget:
             text2img.set_progress_bar_config(disable=True)
             img2img = AutoPipelineForImage2Image.from_pipe(text2img)
             img2img.set_progress_bar_config(disable=True)
+            if str(index.get("_class_name", "")).startswith("Flux"):
+                # Flux's pipelines default to 1024 px whatever the model; a query without a size gets the size the
+                # model was trained at (FLUX.1's is 1024, so nothing changes there)
+                for pipe in (text2img, img2img):
+                    pipe.default_sample_size = native_size(pipe) // pipe.vae_scale_factor
             self._pipes = (text2img, img2img)
         return self._pipes
 

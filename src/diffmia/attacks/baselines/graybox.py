@@ -10,10 +10,11 @@ as condition and no guidance, and return scores where higher = more likely a mem
 - ``pia``: minus PIA's error (Kong et al., ICLR 2024): the network's own noise prediction at t = 0 initialises
   the noise, the latent is noised with it to step t, and the prediction there is compared with it (l4 norm).
 
-They read Stable Diffusion 1.x / 2.x, SDXL and SD3 pipelines, each conditioned as its own pipeline does
-(:mod:`diffmia.families`). For SD3, trained by flow matching, the loss attack noises to x_s = (1 - s) x0 + s noise at
-s = t / 1000 and measures the error of the predicted velocity noise - x0; SecMI and PIA are derived for DDIM on
-noise- or v-predicting models and are refused for it. The default timesteps are those of the papers for 1,000-step
+They read Stable Diffusion 1.x / 2.x, SDXL, SD3 and Flux pipelines, each conditioned as its own pipeline does
+(:mod:`diffmia.families`). For SD3 and Flux, trained by flow matching, the loss attack noises to
+x_s = (1 - s) x0 + s noise at s = t / 1000 and measures the error of the predicted velocity noise - x0; SecMI and
+PIA are derived for DDIM on noise- or v-predicting models and are refused for them. The default timesteps are those
+of the papers for 1,000-step
 schedules (SecMI t = 100, delta = 10; PIA t = 200).
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from diffmia.errors import ConfigError
-from diffmia.families import Conditioning, condition, family_of, latent_shift
+from diffmia.families import Conditioning, condition, family_of, latent_shift, native_size
 from diffmia.records import FloatArray
 
 GRAYBOX_ATTACKS = ("loss", "secmi", "pia")
@@ -39,7 +40,7 @@ class _Denoiser:
 
         self.family = family_of(pipe)  # a family diffmia cannot condition is refused before any work
         self.pipe, self.network = pipe, getattr(pipe, self.family.denoiser)
-        self.size = self.network.config.sample_size * pipe.vae_scale_factor  # the model's own resolution
+        self.size = native_size(pipe)  # the model's own resolution
         self.horizon = int(pipe.scheduler.config.num_train_timesteps)
         if self.family.objective == "flow":
             return
