@@ -140,7 +140,8 @@ def test_conditioning_and_graybox_loss_are_what_the_pipeline_feeds_its_unet(base
 @pytest.mark.slow
 def test_fine_tunes_of_each_family_generate_seeded_and_batch_independent(bases, family, tmp_path):
     """Full and LoRA fine-tunes of each family's base: the card names the family; both change text-to-image and
-    image-to-image generations; a query gives the same image alone, repeated or in a batch."""
+    image-to-image generations (text-to-image at the model's own size); a query gives the same image alone,
+    repeated or in a batch."""
     base, members = bases["root"] / family, bases["members"]
     recipes = {"full": FinetuneConfig(learning_rate=1e-3, **RECIPE),
                "lora": FinetuneConfig(method="lora", lora_rank=2, learning_rate=1e-2, **RECIPE)}  # fmt: skip
@@ -160,6 +161,8 @@ def test_fine_tunes_of_each_family_generate_seeded_and_batch_independent(bases, 
         made[name] = (_images(target, text), _images(target, image, [init] * 2))
         np.testing.assert_array_equal(_images(target, text[1:2]), made[name][0][1:2])  # alone = in a batch
         np.testing.assert_array_equal(_images(target, image[1:], [init]), made[name][1][1:])
+    # a text-to-image query without a size gets the model's own (16 px), Flux's pipeline too (it defaults to 1024)
+    assert made["base"][0].shape == (3, 16, 16, 3)
     for name in ("full", "lora"):
         for tuned, untouched in zip(made[name], made["base"], strict=True):
             assert np.abs(tuned - untouched).max() >= 1  # the fine-tune acts on both channels
