@@ -213,10 +213,8 @@ def training_scheduler(pipe: Any) -> Any:
 def native_size(pipe: Any) -> int:
     """The image size a pipeline was trained at: its denoiser's latent size times the VAE's scale factor, or, for
     Flux, whose transformer has no size (its pipelines default to 1024 px whatever the model), its VAE's."""
-    config = getattr(pipe, family_of(pipe).denoiser).config
-    if config.get("sample_size") is not None:
-        return int(config.sample_size * pipe.vae_scale_factor)
-    return int(pipe.vae.config.sample_size)
+    latent = getattr(getattr(pipe, family_of(pipe).denoiser).config, "sample_size", None)
+    return int(latent * pipe.vae_scale_factor) if latent is not None else int(pipe.vae.config.sample_size)
 
 
 def latent_shift(vae: Any) -> float:
