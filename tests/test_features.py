@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from diffmia.encoders import PixelEncoder
-from diffmia.errors import DataError
+from diffmia.errors import ConfigError, DataError
 from diffmia.features import CachedEncoder, blind_features, build_features
 
 
@@ -27,6 +27,18 @@ class ColourTokens:
             h = a.shape[0] // 2
             out.append([a[:h].mean(axis=(0, 1)), a[h:].mean(axis=(0, 1))])
         return np.asarray(out, np.float32)
+
+    def pool(self, tokens):  # the first token, as a CLS-pooled encoder
+        return tokens[:, 0]
+
+
+class MeanColourTokens(ColourTokens):
+    """The same tokens, pooled by their mean (an encoder with pooling="mean"): the whole image's mean colour."""
+
+    fingerprint = "mean-colour-tokens"
+
+    def pool(self, tokens):
+        return tokens.mean(axis=1)
 
 
 def _flat(rgb_top, rgb_bottom=None):
@@ -54,6 +66,29 @@ def test_similarities_through_the_table():
     np.testing.assert_allclose(column["colour/cosine/token001/mean"], [0.5, 0.0])
     np.testing.assert_allclose(column["colour/cosine/token001/max"], [1.0, 0.0])
     np.testing.assert_array_equal(table.y, [True, False])
+
+
+def test_pooled_features_pool_as_the_encoder_does(tmp_path):
+    """The pooled granularity and the blind features use the encoder's own pooling (here the mean of the tokens,
+    through the embedding cache too), not always the first token; an encoder of tokens without one is refused."""
+    red, green, mixed = _flat((255, 0, 0)), _flat((0, 255, 0)), _flat((255, 0, 0), (0, 255, 0))
+    for encoder in (MeanColourTokens(), CachedEncoder(MeanColourTokens(), tmp_path)):
+        table = build_features(["q1", "q2"], [red, mixed], [[mixed, green], [red, mixed]], {"colour": encoder},
+                               distances=("cosine",), aggregations=("mean",))  # fmt: skip
+        # mean colours: red (1, 0, 0), green (0, 1, 0), mixed (.5, .5, 0): cos(red, mixed) = 1 / sqrt(2)
+        np.testing.assert_allclose(table.X[:, 0], [(2**-0.5 + 0.0) / 2, (2**-0.5 + 1.0) / 2], rtol=1e-6)
+        blind = blind_features(["q1", "q2"], [red, mixed], {"colour": encoder})
+        pooled = [blind.names.index(f"blind/colour/{j:03d}") for j in range(3)]
+        np.testing.assert_allclose(blind.X[:, pooled], [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], atol=1e-6)
+
+    class Unpooled:
+        fingerprint = "unpooled"
+
+        def encode(self, images):
+            return ColourTokens().encode(images)
+
+    with pytest.raises(ConfigError, match=r"^encoder unpooled returns tokens but has no pool method"):
+        build_features(["q"], [red], [[red]], {"u": Unpooled()})
 
 
 def test_pixel_encoder_l2_and_ssim():

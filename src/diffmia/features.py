@@ -64,10 +64,21 @@ class CachedEncoder:
         rows = [np.load(p, allow_pickle=False) for p in paths]
         return np.stack(rows) if rows else np.zeros((0,), np.float32)
 
+    def pool(self, tokens: np.ndarray) -> np.ndarray:
+        """The wrapped encoder's pooling of token outputs (n, tokens, d)."""
+        return np.asarray(self.encoder.pool(tokens))  # type: ignore[attr-defined]
 
-def _pool(embeddings: np.ndarray, tokens: bool) -> np.ndarray:
-    """One vector per image: the first token (the encoder's pooled or CLS token) of token outputs (..., tokens, d)."""
-    return embeddings[..., 0, :] if tokens else embeddings
+
+def _pool(encoder: Encoder, embeddings: np.ndarray, tokens: bool) -> np.ndarray:
+    """One vector per image: token outputs (..., tokens, d) pooled as the encoder pools them (its ``pool``: the CLS
+    token, the pooler output or the mean of the tokens), a vector encoder's output as it is."""
+    if not tokens:
+        return embeddings
+    pool = getattr(encoder, "pool", None)
+    if pool is None:
+        raise ConfigError(f"encoder {encoder.fingerprint} returns tokens but has no pool method to make one vector")
+    flat = embeddings.reshape(-1, *embeddings.shape[-2:])
+    return np.asarray(pool(flat)).reshape(*embeddings.shape[:-2], embeddings.shape[-1])
 
 
 def build_features(
@@ -109,7 +120,7 @@ def build_features(
             measure = similarity(distance)
             for granularity in granularities:
                 if granularity == "pooled":
-                    scores = measure(_pool(query_emb, tokens)[:, None], _pool(gen_emb, tokens))  # (n, m)
+                    scores = measure(_pool(encoder, query_emb, tokens)[:, None], _pool(encoder, gen_emb, tokens))
                     for agg in aggregations:
                         columns[f"{name}/{distance}/pooled/{agg}"] = aggregate(scores.T, agg)
                 elif tokens:  # per token: (n, m, tokens)
@@ -162,7 +173,7 @@ def blind_features(
     }
     for name, encoder in (encoders or {}).items():
         embeddings = encoder.encode(queries)
-        pooled = _pool(embeddings, embeddings.ndim == 3)
+        pooled = _pool(encoder, embeddings, embeddings.ndim == 3)
         for j in range(pooled.shape[1]):
             columns[f"blind/{name}/{j:03d}"] = pooled[:, j]
     names = tuple(columns)
