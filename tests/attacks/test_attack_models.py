@@ -172,6 +172,28 @@ def test_classifier_logit_matches_predict_proba_and_stops_early():
     np.testing.assert_array_equal(attack.decision_function(X), again.decision_function(X))  # seeded
 
 
+def test_classifier_refuses_a_training_that_never_had_a_finite_held_out_loss(monkeypatch):
+    """A diverged training (scikit-learn's non-finite weights, or a held-out loss that is NaN at every epoch) is
+    a ConfigError that says what to change, never a model without weights; a divergence after a finite epoch keeps
+    that epoch."""
+    import diffmia.attacks.classifier as classifier
+
+    rng = np.random.default_rng(2)
+    X, y = _equicorrelated(4, 2.0, 40, rng)
+    message = r"^the classifier attack's training diverged \(no finite held-out loss\): lower attacks\.classifier"
+    with pytest.raises(ConfigError, match=message):  # weights overflow at the first step
+        ClassifierAttack(standardize=False, learning_rate_init=1e10).fit(X * 1e307, y)
+    finite = classifier._mlp_logit
+    monkeypatch.setattr(classifier, "_mlp_logit", lambda mlp, X: np.full(len(X), np.nan))
+    with pytest.raises(ConfigError, match=message):
+        ClassifierAttack(max_iter=50, n_iter_no_change=5).fit(X, y)
+    calls = []
+    monkeypatch.setattr(classifier, "_mlp_logit", lambda mlp, X: calls.append(1) or (finite(mlp, X) * (
+        1.0 if len(calls) <= 3 else np.nan)))  # fmt: skip
+    attack = ClassifierAttack(max_iter=50, n_iter_no_change=5).fit(X, y)
+    assert attack.n_iter_ <= 3 and np.isnan(attack.validation_loss_[3:]).all() and len(attack.validation_loss_) <= 8
+
+
 def test_classifier_accepts_any_scikit_learn_classifier():
     rng = np.random.default_rng(2)
     X, y = _equicorrelated(8, 2.0, 50, rng)

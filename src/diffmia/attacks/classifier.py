@@ -135,15 +135,26 @@ class ClassifierAttack(MembershipAttack):
         best_loss, best_epoch = np.inf, 0
         best_weights: tuple[list[FloatArray], list[FloatArray]] = ([], [])
         self.validation_loss_ = []
+        diverged = ConfigError("the classifier attack's training diverged (no finite held-out loss): lower "
+                               "attacks.classifier.learning_rate_init or standardize the features")  # fmt: skip
         for epoch in range(1, self.max_iter + 1):
-            mlp.partial_fit(X_train, y_train, classes=[0, 1])
+            try:
+                mlp.partial_fit(X_train, y_train, classes=[0, 1])
+            except ValueError as exc:  # scikit-learn's "Solver produced non-finite parameter weights"
+                if "non-finite" not in str(exc):
+                    raise
+                if best_epoch:
+                    break  # keep the best finite epoch
+                raise diverged from exc
             loss = float(np.logaddexp(0.0, sign * _mlp_logit(mlp, X_held)).mean())  # binary cross-entropy
             self.validation_loss_.append(loss)
-            if loss < best_loss - 1e-6:
+            if loss < best_loss - 1e-6:  # never true for a NaN or infinite loss
                 best_loss, best_epoch = loss, epoch
                 best_weights = ([w.copy() for w in mlp.coefs_], [b.copy() for b in mlp.intercepts_])
             elif epoch - best_epoch >= self.n_iter_no_change:
                 break
+        if not best_epoch:
+            raise diverged
         mlp.coefs_, mlp.intercepts_ = best_weights
         self.model_, self.n_iter_ = mlp, best_epoch
 
