@@ -187,6 +187,61 @@ def test_a_missing_shadow_base_model_fails_before_anything_is_written(tmp_path):
                                 "given_shadows": [{"model": "m", "members": "a", "nonmembers": "b"}]}})  # fmt: skip
 
 
+def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
+    """`[attacks.threshold] reduce` naming a feature must name one the audit computes, without its channel; a column
+    index (a different feature per channel's table) is refused; all before anything is written."""
+    from diffmia.audit import check_threshold_feature
+
+    features = {"encoders": ["pixels", "hub/deit-tiny"], "distances": ["l2", "ssim"],
+                "granularities": ["pooled", "token"], "aggregations": ["mean"]}  # fmt: skip
+
+    def check(reduce):
+        config = parse_config({"features": features, "attacks": {"threshold": {"reduce": reduce}}})
+        check_threshold_feature(config)
+
+    for fine in ("mean", "max", "pixels/l2/pooled/mean", "deit-tiny/l2/token017/mean", "pixels/ssim/pooled/mean"):
+        check(fine)
+    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce = 3 would be column 3 of each table, a "
+                       r"different feature in each channel's table and in the combined one: name the feature "
+                       r"instead \(e\.g\. 'pixels/l2/pooled/mean'\)$"):  # fmt: skip
+        check(3)
+    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'img2img/pixels/l2/pooled/mean': name the "
+                       r"feature without its channel \('pixels/l2/pooled/mean'\)"):  # fmt: skip
+        check("img2img/pixels/l2/pooled/mean")
+    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'pixels/l2/token001/mean' is none of the "
+                       r"features this audit computes: pixels/l2/pooled/mean, deit-tiny/l2/pooled/mean, "
+                       r"deit-tiny/l2/token###/mean, pixels/ssim/pooled/mean \(token### numbers"):  # fmt: skip
+        check("pixels/l2/token001/mean")  # pixels have no tokens
+    with pytest.raises(ConfigError, match="is none of the features"):
+        check("deit-tiny/l2/token1/mean")
+    parse_config({"attacks": {"use": ["classifier"], "threshold": {"reduce": 3}}})  # unused: not checked
+    config = parse_config(_folders_config(tmp_path, scenarios=["III"]) | {"attacks": {"threshold": {"reduce": "x"}}})
+    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'x' is none of the features"):
+        run_audit(config, log=lambda _: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_the_combined_table():
+    from diffmia.attacks import fit_attacks
+    from diffmia.audit import channel_attacks, channel_sets
+    from diffmia.records import FeatureTable
+
+    config = parse_config({"attacks": {"use": ["threshold"], "threshold": {"reduce": "pixels/l2/pooled/mean"}}})
+    names = ("text2img/pixels/l2/pooled/mean", "text2img/pixels/ssim/pooled/mean", "img2img/pixels/l2/pooled/mean",
+             "img2img/pixels/ssim/pooled/mean")  # fmt: skip
+    X = np.array([[0.0, 9.0, 3.0, 9.0], [1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 4.0, 0.0], [3.0, 9.0, 1.0, 9.0]])
+    y = np.array([False, False, True, True])
+    table = FeatureTable(("a", "b", "c", "d"), X, names, y)
+    picked = {}
+    for channel, columns in channel_sets(names, ["text2img", "img2img"]).items():
+        sub = FeatureTable(table.sample_ids, X[:, [names.index(n) for n in columns]], columns, y)
+        attack = fit_attacks(channel_attacks(config, columns), sub)["threshold"]
+        picked[channel] = [columns[i] for i in attack.columns_]
+        if channel == "combined":  # the mean of both channels' l2 columns: 1.5, 0.5, 3, 2 -> members from 2
+            assert attack.threshold_ == 1.75
+    assert picked == {"text2img": [names[0]], "img2img": [names[2]], "combined": [names[0], names[2]]}
+
+
 def test_several_shadows_pool_into_one_training_table():
     """Two shadows' features stacked in order, labels kept with their rows, ids told apart by the shadow."""
     from diffmia.audit import pool_tables

@@ -191,6 +191,10 @@ CATALOGUE = [
                                                       '{"_class_name": "PixArtAlphaPipeline"}').parent),
                       "--data", str(folder(t / "data")), "--out", str(t / "out")],
         "this model is a PixArtAlphaPipeline"),
+    Bad("configs", "a threshold attack on a feature the audit does not compute",
+        lambda t, c: ["run", str(text(t / "a.toml", f'[audit]\nruns_dir = "{t / "runs"}"\n[attacks.threshold]\n'
+                                                    'reduce = "pixels/l2/token001/mean"\n'))],
+        "is none of the features this audit computes"),
     Bad("configs", "generation without an image folder",
         lambda t, c: ["generate", str(text(t / "g.toml", "[generation]\nsteps = 2\n"))], "generation.data"),
     # --- image folders and their metadata

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
-from diffmia.attacks import fit_attacks, score_with
+from diffmia.attacks import MembershipAttack, fit_attacks, score_with
 from diffmia.attacks.baselines import gan_leaks_queries, graybox_scores, nearest_generation_scores
+from diffmia.attacks.threshold import REDUCTIONS
 from diffmia.cache import GenerationCache
 from diffmia.captioners import load_captioner
-from diffmia.config import AuditConfig, Config, DataConfig, FeaturesConfig, dump_config, load_config
+from diffmia.config import AuditConfig, Channel, Config, DataConfig, FeaturesConfig, dump_config, load_config
 from diffmia.data import (
     AuxiliarySet,
     MembershipSplit,
@@ -160,6 +162,7 @@ class AuditData:
 def validate(config: Config, run: Path, scenarios: Sequence[Scenario]) -> AuditData:
     """Every check that can fail before a model is trained; then the resolved configuration is written."""
     audit = config.audit
+    check_threshold_feature(config)
     check_run_dir(run, config)
     members, nonmembers, pool, source = load_data(config.data, run)
     check_audit_data(members, nonmembers, pool, [s.name for s in scenarios],
@@ -174,6 +177,40 @@ def validate(config: Config, run: Path, scenarios: Sequence[Scenario]) -> AuditD
     with atomic_path(run / "config.toml") as tmp:
         tmp.write_text(dump_config(config), encoding="utf-8")
     return AuditData(tuple(members), tuple(nonmembers), tuple(pool), source, tuple(shadows), encoders)
+
+
+def check_threshold_feature(config: Config) -> None:
+    """``[attacks.threshold] reduce``, when it names a feature, names one this audit computes, without its channel:
+    the attack runs on each channel's table and on all channels together (there on the mean of the feature's
+    columns), so a channel's name or a column index would mean a different feature in each."""
+    reduce = config.attacks.threshold.reduce
+    if "threshold" not in config.attacks.use or reduce in REDUCTIONS:
+        return
+    features = config.features
+    embedding = [d for d in features.distances if d != "ssim"]
+    encoders = [encoder_name(name) for name in dict.fromkeys(features.encoders)]
+    planned: list[tuple[str, str, str, str]] = [(e, d, g, a) for e in encoders for d in embedding
+                                                for g in features.granularities if g == "pooled" or e != "pixels"
+                                                for a in features.aggregations]  # fmt: skip
+    planned += [("pixels", "ssim", "pooled", a) for a in features.aggregations if "ssim" in features.distances]
+    shown = [f"{e}/{d}/{'token###' if g == 'token' else g}/{a}" for e, d, g, a in planned]  # fmt: skip
+    where = "attacks.threshold.reduce"
+    if isinstance(reduce, int):
+        raise ConfigError(
+            f"{where} = {reduce} would be column {reduce} of each table, a different feature in each "
+            f"channel's table and in the combined one: name the feature instead (e.g. {shown[0]!r})"
+        )
+    channel, _, rest = reduce.partition("/")
+    if channel in get_args(Channel):
+        raise ConfigError(f"{where} {reduce!r}: name the feature without its channel ({rest!r}); the attack runs on "
+                          "each channel's table and on all channels together")  # fmt: skip
+    token = r"token\d{3}"
+    if not any(re.fullmatch("/".join([re.escape(e), d, token if g == "token" else g, a]), reduce)
+               for e, d, g, a in planned):  # fmt: skip
+        raise ConfigError(
+            f"{where} {reduce!r} is none of the features this audit computes: {', '.join(shown)} "
+            "(token### numbers the encoder's tokens)"
+        )
 
 
 def check_run_dir(run: Path, config: Config) -> None:
@@ -228,9 +265,13 @@ def make_encoders(features: FeaturesConfig, run: Path) -> dict[str, Encoder]:
         else:
             encoder = HFVisionEncoder(name)
             encoder.load()  # missing weights are reported before any model is trained or queried
-        short = name if name == "pixels" else Path(name.rstrip("/")).name
-        encoders[short] = CachedEncoder(encoder, run / "embeddings")
+        encoders[encoder_name(name)] = CachedEncoder(encoder, run / "embeddings")
     return encoders
+
+
+def encoder_name(name: str) -> str:
+    """The short name an encoder's feature columns carry: ``pixels``, or a hub id's or folder's last part."""
+    return name if name == "pixels" else Path(name.rstrip("/")).name
 
 
 def split(audit: AuditConfig, data: AuditData, scenarios: Sequence[Scenario], run: Path) -> dict[str, AuxiliarySet]:
@@ -390,7 +431,7 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
     if audit.base_control:
         tables["base"] = queries.features(models.base, target.samples, source)
     for channel, names in channel_sets(shadow.names, config.generation.channels).items():
-        fitted = fit_attacks(config.attacks.build(), columns(shadow, names))
+        fitted = fit_attacks(channel_attacks(config, names), columns(shadow, names))
         for model_name, table in tables.items():
             for name, scores in score_with(fitted, names, columns(table, names)).items():
                 sets.append(_score_set(config, scenario, model_name, channel, name, table, scores))
@@ -423,6 +464,16 @@ def channel_sets(names: Sequence[str], channels: Sequence[str]) -> dict[str, tup
     if len(sets) > 1:
         sets[COMBINED] = tuple(names)
     return sets
+
+
+def channel_attacks(config: Config, names: Sequence[str]) -> dict[str, MembershipAttack]:
+    """The configured attacks for a table of the columns ``names``: a threshold attack on a named feature takes
+    that feature's column in each channel of the table (their mean where there are several)."""
+    attacks = config.attacks.build()
+    reduce = config.attacks.threshold.reduce
+    if "threshold" in attacks and isinstance(reduce, str) and reduce not in REDUCTIONS:
+        attacks["threshold"].set_params(reduce=[n for n in names if n.partition("/")[2] == reduce])
+    return attacks
 
 
 def columns(table: FeatureTable, names: tuple[str, ...]) -> FeatureTable:

@@ -60,6 +60,9 @@ def _check_reduce(value: Any) -> Any:
 class ThresholdConfig(_Section):
     """See :class:`~diffmia.attacks.ThresholdAttack`."""
 
+    # "mean", "max", or one feature without its channel (e.g. "pixels/l2/pooled/mean"): in an audit, that column of
+    # each channel's table, and the mean of the channels' columns in the combined one. `diffmia attack` also takes
+    # a column name or index of the tables it is given.
     reduce: Annotated[str | int, BeforeValidator(_check_reduce)] = "mean"
 
     def build(self) -> ThresholdAttack:

@@ -346,7 +346,7 @@ def test_threshold_columns_named_by_a_table():
     y = [0, 0, 1, 1]
     table = pa.table({"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 0.0, 1.0, 2.0]})
     attack = ThresholdAttack(reduce="b").fit(table, y)
-    assert (attack.column_, attack.threshold_) == (1, 0.5)
+    assert (attack.columns_, attack.threshold_) == ((1,), 0.5)
     unknown = r"^reduce='c' is neither one of mean, max nor a column name"
     with pytest.raises(ConfigError, match=unknown + "; the columns are a, b$"):
         ThresholdAttack(reduce="c").fit(table, y)
@@ -358,7 +358,9 @@ def test_threshold_columns_named_by_a_table():
     eleven = pa.table({f"c{i}": [0.0, 1.0, 2.0, 3.0] for i in range(11)})
     with pytest.raises(ConfigError, match=r"the columns are c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, \.\.\.$"):
         ThresholdAttack(reduce="x").fit(eleven, y)
-    with pytest.raises(ConfigError, match=r"^reduce must be one of mean, max, a column index or a name; got 1\.5$"):
+    with pytest.raises(
+        ConfigError, match=r"^reduce must be one of mean, max, a column index or name, or a list of them; got 1\.5$"
+    ):
         ThresholdAttack(reduce=1.5).fit(np.zeros((4, 2)), y)
 
 
@@ -368,6 +370,19 @@ def test_fit_and_score_with_default_and_indexed_threshold_attacks():
     scores = fit_and_score({"mean": ThresholdAttack(), "a": ThresholdAttack(reduce=0)}, shadow, shadow)
     np.testing.assert_allclose(scores["mean"], [-0.75, -1.25, 0.75, 1.75])
     np.testing.assert_allclose(scores["a"], [-1.5, -0.5, 0.5, 1.5])
+
+
+def test_threshold_on_several_columns_takes_their_mean():
+    """``reduce`` as a list of columns (indices, or names resolved by fit_and_score): the mean of those columns."""
+    X = np.array([[0.0, 9.0, 3.0], [1.0, 0.0, 0.0], [2.0, 0.0, 4.0], [3.0, 9.0, 1.0]])
+    y = np.array([0, 0, 1, 1])
+    attack = ThresholdAttack(reduce=[0, 2]).fit(X, y)  # means 1.5, 0.5, 3, 2: the cut midway between 2 and 1.5
+    assert attack.columns_ == (0, 2) and attack.threshold_ == 1.75
+    shadow = _table(range(4), X, ["a", "b", "c"], [0, 0, 1, 1])
+    scores = fit_and_score({"t": ThresholdAttack(reduce=["a", "c"])}, shadow, shadow)["t"]
+    np.testing.assert_allclose(scores, [-0.25, -1.25, 1.25, 0.25])
+    with pytest.raises(ConfigError, match=r"^threshold attack: reduce='q' is not a feature column \(a, b, c\)$"):
+        fit_and_score({"t": ThresholdAttack(reduce=["a", "q"])}, shadow, shadow)
 
 
 def test_fit_and_score_messages_are_exact():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from sklearn.base import clone
 
@@ -28,6 +29,17 @@ def _aligned(names: tuple[str, ...], table: FeatureTable) -> FloatArray:
     return table.X[:, [table.names.index(n) for n in names]]
 
 
+def _column_indices(reduce: Any, names: tuple[str, ...]) -> Any:
+    """A threshold attack's ``reduce`` with the column names it holds (one, or a list) replaced by their indices."""
+    if isinstance(reduce, (list, tuple)):
+        return [_column_indices(r, names) for r in reduce]
+    if not isinstance(reduce, str) or reduce in REDUCTIONS:
+        return reduce
+    if reduce not in names:
+        raise ConfigError(f"threshold attack: reduce={reduce!r} is not a feature column ({', '.join(names)})")
+    return names.index(reduce)
+
+
 def fit_attacks(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable) -> dict[str, MembershipAttack]:
     """A fitted copy of each attack, fitted on the labelled shadow table only."""
     if shadow.y is None:
@@ -35,13 +47,8 @@ def fit_attacks(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable) -
     fitted = {}
     for name, attack in attacks.items():
         model = clone(attack)
-        reduce = model.get_params().get("reduce")
-        if isinstance(model, ThresholdAttack) and isinstance(reduce, str) and reduce not in REDUCTIONS:
-            if reduce not in shadow.names:
-                raise ConfigError(
-                    f"threshold attack: reduce={reduce!r} is not a feature column ({', '.join(shadow.names)})"
-                )
-            model.set_params(reduce=shadow.names.index(reduce))
+        if isinstance(model, ThresholdAttack):
+            model.set_params(reduce=_column_indices(model.reduce, shadow.names))
         fitted[name] = model.fit(shadow.X, shadow.y)
     return fitted
 

@@ -19,9 +19,9 @@ class ThresholdAttack(MembershipAttack):
 
     Parameters
     ----------
-    reduce : "mean", "max", int or str, default "mean"
-        How the feature vector becomes one scalar: its mean, its maximum, or one column, named by its
-        index or (when fitted on a table with column names) by its name.
+    reduce : "mean", "max", int, str or a list of them, default "mean"
+        How the feature vector becomes one scalar: its mean, its maximum, one column, named by its index or (when
+        fitted on a table with column names) by its name, or the mean of several such columns.
 
     Attributes
     ----------
@@ -30,39 +30,45 @@ class ThresholdAttack(MembershipAttack):
         shadow score still called a member at the best Youden point and the next lower shadow score.
     youden_j_ : float
         TPR - FPR on the fitting data at that threshold.
-    column_ : int or None
-        The column used, when ``reduce`` names one.
+    columns_ : tuple of int or None
+        The columns used, when ``reduce`` names them.
     """
 
-    def __init__(self, reduce: str | int = "mean") -> None:
+    def __init__(self, reduce: str | int | list[str | int] = "mean") -> None:
         self.reduce = reduce
 
-    def _resolve_column(self) -> int | None:
+    def _resolve_columns(self) -> tuple[int, ...] | None:
         reduce = self.reduce
         if isinstance(reduce, str) and reduce in REDUCTIONS:
             return None
+        if isinstance(reduce, (list, tuple)) and reduce:
+            return tuple(self._resolve_column(r) for r in reduce)
+        return (self._resolve_column(reduce),)
+
+    def _resolve_column(self, reduce: Any) -> int:
         if isinstance(reduce, (int, np.integer)) and not isinstance(reduce, bool):
             if not 0 <= reduce < self.n_features_in_:
                 raise ConfigError(f"reduce={reduce} is not a column index: the data has {self.n_features_in_} features")
             return int(reduce)
-        if isinstance(reduce, str):
+        if isinstance(reduce, str) and reduce not in REDUCTIONS:
             names = list(getattr(self, "feature_names_in_", []))
             if reduce in names:
                 return names.index(reduce)
             known = f"; the columns are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else ""
             raise ConfigError(f"reduce={reduce!r} is neither one of {', '.join(REDUCTIONS)} nor a column name{known}")
-        raise ConfigError(f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or a name; got {reduce!r}")
+        raise ConfigError(f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or name, or a list of them; "
+                          f"got {self.reduce!r}")  # fmt: skip
 
     def _scalar(self, X: FloatArray) -> FloatArray:
-        if self.column_ is not None:
-            scalar: FloatArray = X[:, self.column_]
+        if self.columns_ is not None:
+            scalar: FloatArray = X[:, list(self.columns_)].mean(axis=1)
         else:
             scalar = X.max(axis=1) if self.reduce == "max" else X.mean(axis=1)
         return scalar
 
     def fit(self, X: Any, y: Any) -> ThresholdAttack:
         X, member = self._validate_fit(X, y)
-        self.column_ = self._resolve_column()
+        self.columns_ = self._resolve_columns()
         roc = roc_curve(self._scalar(X), member)
         j = roc.tpr - roc.fpr
         best = int(np.argmax(j))  # first maximum: the strictest threshold among equally good ones
