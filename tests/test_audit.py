@@ -193,13 +193,14 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
     from diffmia.audit import check_threshold_feature
 
     features = {"encoders": ["pixels", "hub/deit-tiny"], "distances": ["l2", "ssim"],
-                "granularities": ["pooled", "token"], "aggregations": ["mean"]}  # fmt: skip
+                "granularities": ["pooled", "token", "unit"], "aggregations": ["mean"]}  # fmt: skip
 
     def check(reduce):
         config = parse_config({"features": features, "attacks": {"threshold": {"reduce": reduce}}})
         check_threshold_feature(config)
 
-    for fine in ("mean", "max", "pixels/l2/pooled/mean", "deit-tiny/l2/token017/mean", "pixels/ssim/pooled/mean"):
+    for fine in ("mean", "max", "pixels/l2/pooled/mean", "deit-tiny/l2/token017/mean", "deit-tiny/l2/unit0767/mean",
+                 "pixels/ssim/pooled/mean"):  # fmt: skip
         check(fine)
     with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce = 3 would be column 3 of each table, a "
                        r"different feature in each channel's table and in the combined one: name the feature "
@@ -210,7 +211,8 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
         check("img2img/pixels/l2/pooled/mean")
     with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'pixels/l2/token001/mean' is none of the "
                        r"features this audit computes: pixels/l2/pooled/mean, deit-tiny/l2/pooled/mean, "
-                       r"deit-tiny/l2/token###/mean, pixels/ssim/pooled/mean \(token### numbers"):  # fmt: skip
+                       r"deit-tiny/l2/token###/mean, deit-tiny/l2/unit####/mean, pixels/ssim/pooled/mean \(# numbers "
+                       r"the encoder's tokens or hidden units\)$"):  # fmt: skip
         check("pixels/l2/token001/mean")  # pixels have no tokens
     with pytest.raises(ConfigError, match="is none of the features"):
         check("deit-tiny/l2/token1/mean")

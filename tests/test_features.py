@@ -68,6 +68,49 @@ def test_similarities_through_the_table():
     np.testing.assert_array_equal(table.y, [True, False])
 
 
+class RandomTokens:
+    """Five tokens of four hidden units per image, drawn from the image's pixels (a fixed function of them)."""
+
+    fingerprint = "random-tokens"
+
+    def encode(self, images):
+        return np.stack([np.random.default_rng(int(np.asarray(im).sum())).normal(size=(5, 4)) for im in images])
+
+    def pool(self, tokens):
+        return tokens[:, 0]
+
+
+def test_unit_features_are_the_reference_codes_cosine_over_the_token_axis():
+    """Granularity "unit": one column per hidden unit, the similarity of the unit's values across all tokens, as
+    the reference code computes ``torch.nn.functional.cosine_similarity(query, generation, dim=1)`` on (batch,
+    tokens, units); aggregated over the generations like every column; its L2 is the distance of those vectors."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    images = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)) for _ in range(6)]
+    queries, generations = images[:2], [images[2:4], images[4:6]]
+    table = build_features(["a", "b"], queries, generations, {"r": RandomTokens()}, distances=("cosine", "l2"),
+                           granularities=("unit",), aggregations=("mean", "max"))  # fmt: skip
+    assert table.names[:5] == ("r/cosine/unit0000/mean", "r/cosine/unit0001/mean", "r/cosine/unit0002/mean",
+                               "r/cosine/unit0003/mean", "r/cosine/unit0000/max")  # fmt: skip
+    assert len(table.names) == 2 * 2 * 4
+    column = dict(zip(table.names, table.X.T, strict=True))
+    encode = RandomTokens().encode
+    for i, (query, group) in enumerate(zip(queries, generations, strict=True)):
+        q = torch.tensor(encode([query]))
+        cos = torch.stack([torch.nn.functional.cosine_similarity(q, torch.tensor(encode([g])), dim=1)[0]
+                           for g in group])  # (generations, units)  # fmt: skip
+        l2 = np.stack([-np.linalg.norm(encode([query])[0] - encode([g])[0], axis=0) for g in group])
+        for u in range(4):
+            assert column[f"r/cosine/unit{u:04d}/mean"][i] == pytest.approx(float(cos[:, u].mean()), rel=1e-9)
+            assert column[f"r/cosine/unit{u:04d}/max"][i] == pytest.approx(float(cos[:, u].max()), rel=1e-9)
+            assert column[f"r/l2/unit{u:04d}/mean"][i] == pytest.approx(l2[:, u].mean(), rel=1e-9)
+    # a vector encoder has no units: the granularity adds no column for it
+    pixels = build_features(["a"], queries[:1], generations[:1], {"pixels": PixelEncoder(size=4)},
+                            distances=("l2",), granularities=("pooled", "unit"))  # fmt: skip
+    assert pixels.names == ("pixels/l2/pooled/mean",)
+
+
 def test_pooled_features_pool_as_the_encoder_does(tmp_path):
     """The pooled granularity and the blind features use the encoder's own pooling (here the mean of the tokens,
     through the embedding cache too), not always the first token; an encoder of tokens without one is refused."""

@@ -193,7 +193,8 @@ def check_threshold_feature(config: Config) -> None:
                                                 for g in features.granularities if g == "pooled" or e != "pixels"
                                                 for a in features.aggregations]  # fmt: skip
     planned += [("pixels", "ssim", "pooled", a) for a in features.aggregations if "ssim" in features.distances]
-    shown = [f"{e}/{d}/{'token###' if g == 'token' else g}/{a}" for e, d, g, a in planned]  # fmt: skip
+    numbered = {"token": ("token###", r"token\d{3}"), "unit": ("unit####", r"unit\d{4}")}
+    shown = [f"{e}/{d}/{numbered[g][0] if g in numbered else g}/{a}" for e, d, g, a in planned]
     where = "attacks.threshold.reduce"
     if isinstance(reduce, int):
         raise ConfigError(
@@ -204,12 +205,11 @@ def check_threshold_feature(config: Config) -> None:
     if channel in get_args(Channel):
         raise ConfigError(f"{where} {reduce!r}: name the feature without its channel ({rest!r}); the attack runs on "
                           "each channel's table and on all channels together")  # fmt: skip
-    token = r"token\d{3}"
-    if not any(re.fullmatch("/".join([re.escape(e), d, token if g == "token" else g, a]), reduce)
+    if not any(re.fullmatch("/".join([re.escape(e), d, numbered[g][1] if g in numbered else g, a]), reduce)
                for e, d, g, a in planned):  # fmt: skip
         raise ConfigError(
             f"{where} {reduce!r} is none of the features this audit computes: {', '.join(shown)} "
-            "(token### numbers the encoder's tokens)"
+            "(# numbers the encoder's tokens or hidden units)"
         )
 
 

@@ -342,7 +342,7 @@ class DataConfig(_Section):
 
 
 DistanceName = Literal["cosine", "l1", "l2", "hamming", "ssim"]
-Granularity = Literal["pooled", "token"]
+Granularity = Literal["pooled", "token", "unit"]
 Aggregation = Literal["mean", "max", "min", "std"]
 DEFAULT_DISTANCES: tuple[DistanceName, ...] = ("cosine", "l2", "ssim")
 DEFAULT_GRANULARITIES: tuple[Granularity, ...] = ("pooled",)

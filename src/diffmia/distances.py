@@ -2,8 +2,8 @@
 
 Every function takes two arrays whose last axis is the embedding dimension and broadcasts over the others, so
 the same call serves pooled vectors (n, d) and per-token outputs (n, tokens, d): with tokens the result keeps
-one score per token (the reference paper's per-patch scores). Distances are negated here, once, so that a
-generation identical to its query scores highest under every measure.
+one score per token (per-patch scores); given (n, d, tokens) it keeps one per hidden unit. Distances are negated
+here, once, so that a generation identical to its query scores highest under every measure.
 """
 
 from __future__ import annotations

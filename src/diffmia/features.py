@@ -1,11 +1,15 @@
 """Features: (queries, their generations, encoders, distances, aggregations) -> FeatureTable.
 
 For each encoder the query image and its m generations are embedded (embeddings are cached by image content
-and encoder fingerprint); each similarity compares the query with every generation either per token (one
-score per patch, as the reference paper does) or pooled (one scalar), and the m scores are aggregated.
-Column names read ``encoder/similarity/granularity/aggregation`` (per token: ``.../token017/...``).
-Higher = more likely a member in every column. ``blind_features`` describes the query alone: the model-free
-baseline that shows how separable members and non-members are before any model is queried.
+and encoder fingerprint); each similarity compares the query with every generation pooled (one vector per image:
+one scalar), per token (the token's vectors: one score per patch) or per hidden unit (the unit's values across all
+tokens: one score per unit, as the reference code computes its cosine over the token axis, 768 features for
+DeiT-base), and the m scores are aggregated. Column names read ``encoder/similarity/granularity/aggregation``
+(per token ``.../token017/...``, per unit ``.../unit0017/...``). Every similarity is higher for a generation more
+like its query; an aggregation such as ``std`` need not point the way membership does (the distribution and
+classifier attacks learn each column's direction on shadow data; the threshold attack's mean does not).
+``blind_features`` describes the query alone: the model-free baseline that shows how separable members and
+non-members are before any model is queried.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from diffmia.files import atomic_path
 from diffmia.images import image_digest
 from diffmia.records import BoolArray, FeatureTable
 
-GRANULARITIES = ("pooled", "token")
+GRANULARITIES = ("pooled", "token", "unit")
 
 
 class Encoder(Protocol):
@@ -123,12 +127,18 @@ def build_features(
                     scores = measure(_pool(encoder, query_emb, tokens)[:, None], _pool(encoder, gen_emb, tokens))
                     for agg in aggregations:
                         columns[f"{name}/{distance}/pooled/{agg}"] = aggregate(scores.T, agg)
-                elif tokens:  # per token: (n, m, tokens)
+                elif tokens and granularity == "token":  # per token: (n, m, tokens)
                     scores = measure(query_emb[:, None], gen_emb)
                     for agg in aggregations:
                         per_token = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, tokens)
                         for t in range(per_token.shape[1]):
                             columns[f"{name}/{distance}/token{t:03d}/{agg}"] = per_token[:, t]
+                elif tokens:  # per hidden unit, its values across the tokens compared: (n, m, d)
+                    scores = measure(np.swapaxes(query_emb, -1, -2)[:, None], np.swapaxes(gen_emb, -1, -2))
+                    for agg in aggregations:
+                        per_unit = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, d)
+                        for u in range(per_unit.shape[1]):
+                            columns[f"{name}/{distance}/unit{u:04d}/{agg}"] = per_unit[:, u]
     if "ssim" in distances:
         scores = np.stack(
             [
