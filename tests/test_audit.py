@@ -216,6 +216,10 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
         check("pixels/l2/token001/mean")  # pixels have no tokens
     with pytest.raises(ConfigError, match="is none of the features"):
         check("deit-tiny/l2/token1/mean")
+    with pytest.raises(ConfigError, match="is none of the features"):
+        check("pixels/l2/pooled/mean-minus-base")
+    features["calibrate"] = True  # the base-calibrated columns
+    check("pixels/l2/pooled/mean-minus-base")
     parse_config({"attacks": {"use": ["classifier"], "threshold": {"reduce": 3}}})  # unused: not checked
     config = parse_config(_folders_config(tmp_path, scenarios=["III"]) | {"attacks": {"threshold": {"reduce": "x"}}})
     with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'x' is none of the features"):
@@ -242,6 +246,50 @@ def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_
         if channel == "combined":  # the mean of both channels' l2 columns: 1.5, 0.5, 3, 2 -> members from 2
             assert attack.threshold_ == 1.75
     assert picked == {"text2img": [names[0]], "img2img": [names[2]], "combined": [names[0], names[2]]}
+
+
+class _SeedGrey:
+    """A stand-in model: each query's image is one grey level drawn from its seed, or, given the candidates' files,
+    the query's own candidate, as a model that reproduces its training images."""
+
+    def __init__(self, name, candidates=None):
+        self.name, self.candidates, self.seeds = name, candidates, []
+
+    def generate(self, queries, cache, settings, show_progress):
+        self.seeds += [q.seed for q in queries]
+        if self.candidates is not None:
+            return [Image.open(self.candidates[q.sample_id]).convert("RGB") for q in queries]
+        return [Image.new("RGB", (8, 8), (q.seed % 251,) * 3) for q in queries]
+
+
+def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_path):
+    """features.calibrate: beside each feature, the feature minus the base model's for the same candidates and
+    prompts at the reference seeds (by hand here); the base model's own control is not zero by design, since its
+    audited queries use the run's seeds; the reference queries run once per candidate set."""
+    from types import SimpleNamespace
+
+    from diffmia.audit import Queries
+    from diffmia.encoders import PixelEncoder
+    from diffmia.progress import Feedback
+    from diffmia.queries import query_seed, reference_seed
+
+    samples = load_image_folder(_folder(tmp_path / "data", [10, 60, 200])).samples
+    config = parse_config({"features": {"distances": ["l2"], "aggregations": ["mean"], "calibrate": True},
+                           "generation": {"channels": ["text2img"], "queries_per_image": 2, "seed": 7}})  # fmt: skip
+    prompts = SimpleNamespace(get=lambda source, samples: [s.caption for s in samples])
+    target, base = _SeedGrey("target", {s.id: s.image_path for s in samples}), _SeedGrey("base")
+    queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None), base)
+    table = queries.features(target, samples, "given")
+    assert table.names == ("text2img/pixels/l2/pooled/mean", "text2img/pixels/l2/pooled/mean-minus-base")
+    grey = np.array([10, 60, 200])[:, None] / 255.0  # each candidate is one grey level
+    seeds = [[query_seed(reference_seed(7), s.id, "text2img", j) for j in range(2)] for s in samples]
+    reference = -np.sqrt(8 * 8 * 3) * np.abs(grey - np.array(seeds) % 251 / 255.0).mean(axis=1)
+    np.testing.assert_allclose(table.X[:, 0], 0.0, atol=1e-6)  # the memorising model reproduces every candidate
+    np.testing.assert_allclose(table.X[:, 1], -reference, rtol=1e-5)
+    assert base.seeds == [s for row in seeds for s in row]  # queried once, at the reference seeds
+    control = queries.features(base, samples, "given")
+    assert base.seeds[6:] == [query_seed(7, s.id, "text2img", j) for s in samples for j in range(2)]
+    assert np.abs(control.X[:, 1]).min() > 0.01 and len(base.seeds) == 12  # no second reference query
 
 
 def test_several_shadows_pool_into_one_training_table():

@@ -100,6 +100,13 @@ def test_example_studies_plan_one_valid_audit_per_level(path):
     if path.stem == "shadow-family":
         assert [r.config.audit.shadow_base_model for r in runs] == [None, "runs/studies/bases/unet3/pipeline"]
         assert {r.config.audit.base_model for r in runs} == {"builtin"}  # the control stays the target's base
+    sdxl = "runs/studies/bases/sdxl/pipeline"
+    if path.stem == "shadow-family-sdxl":  # an SD 1.x target, shadows of its own layout or of the SDXL family
+        assert [(r.config.audit.base_model, r.config.audit.shadow_base_model) for r in runs] == [
+            ("builtin", None), ("builtin", sdxl)]  # fmt: skip
+    if path.stem == "shadow-family-sdxl-target":  # the reverse: an SDXL-family target, SD 1.x shadows
+        assert [(r.config.audit.base_model, r.config.audit.shadow_base_model) for r in runs] == [
+            (sdxl, None), (sdxl, "builtin")]  # fmt: skip
 
 
 def test_a_missing_model_folder_stops_the_study_before_its_first_level(tmp_path):

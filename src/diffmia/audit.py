@@ -60,7 +60,7 @@ from diffmia.models import (
 from diffmia.progress import Feedback
 from diffmia.prompts import Prompts
 from diffmia.quality import digit_quality
-from diffmia.queries import build_queries
+from diffmia.queries import build_queries, reference_seed
 from diffmia.records import FeatureTable, Sample, ScoreSet
 from diffmia.report import render_report
 from diffmia.report.verdict import control_strays
@@ -113,7 +113,7 @@ def run_audit(
             # 4. prompts: the given captions, or those of a captioner fine-tuned on each D'
             prompts = Prompts(config.audit, config.captioner_training, store, scenarios, auxiliary, feedback)
         # 5-6. generation (through the cache) and features, each (model, samples, prompt source) once
-        queries = Queries(config, run, prompts, data.encoders, feedback)
+        queries = Queries(config, run, prompts, data.encoders, feedback, models.base)
         with clock("attacks and evaluation"):
             # 7. attacks: fitted on the shadows only, frozen, applied once to the target and the controls
             score_sets = [s for scenario in scenarios for s in attack(config, scenario, models, data.split, queries)]
@@ -188,11 +188,12 @@ def check_threshold_feature(config: Config) -> None:
         return
     features = config.features
     embedding = [d for d in features.distances if d != "ssim"]
+    aggregations = [*features.aggregations, *(f"{a}-minus-base" for a in features.aggregations if features.calibrate)]
     encoders = [encoder_name(name) for name in dict.fromkeys(features.encoders)]
     planned: list[tuple[str, str, str, str]] = [(e, d, g, a) for e in encoders for d in embedding
                                                 for g in features.granularities if g == "pooled" or e != "pixels"
-                                                for a in features.aggregations]  # fmt: skip
-    planned += [("pixels", "ssim", "pooled", a) for a in features.aggregations if "ssim" in features.distances]
+                                                for a in aggregations]  # fmt: skip
+    planned += [("pixels", "ssim", "pooled", a) for a in aggregations if "ssim" in features.distances]
     numbered = {"token": ("token###", r"token\d{3}"), "unit": ("unit####", r"unit\d{4}")}
     shown = [f"{e}/{d}/{numbered[g][0] if g in numbered else g}/{a}" for e, d, g, a in planned]
     where = "attacks.threshold.reduce"
@@ -338,28 +339,52 @@ class Queries:
     prompts: Prompts
     encoders: dict[str, Encoder]
     feedback: Feedback
+    reference: Model | None = None  # the base model, queried with independent seeds when features.calibrate is on
     tables: dict[tuple[str, str], FeatureTable] = field(default_factory=dict)
     images_requested: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     _baselines: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
     _blind: dict[str, tuple[FeatureTable, FeatureTable]] = field(default_factory=dict)
+    _references: dict[tuple[str, tuple[str, ...]], FeatureTable] = field(default_factory=dict)
     cache: GenerationCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.cache = GenerationCache(self.config.generation.cache or self.run / "cache")
 
     def features(self, model: Model, samples: Sequence[Sample], source: str) -> FeatureTable:
+        """``model``'s features of ``samples`` (with their base-calibrated columns when features.calibrate is on)."""
         key = (model.name, source)
         if key not in self.tables:
             started = time.perf_counter()
             self.feedback.log(f"querying {model.name} with {len(samples)} images ({source_name(source)} prompts)")
-            self.tables[key] = self._compare(model, samples, self.prompts.get(source, samples))
+            table = self._compare(model, samples, self.prompts.get(source, samples))
+            if self.config.features.calibrate:
+                table = self._calibrated(table, samples, source)
+            self.tables[key] = table
             self.seconds += time.perf_counter() - started
         return self.tables[key]
 
-    def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[str]) -> FeatureTable:
-        """Generate (through the cache) and compare: one row per sample, columns ``channel/encoder/...``."""
+    def _calibrated(self, table: FeatureTable, samples: Sequence[Sample], source: str) -> FeatureTable:
+        """``table`` and, beside each column, that column minus the base model's for the same candidates and
+        prompts, generated with the reference seeds (so that the base model's own control is not zero by design)."""
+        if self.reference is None:
+            raise ConfigError("features.calibrate needs the base model to query (audit.base_model)")
+        key = (source, tuple(s.id for s in samples))  # not saved: raw minus calibrated columns give it back
+        if key not in self._references:
+            self.feedback.log(f"querying {self.reference.name} with {len(samples)} images, reference seeds")
+            seed = reference_seed(self.config.generation.seed)
+            self._references[key] = self._compare(self.reference, samples, self.prompts.get(source, samples), seed)
+        reference = self._references[key]
+        names = (*table.names, *(f"{n}-minus-base" for n in table.names))
+        return FeatureTable(table.sample_ids, np.hstack([table.X, table.X - reference.X]), names, table.y)
+
+    def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[str],
+                 seed: int | None = None) -> FeatureTable:  # fmt: skip
+        """Generate (through the cache) and compare: one row per sample, columns ``channel/encoder/...``; the
+        queries' seeds derive from ``seed`` (default: generation.seed)."""
         settings, features = self.config.generation, self.config.features
+        if seed is not None:
+            settings = settings.model_copy(update={"seed": seed})
         m = settings.queries_per_image
         originals = [load_rgb(s.image_path) for s in samples]
         ids = tuple(s.id for s in samples)

@@ -361,6 +361,10 @@ class FeaturesConfig(_Section):
     distances: list[DistanceName] = Field(default_factory=lambda: list(DEFAULT_DISTANCES), min_length=1)
     granularities: list[Granularity] = Field(default_factory=lambda: list(DEFAULT_GRANULARITIES), min_length=1)
     aggregations: list[Aggregation] = Field(default_factory=lambda: list(DEFAULT_AGGREGATIONS), min_length=1)
+    # add, beside every feature, the feature minus the same feature of the un-fine-tuned base model (audit.base_model)
+    # queried for the same candidate and prompt with independent seeds (column ".../mean-minus-base"): how much more
+    # alike the audited model makes a candidate than the public base already does
+    calibrate: bool = False
 
 
 class ShadowConfig(_Section):

@@ -15,6 +15,11 @@ def query_seed(seed: int, sample_id: str, channel: str, index: int) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+def reference_seed(seed: int) -> int:
+    """The run seed of the reference queries (features.calibrate): independent of the audited models' queries."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:reference".encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
 def build_queries(samples: Sequence[Sample], prompts: Sequence[str], settings: GenerationConfig) -> list[Query]:
     """The queries of every sample: ``queries_per_image`` per channel, prompted with ``prompts`` (same order)."""
     queries = []
