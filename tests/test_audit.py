@@ -595,6 +595,17 @@ def test_controls_warn_only_when_clearly_separable():
                     replace(noise.evaluation, auc=0.62, auc_interval=replace(noise.evaluation.auc_interval,
                                                                              low=0.45, high=0.75)))  # fmt: skip
     assert control_warnings([wide]) == []
+    # a base control that strays in scenario II only: the captioner fine-tuned on the overlapping D' is named
+    captioned = replace(score_set("base", 1.5), scenario="II")
+    (warning,) = control_warnings([captioned, noise])
+    assert warning.endswith(". The captioner of scenario II was fine-tuned on a D' that holds part of the target's "
+                            "members and may caption them better, so its prompts carry membership into any model's "
+                            "generations: the target's II numbers overstate what the target itself leaks (compare "
+                            "with the disjoint scenarios, whose captioner never saw them)")  # fmt: skip
+    (both,) = control_warnings([captioned, replace(captioned, scenario="IV")])  # and elsewhere: both causes
+    assert "II/text2img/classifier" in both and "IV/text2img/classifier" in both
+    assert "may differ in distribution, so the target's numbers overstate what membership alone explains; and the " \
+           "captioner of scenario II was fine-tuned" in both  # fmt: skip
 
 
 # --- fault injection: killed at five points, resumed each time ----------------------------------------------

@@ -574,18 +574,30 @@ def control_warnings(score_sets: Sequence[ScoreSet]) -> list[str]:
     member / non-member split itself may be separable."""
     warnings = []
     for model, what in (("base", "the un-fine-tuned base model"), ("blind", "the query images alone (blind)")):
+        strays = [s for s in score_sets if s.model == model and control_strays(s.evaluation)]
+        if not strays:
+            continue
         flagged = [
             f"{s.scenario}/{s.channel}/{s.attack} {s.evaluation.auc:.3f} "
             f"[{s.evaluation.auc_interval.low:.3f}, {s.evaluation.auc_interval.high:.3f}]"
-            for s in score_sets
-            if s.model == model and control_strays(s.evaluation)
+            for s in strays
         ]
-        if flagged:
-            warnings.append(
-                f"attacks on {what} separate members from non-members (AUC outside 0.5 +/- 0.1, interval excluding "
-                f"0.5): {'; '.join(flagged)}. Members and non-members may differ in distribution, so the target's "
-                "numbers overstate what membership alone explains"
-            )
+        # a captioner fine-tuned on an overlapping D' has seen part of the target's members: their prompts may be
+        # better, and a prompt carries membership into any model's generations (scenario II)
+        seen = sorted({s.scenario for s in strays if not SCENARIOS[s.scenario].given_caption
+                       and SCENARIOS[s.scenario].kind == "overlap"})  # fmt: skip
+        why = ("Members and non-members may differ in distribution, so the target's numbers overstate what "
+               "membership alone explains")  # fmt: skip
+        captioner = (f"the captioner of scenario {', '.join(seen)} was fine-tuned on a D' that holds part of the "
+                     "target's members and may caption them better, so its prompts carry membership into any "
+                     f"model's generations: the target's {', '.join(seen)} numbers overstate what the target itself "
+                     "leaks (compare with the disjoint scenarios, whose captioner never saw them)")  # fmt: skip
+        if model == "base" and len(seen) == len({s.scenario for s in strays}):
+            why = captioner[0].upper() + captioner[1:]
+        elif model == "base" and seen:
+            why += f"; and {captioner}"
+        warnings.append(f"attacks on {what} separate members from non-members (AUC outside 0.5 +/- 0.1, interval "
+                        f"excluding 0.5): {'; '.join(flagged)}. {why}")  # fmt: skip
     return warnings
 
 
