@@ -23,3 +23,63 @@ def test_a_captioner_not_fine_tuned_is_the_shipped_one_and_trains_nothing(tmp_pa
     assert path == Path(resolve_captioner(audit.captioner)) and (path / "config.json").is_file()
     assert card == {"captioner": audit.captioner, "fine-tuned": False}
     assert lines == [] and list(tmp_path.iterdir()) == []
+
+
+def test_several_prompts_per_image_take_turns_over_its_queries(tmp_path):
+    """Query j of an image takes its prompt j mod k (k prompts), with the seed of query j; one prompt serves all."""
+    from diffmia.config import GenerationConfig
+    from diffmia.queries import build_queries, query_seed
+
+    samples = [Sample("a", tmp_path / "a.png"), Sample("b", tmp_path / "b.png")]
+    settings = GenerationConfig(channels=["text2img", "img2img"], queries_per_image=3)
+    queries = build_queries(samples, [["a1", "a2"], "b"], settings)
+    assert [(q.sample_id, q.mode, q.prompt) for q in queries] == [
+        ("a", "text2img", "a1"), ("a", "text2img", "a2"), ("a", "text2img", "a1"),
+        ("a", "img2img", "a1"), ("a", "img2img", "a2"), ("a", "img2img", "a1"),
+        ("b", "text2img", "b"), ("b", "text2img", "b"), ("b", "text2img", "b"),
+        ("b", "img2img", "b"), ("b", "img2img", "b"), ("b", "img2img", "b"),
+    ]  # fmt: skip
+    assert [q.seed for q in queries[:3]] == [query_seed(0, "a", "text2img", j) for j in range(3)]
+    assert build_queries(samples, [["a1"], ["b"]], settings) == build_queries(samples, ["a1", "b"], settings)
+
+
+def test_an_audit_needs_a_query_per_caption():
+    import pytest
+
+    from diffmia.config import parse_config
+    from diffmia.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"audit\.captions_per_image = 4 needs at least as many queries per image "
+                                          r"\(generation\.queries_per_image = 3\): one query per caption"):  # fmt: skip
+        parse_config({"audit": {"captions_per_image": 4}})
+    assert parse_config({"audit": {"captions_per_image": 3}}).audit.captions_per_image == 3
+
+
+def test_several_captions_are_saved_as_lists_and_read_back(tmp_path):
+    """prompts.json keeps one string per image, or the list when a captioner writes several; ``get`` gives the
+    best, ``get_all`` every one; a second run reads them instead of captioning again."""
+    import json
+
+    from diffmia.prompts import Prompts
+
+    class Beams:
+        calls = 0
+
+        def caption_all(self, samples):
+            Beams.calls += 1
+            return [[f"{s.id} best", f"{s.id} second"] if s.id != "c" else [f"{s.id} only"] for s in samples]
+
+    samples = [Sample(i, tmp_path / f"{i}.png") for i in "abc"]
+
+    def prompts():
+        made = Prompts(AuditConfig(), CaptionerTrainingConfig(), ModelStore(tmp_path), [], {}, Feedback(print))
+        made.captioners["captioner-disjoint"] = Beams()
+        return made
+
+    first = prompts()
+    assert first.get_all("captioner-disjoint", samples) == [["a best", "a second"], ["b best", "b second"],
+                                                            ["c only"]]  # fmt: skip
+    assert first.get("captioner-disjoint", samples[:2]) == ["a best", "b best"]
+    saved = json.loads((tmp_path / "prompts.json").read_text())
+    assert saved == {"captioner-disjoint": {"a": ["a best", "a second"], "b": ["b best", "b second"], "c": "c only"}}
+    assert prompts().get_all("captioner-disjoint", samples)[1] == ["b best", "b second"] and Beams.calls == 1

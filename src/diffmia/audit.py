@@ -357,7 +357,7 @@ class Queries:
         if key not in self.tables:
             started = time.perf_counter()
             self.feedback.log(f"querying {model.name} with {len(samples)} images ({source_name(source)} prompts)")
-            table = self._compare(model, samples, self.prompts.get(source, samples))
+            table = self._compare(model, samples, self.prompts.get_all(source, samples))
             if self.config.features.calibrate:
                 table = self._calibrated(table, samples, source)
             self.tables[key] = table
@@ -373,12 +373,13 @@ class Queries:
         if key not in self._references:
             self.feedback.log(f"querying {self.reference.name} with {len(samples)} images, reference seeds")
             seed = reference_seed(self.config.generation.seed)
-            self._references[key] = self._compare(self.reference, samples, self.prompts.get(source, samples), seed)
+            prompts = self.prompts.get_all(source, samples)
+            self._references[key] = self._compare(self.reference, samples, prompts, seed)
         reference = self._references[key]
         names = (*table.names, *(f"{n}-minus-base" for n in table.names))
         return FeatureTable(table.sample_ids, np.hstack([table.X, table.X - reference.X]), names, table.y)
 
-    def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[str],
+    def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[Sequence[str]],
                  seed: int | None = None) -> FeatureTable:  # fmt: skip
         """Generate (through the cache) and compare: one row per sample, columns ``channel/encoder/...``; the
         queries' seeds derive from ``seed`` (default: generation.seed)."""
@@ -554,10 +555,10 @@ def most_exposed(config: Config, score_sets: Sequence[ScoreSet], target: Model, 
         sample = by_id.get(chosen.sample_ids[index])
         if sample is None:
             continue
-        (prompt,) = prompts.get(source, [sample])
+        (options,) = prompts.get_all(source, [sample])  # several captions (audit.captions_per_image) shown as one
         generations = tuple((q.mode, str(cache.image_path(q.key(fingerprint)).resolve()))
-                            for q in build_queries([sample], [prompt], config.generation))  # fmt: skip
-        rows.append(ExposedImage(sample.id, str(Path(sample.image_path).resolve()), prompt,
+                            for q in build_queries([sample], [options], config.generation))  # fmt: skip
+        rows.append(ExposedImage(sample.id, str(Path(sample.image_path).resolve()), " | ".join(options),
                                  float(chosen.scores[index]), generations))  # fmt: skip
         if len(rows) == config.audit.exposed:
             break

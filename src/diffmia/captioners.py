@@ -46,12 +46,14 @@ class BlipCaptioner:
         folder written by ``diffmia finetune-captioner``, or ``builtin`` (the shipped tiny BLIP of the digits).
     max_length : longest caption in tokens (77: what a Stable Diffusion text encoder reads)
     num_beams : beam search width; 1 is greedy. Decoding is deterministic either way.
+    captions_per_image : how many captions :meth:`caption_all` writes per image: the best of a beam search at
+        least that wide (1: the single caption of ``num_beams``).
     """
 
     def __init__(self, model: str | Path = DEFAULT_CAPTIONER, *, batch_size: int = 16, max_length: int = 77,
-                 num_beams: int = 1, device: str = "cpu") -> None:  # fmt: skip
+                 num_beams: int = 1, captions_per_image: int = 1, device: str = "cpu") -> None:  # fmt: skip
         self.model, self.batch_size, self.max_length = resolve_captioner(model), batch_size, max_length
-        self.num_beams, self.device = num_beams, device
+        self.num_beams, self.captions_per_image, self.device = num_beams, captions_per_image, device
         self._loaded: tuple[Any, Any] | None = None
         self._fingerprint: str | None = None
 
@@ -67,25 +69,37 @@ class BlipCaptioner:
             identity = weights_digest(Path(self.model)) if local else str(
                 getattr(self._load()[1].config, "_commit_hash", None) or "unpinned"
             )  # fmt: skip
-            self._fingerprint = f"blip({self.model}@{identity},beams={self.num_beams},max={self.max_length})"
+            k = f",captions={self.captions_per_image}" if self.captions_per_image > 1 else ""
+            self._fingerprint = f"blip({self.model}@{identity},beams={self.num_beams},max={self.max_length}{k})"
         return self._fingerprint
 
     def caption(self, samples: Sequence[Sample]) -> list[str]:
-        return self.caption_images([load_rgb(s.image_path) for s in samples])
+        """One caption per sample (the best, when several are written)."""
+        return [captions[0] for captions in self.caption_all(samples)]
+
+    def caption_all(self, samples: Sequence[Sample]) -> list[list[str]]:
+        """``captions_per_image`` captions per sample, best first."""
+        return self.caption_images_all([load_rgb(s.image_path) for s in samples])
 
     def caption_images(self, images: Sequence[Image.Image]) -> list[str]:
+        return [captions[0] for captions in self.caption_images_all(images)]
+
+    def caption_images_all(self, images: Sequence[Image.Image]) -> list[list[str]]:
         import torch
 
         processor, network = self._load()
-        captions: list[str] = []
+        k = self.captions_per_image
+        beams = self.num_beams if k == 1 else max(self.num_beams, k)
+        captions: list[list[str]] = []
         for start in range(0, len(images), self.batch_size):
             inputs = processor(images=list(images[start : start + self.batch_size]), return_tensors="pt")
             with torch.no_grad():
                 ids = network.generate(
                     pixel_values=inputs["pixel_values"].to(self.device), max_length=self.max_length,
-                    num_beams=self.num_beams, do_sample=False,
+                    num_beams=beams, num_return_sequences=k, do_sample=False,
                 )  # fmt: skip
-            captions += [c.strip() for c in processor.batch_decode(ids, skip_special_tokens=True)]
+            decoded = [c.strip() for c in processor.batch_decode(ids, skip_special_tokens=True)]
+            captions += [decoded[i : i + k] for i in range(0, len(decoded), k)]
         return captions
 
 

@@ -409,6 +409,9 @@ class AuditConfig(_Section):
     overlap: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     captioner: str = "builtin"
     finetune_captioner: bool = True
+    # scenarios II and IV: prompt each image with the captioner's k best captions (beam search), query j with caption
+    # j mod k; the aggregations then run over captions and seeds together (max: the best caption)
+    captions_per_image: Annotated[int, Field(ge=1)] = 1
     models_dir: str | None = None
     baselines: list[Literal["gan-leaks", "loss", "secmi", "pia"]] = Field(default_factory=list)
     gan_leaks_samples: Annotated[int, Field(ge=1)] = 500
@@ -494,6 +497,14 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="after")
+    def _a_query_per_caption(self) -> Config:
+        k, m = self.audit.captions_per_image, self.generation.queries_per_image
+        if k > m:
+            raise ValueError(f"audit.captions_per_image = {k} needs at least as many queries per image "
+                             f"(generation.queries_per_image = {m}): one query per caption")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _weights_for_graybox(self) -> Config:

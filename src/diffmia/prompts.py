@@ -31,25 +31,37 @@ class Prompts:
         self.captioners: dict[str, BlipCaptioner] = {}
         self.cards: dict[str, Any] = {}
         self.path = store.run / PROMPTS_FILE
-        self.saved: dict[str, dict[str, str]] = (
+        self.saved: dict[str, dict[str, str | list[str]]] = (
             json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         )
         for scenario in sorted(scenarios, key=lambda s: KINDS.index(s.kind)):  # D' overlap first
             source = scenario.prompt_source
             if not scenario.given_caption and source not in self.captioners:
                 folder, card = captioner(audit, training, store, scenario.kind, auxiliary[scenario.kind], feedback)
-                self.captioners[source] = BlipCaptioner(folder)
+                self.captioners[source] = BlipCaptioner(folder, captions_per_image=audit.captions_per_image)
                 self.cards[source] = card
 
     def get(self, source: str, samples: Sequence[Sample]) -> list[str]:
+        """One prompt per sample: its given caption, or the captioner's (best) caption."""
+        return [prompts[0] for prompts in self.get_all(source, samples)]
+
+    def get_all(self, source: str, samples: Sequence[Sample]) -> list[list[str]]:
+        """Every prompt of each sample: its given caption, or the captioner's ``audit.captions_per_image`` best
+        captions (saved in prompts.json: one string per image, or a list of them when there are several)."""
         if source == "given":
-            return GivenCaptions().caption(samples)
+            return [[caption] for caption in GivenCaptions().caption(samples)]
         known = self.saved.setdefault(source, {})
         todo = [s for s in samples if s.id not in known]
         if todo:
-            known.update(zip((s.id for s in todo), self.captioners[source].caption(todo), strict=True))
+            captioner = self.captioners[source]
+            written = captioner.caption_all(todo)
+            known.update({s.id: c if len(c) > 1 else c[0] for s, c in zip(todo, written, strict=True)})
             write_json(self.path, self.saved)
-        return [known[s.id] for s in samples]
+        return [_listed(known[s.id]) for s in samples]
+
+
+def _listed(saved: str | list[str]) -> list[str]:
+    return [saved] if isinstance(saved, str) else list(saved)
 
 
 def captioner(audit: AuditConfig, training: CaptionerTrainingConfig, store: ModelStore, kind: str,

@@ -20,17 +20,20 @@ def reference_seed(seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:reference".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def build_queries(samples: Sequence[Sample], prompts: Sequence[str], settings: GenerationConfig) -> list[Query]:
-    """The queries of every sample: ``queries_per_image`` per channel, prompted with ``prompts`` (same order)."""
+def build_queries(samples: Sequence[Sample], prompts: Sequence[str | Sequence[str]],
+                  settings: GenerationConfig) -> list[Query]:  # fmt: skip
+    """The queries of every sample: ``queries_per_image`` per channel, prompted with ``prompts`` (same order): one
+    prompt per sample, or several, query j taking prompt j mod their number."""
     queries = []
-    for sample, prompt in zip(samples, prompts, strict=True):
+    for sample, given in zip(samples, prompts, strict=True):
+        options = [given] if isinstance(given, str) else list(given)
         for channel in settings.channels:
             image2image = channel == "img2img"
             for j in range(settings.queries_per_image):
                 queries.append(
                     Query(
-                        prompt=prompt, seed=query_seed(settings.seed, sample.id, channel, j), steps=settings.steps,
-                        guidance=settings.guidance, negative_prompt=settings.negative_prompt,
+                        prompt=options[j % len(options)], seed=query_seed(settings.seed, sample.id, channel, j),
+                        steps=settings.steps, guidance=settings.guidance, negative_prompt=settings.negative_prompt,
                         init_image=sample.image_path if image2image else None,
                         strength=settings.strength if image2image else None, sample_id=sample.id,
                     )
