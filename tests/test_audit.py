@@ -276,7 +276,7 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     samples = load_image_folder(_folder(tmp_path / "data", [10, 60, 200])).samples
     config = parse_config({"features": {"distances": ["l2"], "aggregations": ["mean"], "calibrate": True},
                            "generation": {"channels": ["text2img"], "queries_per_image": 2, "seed": 7}})  # fmt: skip
-    prompts = SimpleNamespace(get=lambda source, samples: [s.caption for s in samples])
+    prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     target, base = _SeedGrey("target", {s.id: s.image_path for s in samples}), _SeedGrey("base")
     queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None), base)
     table = queries.features(target, samples, "given")

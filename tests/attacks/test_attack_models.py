@@ -41,8 +41,8 @@ ATTACKS = [
 def _expected_failures(estimator):
     if isinstance(estimator, ThresholdAttack):
         reason = (
-            "the threshold attack learns no feature weights by design: it thresholds the mean (or max) of "
-            "features that are already oriented higher = member, so it cannot reach the check's accuracy "
+            "the threshold attack learns no feature weights by design: it thresholds the mean (or max) of the "
+            "features as they are (similarities, higher = more alike), so it cannot reach the check's accuracy "
             "on arbitrary blobs whose classes differ in other directions"
         )
         return {"check_classifiers_train": reason}
