@@ -18,6 +18,7 @@ def test_given_captions():
         GivenCaptions().caption([*samples, Sample("c", Path("c.png"), " ")])
 
 
+@pytest.mark.slow  # loads the captioner and runs a beam search
 def test_several_captions_are_the_best_beams_of_one_search(tmp_path):
     """``captions_per_image = k``: the k best beams of a search k wide, best first, as transformers returns them;
     ``caption`` keeps the best. One caption keeps the greedy decoding."""
