@@ -42,7 +42,15 @@ from diffmia.data import (
 )
 from diffmia.encoders import HFVisionEncoder, PixelEncoder
 from diffmia.errors import ConfigError, DataError
-from diffmia.features import CachedEncoder, Encoder, blind_features, build_features
+from diffmia.features import (
+    NUMBERED,
+    CachedEncoder,
+    Encoder,
+    blind_features,
+    build_features,
+    column_name,
+    column_pattern,
+)
 from diffmia.files import atomic_path, exclusive_lock, write_json
 from diffmia.images import load_rgb
 from diffmia.lab.data import write_digits
@@ -194,8 +202,7 @@ def check_threshold_feature(config: Config) -> None:
                                                 for g in features.granularities if g == "pooled" or e != "pixels"
                                                 for a in aggregations]  # fmt: skip
     planned += [("pixels", "ssim", "pooled", a) for a in aggregations if "ssim" in features.distances]
-    numbered = {"token": ("token###", r"token\d{3}"), "unit": ("unit####", r"unit\d{4}")}
-    shown = [f"{e}/{d}/{numbered[g][0] if g in numbered else g}/{a}" for e, d, g, a in planned]
+    shown = [column_name(e, d, g + "#" * NUMBERED.get(g, 0), a) for e, d, g, a in planned]
     where = "attacks.threshold.reduce"
     if isinstance(reduce, int):
         raise ConfigError(
@@ -206,8 +213,7 @@ def check_threshold_feature(config: Config) -> None:
     if channel in get_args(Channel):
         raise ConfigError(f"{where} {reduce!r}: name the feature without its channel ({rest!r}); the attack runs on "
                           "each channel's table and on all channels together")  # fmt: skip
-    if not any(re.fullmatch("/".join([re.escape(e), d, numbered[g][1] if g in numbered else g, a]), reduce)
-               for e, d, g, a in planned):  # fmt: skip
+    if not any(re.fullmatch(column_pattern(*column), reduce) for column in planned):
         raise ConfigError(
             f"{where} {reduce!r} is none of the features this audit computes: {', '.join(shown)} "
             "(# numbers the encoder's tokens or hidden units)"

@@ -15,6 +15,7 @@ non-members are before any model is queried.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,19 @@ from diffmia.images import image_digest
 from diffmia.records import BoolArray, FeatureTable
 
 GRANULARITIES = ("pooled", "token", "unit")
+NUMBERED = {"token": 3, "unit": 4}  # the digits that number a per-token or per-unit column's token or hidden unit
+
+
+def column_name(encoder: str, distance: str, granularity: str, aggregation: str, index: int | None = None) -> str:
+    """A feature column's name, ``encoder/similarity/granularity/aggregation``; per token or unit, numbered."""
+    part = granularity if index is None else f"{granularity}{index:0{NUMBERED[granularity]}d}"
+    return f"{encoder}/{distance}/{part}/{aggregation}"
+
+
+def column_pattern(encoder: str, distance: str, granularity: str, aggregation: str) -> str:
+    """The regular expression of :func:`column_name`'s names, for any token or unit number."""
+    part = granularity + (rf"\d{{{NUMBERED[granularity]}}}" if granularity in NUMBERED else "")
+    return "/".join([re.escape(encoder), re.escape(distance), part, re.escape(aggregation)])
 
 
 class Encoder(Protocol):
@@ -126,19 +140,19 @@ def build_features(
                 if granularity == "pooled":
                     scores = measure(_pool(encoder, query_emb, tokens)[:, None], _pool(encoder, gen_emb, tokens))
                     for agg in aggregations:
-                        columns[f"{name}/{distance}/pooled/{agg}"] = aggregate(scores.T, agg)
+                        columns[column_name(name, distance, "pooled", agg)] = aggregate(scores.T, agg)
                 elif tokens and granularity == "token":  # per token: (n, m, tokens)
                     scores = measure(query_emb[:, None], gen_emb)
                     for agg in aggregations:
                         per_token = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, tokens)
                         for t in range(per_token.shape[1]):
-                            columns[f"{name}/{distance}/token{t:03d}/{agg}"] = per_token[:, t]
+                            columns[column_name(name, distance, "token", agg, t)] = per_token[:, t]
                 elif tokens:  # per hidden unit, its values across the tokens compared: (n, m, d)
                     scores = measure(np.swapaxes(query_emb, -1, -2)[:, None], np.swapaxes(gen_emb, -1, -2))
                     for agg in aggregations:
                         per_unit = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, d)
                         for u in range(per_unit.shape[1]):
-                            columns[f"{name}/{distance}/unit{u:04d}/{agg}"] = per_unit[:, u]
+                            columns[column_name(name, distance, "unit", agg, u)] = per_unit[:, u]
     if "ssim" in distances:
         scores = np.stack(
             [
@@ -147,7 +161,7 @@ def build_features(
             ]
         )
         for agg in aggregations:
-            columns[f"pixels/ssim/pooled/{agg}"] = aggregate(scores.T, agg)
+            columns[column_name("pixels", "ssim", "pooled", agg)] = aggregate(scores.T, agg)
     if not columns:
         raise ConfigError("no features: give at least one encoder and distance (or the ssim distance)")
     names = tuple(columns)
