@@ -90,6 +90,7 @@ from diffmia.targets import probe_target
 from diffmia.versions import __version__, package_versions
 
 MODELS = ("target", "base", "blind")
+CALIBRATED = "-minus-base"  # ends a base-calibrated feature's name (features.calibrate)
 # where a baseline's evidence comes from: caption-free generations ("none": no query channel), or the weights
 BASELINE_CHANNELS = {"gan-leaks": "none", "loss": "weights", "secmi": "weights", "pia": "weights"}
 
@@ -196,7 +197,8 @@ def check_threshold_feature(config: Config) -> None:
         return
     features = config.features
     embedding = [d for d in features.distances if d != "ssim"]
-    aggregations = [*features.aggregations, *(f"{a}-minus-base" for a in features.aggregations if features.calibrate)]
+    calibrated = [a + CALIBRATED for a in features.aggregations if features.calibrate]
+    aggregations = [*features.aggregations, *calibrated]
     encoders = [encoder_name(name) for name in dict.fromkeys(features.encoders)]
     planned: list[tuple[str, str, str, str]] = [(e, d, g, a) for e in encoders for d in embedding
                                                 for g in features.granularities if g == "pooled" or e != "pixels"
@@ -382,7 +384,7 @@ class Queries:
             prompts = self.prompts.get_all(source, samples)
             self._references[key] = self._compare(self.reference, samples, prompts, seed)
         reference = self._references[key]
-        names = (*table.names, *(f"{n}-minus-base" for n in table.names))
+        names = (*table.names, *(n + CALIBRATED for n in table.names))
         return FeatureTable(table.sample_ids, np.hstack([table.X, table.X - reference.X]), names, table.y)
 
     def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[Sequence[str]],

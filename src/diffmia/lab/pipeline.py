@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from diffmia.errors import ConfigError
+from diffmia.families import FAMILIES as KNOWN_FAMILIES
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 TIME_EMBED_DIM = 8  # SDXL: the width of each of the six size ids' sinusoidal embedding (256 in SDXL itself)
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILIES = {family.name: family for family in KNOWN_FAMILIES}  # every family the lab builds a tiny model of
 SD3_LAYERS, SD3_PATCH = 2, 2  # the tiny SD3 transformer's joint blocks and its patch size
 FLUX_LAYERS = (1, 2)  # the tiny Flux transformer's double-stream and single-stream blocks
 FLOW_VAE = {"use_quant_conv": False, "use_post_quant_conv": False, "shift_factor": 0.0}  # SD3's and Flux's VAE
@@ -154,7 +155,7 @@ def build_pipeline(
         norm_num_groups=min(32, config.vae_channels[0]),
         sample_size=config.resolution,
         # SD3's and Flux's VAEs have no quant convolutions and shift their latents (pretraining sets shift and scale)
-        **(FLOW_VAE if family in ("sd3", "flux") else {}),
+        **(FLOW_VAE if FAMILIES[family].objective == "flow" else {}),
     )
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),

@@ -14,8 +14,7 @@ They read Stable Diffusion 1.x / 2.x, SDXL, SD3 and Flux pipelines, each conditi
 (:mod:`diffmia.families`). For SD3 and Flux, trained by flow matching, the loss attack noises to
 x_s = (1 - s) x0 + s noise at s = t / 1000 and measures the error of the predicted velocity noise - x0; SecMI and
 PIA are derived for DDIM on noise- or v-predicting models and are refused for them. The default timesteps are those
-of the papers for 1,000-step
-schedules (SecMI t = 100, delta = 10; PIA t = 200).
+of the papers for 1,000-step schedules (SecMI t = 100, delta = 10; PIA t = 200).
 """
 
 from __future__ import annotations
