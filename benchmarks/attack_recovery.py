@@ -21,6 +21,7 @@ from diffmia.metrics import roc_auc
 
 ATTACKS = {
     "threshold": ThresholdAttack,
+    "threshold (raw columns)": lambda: ThresholdAttack(standardize=False),
     "distribution (diagonal)": DistributionAttack,
     "distribution (scalar)": lambda: DistributionAttack(covariance="scalar"),
     "distribution (full, LW)": lambda: DistributionAttack(covariance="full"),
@@ -40,20 +41,22 @@ def draw(d: int, delta: float, n: int, rho: float, rng: np.random.Generator) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
     args = parser.parse_args()
-    print(f"{'noise':<11} {'d':>4} {'delta':>5} {'Bayes':>6}  " + "  ".join(f"{n:>23}" for n in ATTACKS))
+    attacks = {name: ATTACKS[name] for name in args.attacks}
+    print(f"{'noise':<11} {'d':>4} {'delta':>5} {'Bayes':>6}  " + "  ".join(f"{n:>23}" for n in attacks))
     for rho, noise in ((0.5, "correlated"), (0.0, "isotropic")):
         for d in (1, 16, 768):
             if d == 1 and rho == 0.0:
                 continue
             for delta in (1.0, 2.0, 2.7, 3.3):
-                aucs: dict[str, list[float]] = {name: [] for name in ATTACKS}
-                seconds = dict.fromkeys(ATTACKS, 0.0)
+                aucs: dict[str, list[float]] = {name: [] for name in attacks}
+                seconds = dict.fromkeys(attacks, 0.0)
                 for seed in range(args.repeats):
                     rng = np.random.default_rng([d, int(delta * 10), seed, int(rho * 10)])
                     X_fit, y_fit = draw(d, delta, 100, rho, rng)
                     X_new, y_new = draw(d, delta, 100, rho, rng)
-                    for name, make in ATTACKS.items():
+                    for name, make in attacks.items():
                         start = time.perf_counter()
                         attack = make().fit(X_fit, y_fit)
                         seconds[name] += time.perf_counter() - start

@@ -232,7 +232,9 @@ def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_
     from diffmia.audit import channel_attacks, channel_sets
     from diffmia.records import FeatureTable
 
-    config = parse_config({"attacks": {"use": ["threshold"], "threshold": {"reduce": "pixels/l2/pooled/mean"}}})
+    config = parse_config(
+        {"attacks": {"use": ["threshold"], "threshold": {"reduce": "pixels/l2/pooled/mean", "standardize": False}}}
+    )
     names = ("text2img/pixels/l2/pooled/mean", "text2img/pixels/ssim/pooled/mean", "img2img/pixels/l2/pooled/mean",
              "img2img/pixels/ssim/pooled/mean")  # fmt: skip
     X = np.array([[0.0, 9.0, 3.0, 9.0], [1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 4.0, 0.0], [3.0, 9.0, 1.0, 9.0]])

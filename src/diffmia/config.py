@@ -64,9 +64,11 @@ class ThresholdConfig(_Section):
     # each channel's table, and the mean of the channels' columns in the combined one. `diffmia attack` also takes
     # a column name or index of the tables it is given.
     reduce: Annotated[str | int, BeforeValidator(_check_reduce)] = "mean"
+    # orient and scale every column on the shadow data before reducing (false: the raw columns, as before 2026-12)
+    standardize: bool = True
 
     def build(self) -> ThresholdAttack:
-        return ThresholdAttack(reduce=self.reduce)
+        return ThresholdAttack(reduce=self.reduce, standardize=self.standardize)
 
 
 class DistributionConfig(_Section):

@@ -30,6 +30,7 @@ from diffmia.records import FeatureTable
 ATTACKS = [
     ThresholdAttack(),
     ThresholdAttack(reduce="max"),
+    ThresholdAttack(standardize=False),
     DistributionAttack(),
     DistributionAttack(covariance="scalar"),
     DistributionAttack(covariance="full"),
@@ -39,11 +40,11 @@ ATTACKS = [
 
 
 def _expected_failures(estimator):
-    if isinstance(estimator, ThresholdAttack):
+    if isinstance(estimator, ThresholdAttack) and not estimator.standardize:
         reason = (
-            "the threshold attack learns no feature weights by design: it thresholds the mean (or max) of the "
-            "features as they are (similarities, higher = more alike), so it cannot reach the check's accuracy "
-            "on arbitrary blobs whose classes differ in other directions"
+            "the raw threshold attack learns no feature weights by design: it thresholds the mean (or max) of the "
+            "features as they are, so it cannot reach the check's accuracy on arbitrary blobs whose classes differ "
+            "in other directions (standardized, it orients each column, and passes)"
         )
         return {"check_classifiers_train": reason}
     return {}
@@ -113,7 +114,7 @@ def test_attacks_recover_a_known_signal(name, d):
 def test_threshold_is_youden_midpoint():
     X = np.array([[0.0], [1.0], [2.0], [3.0], [2.5]])
     y = np.array([0, 0, 1, 1, 0])
-    attack = ThresholdAttack().fit(X, y)
+    attack = ThresholdAttack(standardize=False).fit(X, y)
     # scores 3 | 2.5 | 2 | 1 | 0: calling {3, 2.5, 2} members gives TPR 1, FPR 1/3: J = 2/3, the best
     assert attack.threshold_ == pytest.approx(1.5)
     assert attack.youden_j_ == pytest.approx(2 / 3)
@@ -124,9 +125,10 @@ def test_threshold_is_youden_midpoint():
 def test_threshold_reductions_and_columns():
     X = np.array([[0.0, 5.0], [1.0, 0.0], [2.0, 1.0], [3.0, 2.0]])
     y = np.array([0, 0, 1, 1])
-    np.testing.assert_allclose(ThresholdAttack(reduce=0).fit(X, y).decision_function(X), [-1.5, -0.5, 0.5, 1.5])
+    raw = ThresholdAttack(reduce=0, standardize=False)
+    np.testing.assert_allclose(raw.fit(X, y).decision_function(X), [-1.5, -0.5, 0.5, 1.5])
     # maxima 5, 1, 2, 3: the best cut calls {5, 3, 2} members (TPR 1, FPR 1/2), midway between 2 and 1
-    assert ThresholdAttack(reduce="max").fit(X, y).threshold_ == pytest.approx(1.5)
+    assert ThresholdAttack(reduce="max", standardize=False).fit(X, y).threshold_ == pytest.approx(1.5)
     with pytest.raises(ConfigError, match="column index"):
         ThresholdAttack(reduce=2).fit(X, y)
     with pytest.raises(ConfigError, match="neither"):
@@ -229,12 +231,14 @@ def test_fit_and_score_matches_columns_by_name_and_ignores_target_labels():
     shadow = _table(range(60), X, ["a", "b", "c"], y)
     target = _table(range(60), X_t, ["a", "b", "c"], y_t)
     shuffled = _table(range(60), X_t[:, [2, 0, 1]], ["c", "a", "b"])  # other order, no labels
-    attacks = {"threshold": ThresholdAttack(reduce="b"), "distribution": DistributionAttack()}
+    attacks = {"threshold": ThresholdAttack(reduce="b", standardize=False), "distribution": DistributionAttack()}
     first = fit_and_score(attacks, shadow, target)
     second = fit_and_score(attacks, shadow, shuffled)
     for name in attacks:
         np.testing.assert_array_equal(first[name], second[name])
-    np.testing.assert_allclose(first["threshold"], X_t[:, 1] - ThresholdAttack(reduce=1).fit(X, y).threshold_)
+    np.testing.assert_allclose(
+        first["threshold"], X_t[:, 1] - ThresholdAttack(reduce=1, standardize=False).fit(X, y).threshold_
+    )
     assert not hasattr(attacks["distribution"], "means_")  # the caller's attacks stay unfitted
 
 
@@ -324,10 +328,10 @@ def test_distribution_bad_settings_name_the_problem():
 
 def test_threshold_extreme_youden_points():
     # the top score is a member and all others are not: J = 1 at the first cut, midway between 3 and 2
-    attack = ThresholdAttack().fit([[3.0], [2.0], [1.0]], [1, 0, 0])
+    attack = ThresholdAttack(standardize=False).fit([[3.0], [2.0], [1.0]], [1, 0, 0])
     assert (attack.threshold_, attack.youden_j_) == (2.5, 1.0)
     # members score lower than non-members: no cut beats calling nobody a member, just above the highest score
-    attack = ThresholdAttack().fit([[1.0], [2.0], [3.0], [4.0]], [1, 1, 0, 0])
+    attack = ThresholdAttack(standardize=False).fit([[1.0], [2.0], [3.0], [4.0]], [1, 1, 0, 0])
     assert (attack.threshold_, attack.youden_j_) == (np.nextafter(4.0, np.inf), 0.0)
     np.testing.assert_array_equal(attack.predict([[4.0], [5.0]]), [0, 1])
 
@@ -335,7 +339,7 @@ def test_threshold_extreme_youden_points():
 def test_threshold_reduces_by_the_mean_by_default():
     X, y = np.array([[0.0, 2.0], [1.0, 0.0], [2.0, 3.0], [3.0, 4.0]]), np.array([0, 0, 1, 1])
     # means 1, 0.5, 2.5, 3.5: the members are the top two, the cut midway between 2.5 and 1 (by maxima: 3 and 2)
-    attack = ThresholdAttack().fit(X, y)
+    attack = ThresholdAttack(standardize=False).fit(X, y)
     assert attack.threshold_ == 1.75
     np.testing.assert_allclose(attack.decision_function(X), [-0.75, -1.25, 0.75, 1.75])
 
@@ -345,7 +349,7 @@ def test_threshold_columns_named_by_a_table():
 
     y = [0, 0, 1, 1]
     table = pa.table({"a": [0.0, 1.0, 2.0, 3.0], "b": [5.0, 0.0, 1.0, 2.0]})
-    attack = ThresholdAttack(reduce="b").fit(table, y)
+    attack = ThresholdAttack(reduce="b", standardize=False).fit(table, y)
     assert (attack.columns_, attack.threshold_) == ((1,), 0.5)
     unknown = r"^reduce='c' is neither one of mean, max nor a column name"
     with pytest.raises(ConfigError, match=unknown + "; the columns are a, b$"):
@@ -364,10 +368,37 @@ def test_threshold_columns_named_by_a_table():
         ThresholdAttack(reduce=1.5).fit(np.zeros((4, 2)), y)
 
 
+def test_threshold_orients_and_scales_each_column_on_the_fitting_data():
+    """Columns of very different scales and opposite signs: the raw mean follows the large inverted column, the
+    standardized one uses both."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([1, 0], 200)
+    loud = 100.0 * (rng.normal(size=400) - 0.5 * y)  # members lower, spread 100: AUC about 0.36
+    quiet = 0.01 * (rng.normal(size=400) + 2.0 * y)  # members higher, spread 0.01: AUC about 0.92
+    X = np.column_stack([loud, quiet])
+    attack = ThresholdAttack().fit(X, y)
+    np.testing.assert_allclose(attack.center_, X.mean(axis=0))
+    np.testing.assert_allclose(attack.scale_, X.std(axis=0))
+    np.testing.assert_array_equal(attack.sign_, [-1.0, 1.0])
+    by_hand = ((X.mean(axis=0) - X) / X.std(axis=0))[:, 0] + ((X - X.mean(axis=0)) / X.std(axis=0))[:, 1]
+    np.testing.assert_allclose(attack.decision_function(X), by_hand / 2 - attack.threshold_)
+    raw = ThresholdAttack(standardize=False).fit(X, y)
+    assert roc_auc(raw.decision_function(X), y) < 0.42  # the loud column's direction, reversed
+    assert roc_auc(attack.decision_function(X), y) > 0.85  # both columns the member's way (about 0.89 in theory)
+    # a single inverted column is flipped: its AUC becomes 1 - AUC; a constant column keeps scale 1
+    one = ThresholdAttack(reduce=0).fit(X, y)
+    assert roc_auc(one.decision_function(X), y) == pytest.approx(1 - roc_auc(loud, y))
+    flat = ThresholdAttack().fit(np.column_stack([quiet, np.full(400, 7.0)]), y)
+    assert (flat.scale_[1], flat.sign_[1]) == (1.0, 1.0)
+    # standardize=False is the identity transform
+    np.testing.assert_array_equal(np.c_[raw.center_, raw.scale_, raw.sign_], np.c_[np.zeros(2), np.ones(2), np.ones(2)])
+
+
 def test_fit_and_score_with_default_and_indexed_threshold_attacks():
     X = np.array([[0.0, 2.0], [1.0, 0.0], [2.0, 3.0], [3.0, 4.0]])
     shadow = _table(range(4), X, ["a", "b"], [0, 0, 1, 1])
-    scores = fit_and_score({"mean": ThresholdAttack(), "a": ThresholdAttack(reduce=0)}, shadow, shadow)
+    raw = {"mean": ThresholdAttack(standardize=False), "a": ThresholdAttack(reduce=0, standardize=False)}
+    scores = fit_and_score(raw, shadow, shadow)
     np.testing.assert_allclose(scores["mean"], [-0.75, -1.25, 0.75, 1.75])
     np.testing.assert_allclose(scores["a"], [-1.5, -0.5, 0.5, 1.5])
 
@@ -376,10 +407,11 @@ def test_threshold_on_several_columns_takes_their_mean():
     """``reduce`` as a list of columns (indices, or names resolved by fit_and_score): the mean of those columns."""
     X = np.array([[0.0, 9.0, 3.0], [1.0, 0.0, 0.0], [2.0, 0.0, 4.0], [3.0, 9.0, 1.0]])
     y = np.array([0, 0, 1, 1])
-    attack = ThresholdAttack(reduce=[0, 2]).fit(X, y)  # means 1.5, 0.5, 3, 2: the cut midway between 2 and 1.5
+    # means 1.5, 0.5, 3, 2: the cut midway between 2 and 1.5
+    attack = ThresholdAttack(reduce=[0, 2], standardize=False).fit(X, y)
     assert attack.columns_ == (0, 2) and attack.threshold_ == 1.75
     shadow = _table(range(4), X, ["a", "b", "c"], [0, 0, 1, 1])
-    scores = fit_and_score({"t": ThresholdAttack(reduce=["a", "c"])}, shadow, shadow)["t"]
+    scores = fit_and_score({"t": ThresholdAttack(reduce=["a", "c"], standardize=False)}, shadow, shadow)["t"]
     np.testing.assert_allclose(scores, [-0.25, -1.25, 1.25, 0.25])
     with pytest.raises(ConfigError, match=r"^threshold attack: reduce='q' is not a feature column \(a, b, c\)$"):
         fit_and_score({"t": ThresholdAttack(reduce=["a", "q"])}, shadow, shadow)

@@ -8,7 +8,7 @@ import numpy as np
 
 from diffmia.attacks._base import MembershipAttack
 from diffmia.errors import ConfigError
-from diffmia.metrics import roc_curve
+from diffmia.metrics import roc_auc, roc_curve
 from diffmia.records import FloatArray
 
 REDUCTIONS = ("mean", "max")
@@ -22,6 +22,12 @@ class ThresholdAttack(MembershipAttack):
     reduce : "mean", "max", int, str or a list of them, default "mean"
         How the feature vector becomes one scalar: its mean, its maximum, one column, named by its index or (when
         fitted on a table with column names) by its name, or the mean of several such columns.
+    standardize : bool, default True
+        Orient and scale every column on the fitting data before reducing: subtract its mean, divide by its standard
+        deviation, and flip its sign where the fitting members score lower than the non-members (column AUC < 0.5).
+        Features differ in scale by orders of magnitude and not all point the member's way (a spread over
+        generations often falls for members); without this the mean is the largest-scale column's, whatever its
+        direction. ``False``: the raw columns (the earlier behaviour).
 
     Attributes
     ----------
@@ -32,10 +38,14 @@ class ThresholdAttack(MembershipAttack):
         TPR - FPR on the fitting data at that threshold.
     columns_ : tuple of int or None
         The columns used, when ``reduce`` names them.
+    center_, scale_, sign_ : ndarray of shape (n_features,)
+        Each column's fitting mean, standard deviation (1 where it is constant) and orientation (+1 or -1); 0, 1 and
+        +1 without ``standardize``. The scalar is the reduction of ``sign_ * (X - center_) / scale_``.
     """
 
-    def __init__(self, reduce: str | int | list[str | int] = "mean") -> None:
+    def __init__(self, reduce: str | int | list[str | int] = "mean", standardize: bool = True) -> None:
         self.reduce = reduce
+        self.standardize = standardize
 
     def _resolve_columns(self) -> tuple[int, ...] | None:
         reduce = self.reduce
@@ -59,7 +69,18 @@ class ThresholdAttack(MembershipAttack):
         raise ConfigError(f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or name, or a list of them; "
                           f"got {self.reduce!r}")  # fmt: skip
 
+    def _orient(self, X: FloatArray, member: np.ndarray) -> None:
+        d = X.shape[1]
+        self.center_, self.scale_, self.sign_ = np.zeros(d), np.ones(d), np.ones(d)
+        if not self.standardize:
+            return
+        self.center_ = X.mean(axis=0)
+        spread = X.std(axis=0)
+        self.scale_ = np.where(spread > 0, spread, 1.0)
+        self.sign_ = np.array([-1.0 if roc_auc(X[:, j], member) < 0.5 else 1.0 for j in range(d)])
+
     def _scalar(self, X: FloatArray) -> FloatArray:
+        X = self.sign_ * (X - self.center_) / self.scale_
         if self.columns_ is not None:
             scalar: FloatArray = X[:, list(self.columns_)].mean(axis=1)
         else:
@@ -69,6 +90,7 @@ class ThresholdAttack(MembershipAttack):
     def fit(self, X: Any, y: Any) -> ThresholdAttack:
         X, member = self._validate_fit(X, y)
         self.columns_ = self._resolve_columns()
+        self._orient(X, member)
         roc = roc_curve(self._scalar(X), member)
         j = roc.tpr - roc.fpr
         best = int(np.argmax(j))  # first maximum: the strictest threshold among equally good ones
