@@ -49,11 +49,12 @@ def main() -> None:
     parser.add_argument("--passes", nargs="+", type=int, default=[10, 20, 40, 80])
     parser.add_argument("--rank", type=int, help="override every adapter's rank")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--members", type=int, default=200)
     args = parser.parse_args()
 
     pixels, records, members, nonmembers = private_split(args.members, 200)
-    print(f"{args.members} members, {len(nonmembers)} non-members, lr {args.learning_rate:g}, batch 64")
+    print(f"{args.members} members, {len(nonmembers)} non-members, lr {args.learning_rate:g}, batch {args.batch_size}")
     print("| adapter | rank | passes | steps | fine-tune s | gray-box AUC | TPR@1%FPR |")
     print("|---|---|---|---|---|---|---|")
     base_auc, base_tpr = graybox_auc(load_pipeline("builtin"), pixels, records, members, nonmembers)
@@ -64,8 +65,8 @@ def main() -> None:
             rank, modules = ADAPTERS[name]
             rank = args.rank or rank
             for passes in args.passes:
-                recipe = FinetuneConfig(method="lora", lora_rank=rank, lora_target_modules=modules,
-                                        learning_rate=args.learning_rate, epochs=passes)  # fmt: skip
+                recipe = FinetuneConfig(method="lora", lora_rank=rank, lora_target_modules=modules, epochs=passes,
+                                        learning_rate=args.learning_rate, batch_size=args.batch_size)  # fmt: skip
                 out = Path(tmp) / f"{name}-{passes}"
                 began = time.perf_counter()
                 finetune("builtin", data, out, recipe, show_progress=False)

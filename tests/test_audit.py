@@ -250,6 +250,28 @@ def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_
     assert picked == {"text2img": [names[0]], "img2img": [names[2]], "combined": [names[0], names[2]]}
 
 
+def test_the_headline_is_the_best_shadow_validated_attack_or_the_fixed_rule():
+    from diffmia.attacks import ShadowValidation
+    from diffmia.audit import choose_headline
+
+    def v(auc, tpr):
+        return ShadowValidation(auc, tpr, 0.01, 5)
+
+    config = parse_config({})
+    validation = {("text2img", "threshold"): v(0.90, 0.30), ("img2img", "classifier"): v(0.95, 0.30),
+                  ("combined", "threshold"): v(0.99, 0.25), ("combined", "classifier"): v(0.95, 0.30)}  # fmt: skip
+    # the highest TPR (0.30, three times), then the highest AUC among those (0.95, twice), then the first of those
+    assert choose_headline(config, validation) == ("img2img", "classifier")
+    # a TPR the shadows cannot resolve ranks below any measured one; among unresolved ones the AUC decides
+    unresolved = {("text2img", "threshold"): v(0.99, float("nan")), ("img2img", "threshold"): v(0.6, 0.0)}
+    assert choose_headline(config, unresolved) == ("img2img", "threshold")
+    del unresolved[("img2img", "threshold")]
+    unresolved[("img2img", "classifier")] = v(0.9, float("nan"))
+    assert choose_headline(config, unresolved) == ("text2img", "threshold")
+    fixed = parse_config({"attacks": {"headline": "fixed"}, "generation": {"channels": ["text2img", "img2img"]}})
+    assert choose_headline(fixed, validation) == ("combined", "classifier")
+
+
 class _SeedGrey:
     """A stand-in model: each query's image is one grey level drawn from its seed, or, given the candidates' files,
     the query's own candidate, as a model that reproduces its training images."""
@@ -404,6 +426,15 @@ def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
     assert 0.8 * 1680 < len(list((run / "cache").glob("*/*.png"))) <= 1680
     exposed = result["exposed"]["images"]
     assert len(exposed) == 4 and all(row["sample_id"] in splits["target"]["members"] for row in exposed)
+    # each headline is the candidate with the best out-of-fold shadow numbers (20 shadow non-members cannot resolve
+    # 1% FPR: the AUC decides), recorded beside it; the most exposed members are ranked by the first scenario's
+    assert "out-of-fold TPR at 1% FPR on the shadows" in result["headline_rule"]
+    for scenario, rows in result["headline_validation"].items():
+        assert len(rows) == 9 and {(r["tpr"], r["folds"]) for r in rows} == {(None, 5)}
+        best = max(rows, key=lambda r: r["auc"])
+        assert result["headline"][scenario] == [best["channel"], best["attack"]]
+    assert sorted(result["headline_validation"]) == ["I", "II", "III", "IV"]
+    assert [result["exposed"]["channel"], result["exposed"]["attack"]] == result["headline"]["I"]
     assert [row["score"] for row in exposed] == sorted((row["score"] for row in exposed), reverse=True)
 
 

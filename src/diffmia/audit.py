@@ -27,7 +27,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from diffmia.attacks import MembershipAttack, fit_attacks, score_with
+from diffmia.attacks import MembershipAttack, ShadowValidation, cross_validate, fit_attacks, score_with
 from diffmia.attacks.baselines import gan_leaks_queries, graybox_scores, nearest_generation_scores
 from diffmia.attacks.threshold import REDUCTIONS
 from diffmia.cache import GenerationCache
@@ -74,6 +74,7 @@ from diffmia.report import render_report
 from diffmia.report.verdict import control_strays
 from diffmia.results import (
     COMBINED,
+    HEADLINE_RULE,
     DataSummary,
     ExposedImage,
     Exposure,
@@ -84,6 +85,7 @@ from diffmia.results import (
     previous_passes,
     save_features,
     save_run,
+    shadow_headline_rule,
 )
 from diffmia.scenarios import KINDS, SCENARIOS, Scenario, source_name
 from diffmia.targets import probe_target
@@ -125,17 +127,22 @@ def run_audit(
         queries = Queries(config, run, prompts, data.encoders, feedback, models.base)
         with clock("attacks and evaluation"):
             # 7. attacks: fitted on the shadows only, frozen, applied once to the target and the controls
-            score_sets = [s for scenario in scenarios for s in attack(config, scenario, models, data.split, queries)]
+            attacked = {s.name: attack(config, s, models, data.split, queries) for s in scenarios}
+            score_sets = [s for sets, _ in attacked.values() for s in sets]
+            chosen = {name: choose_headline(config, validation) for name, (_, validation) in attacked.items()}
         clock.carve("attacks and evaluation", "generate and features", queries.seconds)
         with clock("generation quality"):
             quality = rate_generations(config, run, models, data.split, queries.cache, show_progress)
         with clock("write"):
             # 8. evaluate and write the run directory
             score_sets = sorted(score_sets, key=_order(config, scenarios))
-            exposed = most_exposed(config, score_sets, models.target, data.split, prompts, queries.cache, scenarios)
+            exposed = most_exposed(config, score_sets, models.target, data.split, prompts, queries.cache,
+                                   (scenarios[0].name, *chosen[scenarios[0].name]))  # fmt: skip
             save_features(run, queries.tables)
         passes = (*previous_passes(run), clock.finish())
-        result = assemble(config, data, scenarios, models, prompts, queries, quality, exposed, passes, score_sets, run)
+        validation = {name: v for name, (_, v) in attacked.items()}
+        result = assemble(config, data, scenarios, models, prompts, queries, quality, exposed, passes, score_sets, run,
+                          chosen, validation)  # fmt: skip
         save_run(run, result)
         render_report(run)
         return result
@@ -454,18 +461,29 @@ class Queries:
 # --- 7. attacks -----------------------------------------------------------------------------------------------
 
 
+Validation = dict[tuple[str, str], ShadowValidation]  # (channel, attack) -> its out-of-fold shadow performance
+
+
 def attack(config: Config, scenario: Scenario, models: AuditModels, target: MembershipSplit,
-           queries: Queries) -> list[ScoreSet]:  # fmt: skip
+           queries: Queries) -> tuple[list[ScoreSet], Validation]:  # fmt: skip
     """One scenario: attacks fitted on its shadows' pooled features, per channel and on all channels together,
-    scored on the target and the base model; the shadow-free baselines; the blind control."""
+    scored on the target and the base model; the shadow-free baselines; the blind control. With the headline rule
+    "shadow", each attack is first cross-validated on the shadow data (what the headline is chosen by)."""
     audit, source, sets = config.audit, scenario.prompt_source, []
+    validation: Validation = {}
     used = models.for_scenario(scenario)
     shadow = pool_tables([queries.features(m, split.samples, source) for m, split in used])
+    groups = np.repeat(np.arange(len(used)), [len(split.samples) for _, split in used])  # a fold per shadow model
     tables = {"target": queries.features(models.target, target.samples, source)}
     if audit.base_control:
         tables["base"] = queries.features(models.base, target.samples, source)
     for channel, names in channel_sets(shadow.names, config.generation.channels).items():
-        fitted = fit_attacks(channel_attacks(config, names), columns(shadow, names))
+        attacks, table = channel_attacks(config, names), columns(shadow, names)
+        if config.attacks.headline == "shadow":
+            checked = cross_validate(attacks, table, groups=groups, folds=config.attacks.headline_folds,
+                                     seed=audit.seed, fpr=config.attacks.headline_fpr)  # fmt: skip
+            validation |= {(channel, name): v for name, v in checked.items()}
+        fitted = fit_attacks(attacks, table)
         for model_name, table in tables.items():
             for name, scores in score_with(fitted, names, columns(table, names)).items():
                 sets.append(_score_set(config, scenario, model_name, channel, name, table, scores))
@@ -480,7 +498,20 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
         fitted = fit_attacks({"classifier": config.attacks.classifier.build()}, blind_shadow)
         for name, scores in score_with(fitted, blind_shadow.names, blind_target).items():
             sets.append(_score_set(config, scenario, "blind", "none", name, blind_target, scores))
-    return sets
+    return sets, validation
+
+
+def choose_headline(config: Config, validation: Validation) -> tuple[str, str]:
+    """A scenario's headline (channel, attack) by the configured rule: the best out-of-fold shadow TPR at the
+    headline FPR (AUC breaks ties, then the order the attacks were fitted in), or the fixed rule."""
+    if config.attacks.headline == "fixed" or not validation:
+        return headline(["-"], config.generation.channels, _attacks(config))[1:]
+
+    def merit(key: tuple[str, str]) -> tuple[float, float]:  # a TPR the shadows cannot resolve (NaN) ranks last
+        v = validation[key]
+        return (v.tpr if np.isfinite(v.tpr) else -1.0, v.auc)
+
+    return max(validation, key=merit)  # the first of equals
 
 
 def pool_tables(tables: Sequence[FeatureTable]) -> FeatureTable:
@@ -549,12 +580,11 @@ def rate_generations(config: Config, run: Path, models: AuditModels, target: Mem
 
 
 def most_exposed(config: Config, score_sets: Sequence[ScoreSet], target: Model, split: MembershipSplit,
-                 prompts: Prompts, cache: GenerationCache,
-                 scenarios: Sequence[Scenario]) -> Exposure | None:  # fmt: skip
-    """The members the target leaks most by the first scenario's headline score set, highest scores first."""
+                 prompts: Prompts, cache: GenerationCache, key: tuple[str, str, str]) -> Exposure | None:  # fmt: skip
+    """The members the target leaks most by the headline score set ``key`` (scenario, channel, attack), highest
+    scores first."""
     if config.audit.exposed == 0:
         return None
-    key = headline([s.name for s in scenarios], config.generation.channels, _attacks(config))
     (chosen,) = [s for s in score_sets if (s.scenario, s.model, s.channel, s.attack) == (key[0], "target", *key[1:])]
     by_id = {s.id: s for s in split.members}
     source, fingerprint = SCENARIOS[chosen.scenario].prompt_source, target.target.fingerprint
@@ -612,10 +642,12 @@ def control_warnings(score_sets: Sequence[ScoreSet]) -> list[str]:
 
 def assemble(config: Config, data: AuditData, scenarios: Sequence[Scenario], models: AuditModels, prompts: Prompts,
              queries: Queries, quality: dict[str, Quality], exposed: Exposure | None, passes: tuple[Pass, ...],
-             score_sets: Sequence[ScoreSet], run: Path) -> RunResult:  # fmt: skip
+             score_sets: Sequence[ScoreSet], run: Path, chosen: dict[str, tuple[str, str]],
+             validation: dict[str, Validation]) -> RunResult:  # fmt: skip
     """The run's result: everything it reports, with the regimes, seeds and versions that produced it."""
-    audit, names = config.audit, [s.name for s in scenarios]
+    audit, names, attacks = config.audit, [s.name for s in scenarios], config.attacks
     channels = tuple(config.generation.channels)
+    rule = shadow_headline_rule(attacks.headline_fpr, attacks.headline_folds) if attacks.headline == "shadow" else None
     return RunResult(
         name=audit.name, diffmia_version=__version__, machine=platform.platform(), versions=package_versions(),
         data=DataSummary(data.source, len(data.members), len(data.nonmembers), len(data.pool),
@@ -626,9 +658,13 @@ def assemble(config: Config, data: AuditData, scenarios: Sequence[Scenario], mod
                "finetune": config.finetune.seed, "evaluation": config.evaluation.seed},
         models=models.regimes(), captioners=prompts.cards, images_requested=dict(queries.images_requested),
         generation_quality=quality, warnings=tuple(control_warnings(score_sets)), exposed=exposed,
-        headline={s: headline([s], channels, _attacks(config))[1:] for s in names}, passes=passes,
-        score_sets=tuple(score_sets), run_dir=run,
+        headline=chosen, passes=passes, score_sets=tuple(score_sets), run_dir=run,
         candidate_images={s.id: str(Path(s.image_path).resolve()) for s in data.split.samples},
+        headline_rule=rule or HEADLINE_RULE,
+        headline_validation={s: [{"channel": c, "attack": a, "auc": round(v.auc, 6),
+                                  "tpr": round(v.tpr, 6) if np.isfinite(v.tpr) else None, "fpr": v.fpr,
+                                  "folds": v.folds} for (c, a), v in validation[s].items()]
+                             for s in names if validation[s]},
     )  # fmt: skip
 
 

@@ -111,6 +111,12 @@ class AttacksConfig(_Section):
     """Which attack models to fit on shadow data, and their parameters."""
 
     use: list[AttackName] = Field(default_factory=lambda: list(ALL_ATTACKS), min_length=1)
+    # how an audit picks each scenario's headline (the channel set and attack it is read on), before the target is
+    # scored: "shadow" = the highest out-of-fold TPR at headline_fpr on the shadow data (AUC breaks ties; one fold
+    # per shadow model with several, else headline_folds stratified folds), "fixed" = all channels and the classifier
+    headline: Literal["shadow", "fixed"] = "shadow"
+    headline_fpr: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    headline_folds: Annotated[int, Field(ge=2)] = 5
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     distribution: DistributionConfig = Field(default_factory=DistributionConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)

@@ -34,6 +34,17 @@ HEADLINE_RULE = (
     "fixed before the run: in every scenario, all query channels together (the one channel when there is one) and "
     "the classifier attack (else the first attack); the first scenario leads"
 )
+
+
+def shadow_headline_rule(fpr: float, folds: int) -> str:
+    """The rule of ``[attacks] headline = "shadow"``, in words."""
+    return (f"of the shadow data only, applied before the target is scored: in every scenario, the channel set and "
+            f"attack with the highest out-of-fold TPR at {fpr:.0%} FPR on the shadows (one fold per shadow model "
+            f"where there are several, else {folds} stratified folds; AUC breaks ties, and decides alone where the "
+            "shadows hold too few non-members to resolve that FPR; then the configured order); the first scenario "
+            "leads")  # fmt: skip
+
+
 _REQUIRED = ("name", "finished", "diffmia_version", "data", "queries_per_image", "channels", "scenarios", "results",
              "warnings", "exposed", "models", "captioners", "seeds", "generation", "images_requested", "versions",
              "machine")  # fmt: skip
@@ -122,6 +133,8 @@ class RunResult:
     score_sets: tuple[ScoreSet, ...]
     candidate_images: dict[str, str] = field(default_factory=dict)  # the target's candidates' files, by sample id
     headline_rule: str = HEADLINE_RULE
+    # per scenario, what the headline was chosen by: every candidate's out-of-fold shadow AUC and TPR (rule "shadow")
+    headline_validation: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     run_dir: Path | None = field(default=None, compare=False)
 
@@ -174,6 +187,7 @@ class RunResult:
             "exposed": _exposure_to_dict(self.exposed),
             "headline_rule": self.headline_rule,
             "headline": {s: list(key) for s, key in self.headline.items()},
+            "headline_validation": self.headline_validation,
             "passes": [{"finished": p.finished, "seconds": p.seconds} for p in self.passes],
             "candidate_images": self.candidate_images,
             "results": [
@@ -336,5 +350,6 @@ def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any
         headline={s: (str(c), str(a)) for s, (c, a) in recorded.items()}, passes=passes,
         score_sets=tuple(score_sets), candidate_images=dict(data.get("candidate_images", {})),
         headline_rule=data.get("headline_rule", HEADLINE_RULE),
+        headline_validation={s: list(rows) for s, rows in data.get("headline_validation", {}).items()},
         schema_version=int(data.get("schema_version", 1)), run_dir=run,
     )  # fmt: skip

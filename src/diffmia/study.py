@@ -6,7 +6,7 @@ same images reuse them: a factor of features or attacks costs no generation, a f
 no fine-tune, and a level whose configuration equals an earlier one is not run twice. Each run is an ordinary run
 directory under ``<runs_dir>/<study>/runs/``; the study adds ``study.json`` (every evaluation of
 every run) and, per factor, a Markdown table and a plot of AUC against the factor's levels. Tables show each
-run's headline score set (:data:`diffmia.results.HEADLINE_RULE`: fixed in advance, never picked by the results).
+run's headline score set (chosen on shadow data before the target is scored, never by the target's results).
 """
 
 from __future__ import annotations
@@ -185,7 +185,12 @@ def factor_table(name: str, records: Sequence[dict[str, Any]]) -> str:
                       f"accuracy {other['digit_accuracy']:.3f}, Fréchet distance {other['frechet_distance']:.2f} "
                       f"({other['generations']} generations)."]  # fmt: skip
     channels = sorted({f"{c}/{a}" for r in records for c, a in r["headline"].values()})
-    lines += ["", f"Headline score set of each run (fixed in advance): {', '.join(channels)}; all: study.json.", ""]
+    lines += [
+        "",
+        f"Headline score set of each run (chosen before the target was scored): {', '.join(channels)}; "
+        "all: study.json.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -22,9 +22,16 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from diffmia.attacks import ClassifierAttack, DistributionAttack, ThresholdAttack, fit_and_score
+from diffmia.attacks import (
+    ClassifierAttack,
+    DistributionAttack,
+    ThresholdAttack,
+    cross_validate,
+    fit_and_score,
+    shadow_folds,
+)
 from diffmia.errors import ConfigError, DataError
-from diffmia.metrics import roc_auc
+from diffmia.metrics import roc_auc, tpr_at_fpr
 from diffmia.records import FeatureTable
 
 ATTACKS = [
@@ -415,6 +422,42 @@ def test_threshold_on_several_columns_takes_their_mean():
     np.testing.assert_allclose(scores, [-0.25, -1.25, 1.25, 0.25])
     with pytest.raises(ConfigError, match=r"^threshold attack: reduce='q' is not a feature column \(a, b, c\)$"):
         fit_and_score({"t": ThresholdAttack(reduce=["a", "q"])}, shadow, shadow)
+
+
+def test_shadow_folds_split_each_class_evenly_or_follow_the_shadow_models():
+    y = np.array([True] * 12 + [False] * 8)
+    fold = shadow_folds(y, folds=4, seed=3)
+    for k in range(4):  # 3 members and 2 non-members in every fold
+        assert (fold[y] == k).sum() == 3 and (fold[~y] == k).sum() == 2
+    np.testing.assert_array_equal(fold, shadow_folds(y, folds=4, seed=3))  # seeded
+    assert not np.array_equal(fold, shadow_folds(y, folds=4, seed=4))
+    groups = np.repeat([0, 1, 2, 3], 5)  # four shadow models: each is one fold, whatever `folds` says
+    np.testing.assert_array_equal(shadow_folds(y, groups, folds=4), groups)
+    np.testing.assert_array_equal(shadow_folds(y, np.zeros(20), folds=4, seed=3), fold)  # one model: stratified
+    with pytest.raises(DataError, match=r"^cross-validation in 10 folds needs at least 10 shadow members and "
+                                        r"non-members, got 12 and 8$"):  # fmt: skip
+        shadow_folds(y, folds=10)
+
+
+def test_cross_validation_scores_each_row_by_the_attack_fitted_without_its_fold():
+    rng = np.random.default_rng(5)
+    y = np.repeat([1, 0], 100).astype(bool)
+    X = np.column_stack([rng.normal(size=200) + 1.5 * y, rng.normal(size=200)])
+    shadow = _table(range(200), X, ["a", "b"], y)
+    attacks = {"raw": ThresholdAttack(reduce=0, standardize=False), "distribution": DistributionAttack()}
+    checked = cross_validate(attacks, shadow, folds=5, seed=2, fpr=0.05)
+    fold, by_hand = shadow_folds(y, folds=5, seed=2), np.empty(200)
+    for k in range(5):
+        fitted = ThresholdAttack(reduce=0, standardize=False).fit(X[fold != k], y[fold != k])
+        by_hand[fold == k] = X[fold == k, 0] - fitted.threshold_
+    raw = checked["raw"]
+    assert (raw.auc, raw.tpr, raw.fpr, raw.folds) == (roc_auc(by_hand, y), tpr_at_fpr(by_hand, y, 0.05).tpr, 0.05, 5)
+    assert 0.8 < raw.auc < 0.9  # Phi(1.5 / sqrt 2) = 0.856
+    # leave-one-shadow-out: two models, two folds; a one-sided table is refused by name
+    two = cross_validate(attacks, shadow, groups=np.arange(200) % 2)
+    assert two["distribution"].folds == 2 and 0.75 < two["distribution"].auc < 0.9  # the noise column costs a little
+    with pytest.raises(DataError, match="no membership labels"):
+        cross_validate(attacks, _table(range(200), X, ["a", "b"]))
 
 
 def test_fit_and_score_messages_are_exact():

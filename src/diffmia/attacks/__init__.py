@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sklearn.base import clone
 
 from diffmia.attacks._base import MembershipAttack
@@ -12,6 +14,7 @@ from diffmia.attacks.classifier import ClassifierAttack
 from diffmia.attacks.distribution import DistributionAttack
 from diffmia.attacks.threshold import REDUCTIONS, ThresholdAttack
 from diffmia.errors import ConfigError, DataError
+from diffmia.metrics import roc_auc, tpr_at_fpr
 from diffmia.records import FeatureTable, FloatArray
 
 
@@ -73,12 +76,61 @@ def fit_and_score(
     return score_with(fit_attacks(attacks, shadow), shadow.names, target)
 
 
+@dataclass(frozen=True)
+class ShadowValidation:
+    """An attack's out-of-fold performance on shadow data: each shadow row scored by the attack fitted without it."""
+
+    auc: float
+    tpr: float  # at ``fpr``, on all out-of-fold scores together
+    fpr: float
+    folds: int
+
+
+def shadow_folds(labels: Any, groups: Any = None, *, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """The fold of each shadow row: one fold per group (shadow model) when ``groups`` holds several, else ``folds``
+    seeded folds that split members and non-members alike (stratified)."""
+    y = np.asarray(labels, dtype=bool)
+    if groups is not None and len(np.unique(groups)) > 1:
+        return np.unique(np.asarray(groups), return_inverse=True)[1]
+    if min(y.sum(), (~y).sum()) < folds:
+        raise DataError(f"cross-validation in {folds} folds needs at least {folds} shadow members and non-members, "
+                        f"got {int(y.sum())} and {int((~y).sum())}")  # fmt: skip
+    fold = np.empty(len(y), dtype=int)
+    rng = np.random.default_rng([seed, 11])
+    for cls in (True, False):
+        rows = np.flatnonzero(y == cls)
+        fold[rng.permutation(rows)] = np.arange(len(rows)) % folds
+    return fold
+
+
+def cross_validate(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable, *, groups: Any = None,
+                   folds: int = 5, seed: int = 0, fpr: float = 0.01) -> dict[str, ShadowValidation]:  # fmt: skip
+    """Each attack's out-of-fold AUC and TPR at ``fpr`` on the labelled shadow table (folds by :func:`shadow_folds`):
+    a measure of the attack that never looks at the target."""
+    if shadow.y is None:
+        raise DataError("the shadow feature table has no membership labels; attacks are fitted on labelled shadow data")
+    fold = shadow_folds(shadow.y, groups, folds=folds, seed=seed)
+    scores = {name: np.empty(len(shadow.y)) for name in attacks}
+    for k in np.unique(fold):
+        fit, held = fold != k, fold == k
+        part = FeatureTable(tuple(np.asarray(shadow.sample_ids)[fit]), shadow.X[fit], shadow.names, shadow.y[fit])
+        held_out = FeatureTable(tuple(np.asarray(shadow.sample_ids)[held]), shadow.X[held], shadow.names)
+        for name, s in score_with(fit_attacks(attacks, part), shadow.names, held_out).items():
+            scores[name][held] = s
+    n = len(np.unique(fold))
+    return {name: ShadowValidation(roc_auc(s, shadow.y), tpr_at_fpr(s, shadow.y, fpr).tpr, fpr, n)
+            for name, s in scores.items()}  # fmt: skip
+
+
 __all__ = [
     "ClassifierAttack",
     "DistributionAttack",
     "MembershipAttack",
+    "ShadowValidation",
     "ThresholdAttack",
+    "cross_validate",
     "fit_and_score",
     "fit_attacks",
     "score_with",
+    "shadow_folds",
 ]

@@ -1,7 +1,7 @@
 """The verdict of a run: one tag and one sentence per scenario, by rules declared here before any run.
 
-The rules read the scenario's headline score set on the target (fixed before the run, see
-:data:`diffmia.results.HEADLINE_RULE`) and its controls (the un-fine-tuned base model queried the same way, and the
+The rules read the scenario's headline score set on the target (chosen before the target was scored, by the rule
+the run records) and its controls (the un-fine-tuned base model queried the same way, and the
 blind classifier on the query images alone):
 
 - **leak** (red): AUC >= :data:`LEAK_AUC` (0.8) and the AUC's interval lies above :data:`CHANCE` (0.5);
