@@ -221,15 +221,15 @@ def _single_file(diffusers_file, out, family, rank, scale=1.0):
     scale 1, as the diffusers file has); for SD3 and Flux in the diffusers layout. ``scale`` multiplies the up
     weights."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v * scale if ".up." in k or "lora_B" in k else v for k, v in load_file(diffusers_file).items()}
+    weights = {k: v * scale if "lora_B" in k else v for k, v in load_file(diffusers_file).items()}
     if family in FLOW:
         save_file(weights, out)
         return out
     converted = {}
-    for key, value in weights.items():
-        module, kind = key.removeprefix("unet.").split(".lora.")
+    for key, value in weights.items():  # unet.<module>.lora_A.weight -> lora_unet_<module>.lora_down.weight
+        module, kind = key.removeprefix("unet.").rsplit(".lora_", 1)
         name = "lora_unet_" + module.replace(".", "_")
-        converted[f"{name}.lora_{kind.removesuffix('.weight')}.weight"] = value
+        converted[f"{name}.lora_{ {'A': 'down', 'B': 'up'}[kind.removesuffix('.weight')] }.weight"] = value
         converted[f"{name}.alpha"] = torch.tensor(float(rank))
     save_file(converted, out)
     return out
@@ -238,12 +238,17 @@ def _single_file(diffusers_file, out, family, rank, scale=1.0):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_files_round_trip_in_the_diffusers_and_kohya_layouts(bases, family, tmp_path):
     """Adapters saved in the family's diffusers layout load back (stock ``load_lora_weights``) to the in-memory
-    model's outputs; the same weights as one file in a downloads folder (kohya's layout for SD and SDXL) give a
-    target the same images, and its fingerprint hashes that file alone."""
+    model's outputs, every adapted module adapted again (a UNet's on its attention, proj_in / proj_out, feed-forward
+    and ResNet convs: files with diffusers' older ``lora.down`` keys lost the attention adapters beside proj_in);
+    the same weights as one file in a downloads folder (kohya's layout for SD and SDXL) give a target the same images,
+    and its fingerprint hashes that file alone."""
     pipe = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
+    modules = ["to_q", "to_k", "to_v", "to_out.0"]
+    if family not in FLOW:
+        modules += ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
     with torch.random.fork_rng():
         torch.manual_seed(1)
-        _add_lora(_denoiser(pipe), FinetuneConfig(method="lora", lora_rank=2))
+        _add_lora(_denoiser(pipe), FinetuneConfig(method="lora", lora_rank=2, lora_target_modules=modules))
         with torch.no_grad():
             for name, parameter in _denoiser(pipe).named_parameters():
                 if "lora_B" in name:
@@ -257,6 +262,8 @@ def test_lora_files_round_trip_in_the_diffusers_and_kohya_layouts(bases, family,
         plain = context.predict(_denoiser(loaded), x, torch.tensor([300, 700]))
         loaded.load_lora_weights(tmp_path / "lora")
         torch.testing.assert_close(context.predict(_denoiser(loaded), x, torch.tensor([300, 700])), in_memory)
+    adapted = [{n for n, m in _denoiser(p).named_modules() if hasattr(m, "lora_B")} for p in (pipe, loaded)]
+    assert adapted[0] == adapted[1] and any(n.endswith("proj_in") for n in adapted[0]) == (family not in FLOW)
     assert (in_memory - plain).abs().max() > 1e-3  # the adapters act
     downloads, saved = tmp_path / "downloads", tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     kohya = _single_file(saved, downloads / "style.safetensors", family, 2)

@@ -378,10 +378,15 @@ def _add_lora(unet: Any, recipe: FinetuneConfig) -> None:
 
 
 def _save_lora(pipe: Any, denoiser: Any, directory: Path) -> None:
-    """The denoiser's adapters in the diffusers layout of the pipeline's own class (the families' files differ)."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """The denoiser's adapters in the diffusers layout of the pipeline's own class (the families' files differ).
+
+    The keys stay PEFT's (``<module>.lora_A.weight`` / ``lora_B``), which ``load_lora_weights`` reads for every
+    family. diffusers' older ``lora.down`` / ``lora.up`` naming (``convert_state_dict_to_diffusers``) is not used:
+    with adapters on a UNet's ``proj_in`` / ``proj_out`` beside its attention projections, ``load_lora_weights``
+    (diffusers 0.42, PEFT 0.21) silently drops the attention adapters of such a file.
+    """
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+    layers = get_peft_model_state_dict(denoiser)
     key = f"{family_of(pipe).denoiser}_lora_layers"  # unet_lora_layers, transformer_lora_layers
     type(pipe).save_lora_weights(directory, **{key: layers}, safe_serialization=True)
