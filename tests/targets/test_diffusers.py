@@ -218,6 +218,26 @@ def test_lora_weights_change_the_images_and_scale_zero_is_the_base(tiny_model, l
     np.testing.assert_array_equal(scaled[0.0], base)  # scale 0: the base model's images exactly
 
 
+def test_lora_weights_are_merged_into_the_model_they_adapt(tiny_model, lora):
+    """The adapters are fused and unloaded (queries run at the base model's speed): the denoiser has no LoRA layers
+    left and predicts what the stock pipeline with the adapters loaded side by side predicts."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    fused = DiffusersTarget(tiny_model, lora=lora, lora_scale=0.5, device="cpu").pipeline().unet
+    assert not [name for name, _ in fused.named_modules() if "lora" in name]
+    stock = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    stock.load_lora_weights(lora, adapter_name="a")
+    stock.set_adapters(["a"], adapter_weights=[0.5])
+    x = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    text = torch.randn((2, 7, stock.unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(1))
+    base = DiffusersTarget(tiny_model, device="cpu").pipeline().unet
+    with torch.no_grad():
+        want, got, plain = (unet(x, 500, encoder_hidden_states=text).sample for unet in (stock.unet, fused, base))
+    assert (want - plain).abs().max() > 1e-3  # the adapters change the prediction
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_the_fingerprint_follows_the_lora_weights(tiny_model, lora, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -139,7 +139,9 @@ class DiffusersTarget:
                                                **where)  # fmt: skip
                 except (OSError, ValueError) as exc:
                     raise TargetError(f"cannot load LoRA weights {self.lora}: {exc}") from None
-                text2img.set_adapters(["target"], adapter_weights=[self.lora_scale])
+                # merged into the weights they adapt: the same model, queried at the base model's speed
+                text2img.fuse_lora(lora_scale=self.lora_scale, adapter_names=["target"])
+                text2img.unload_lora_weights()
             text2img = text2img.to(self.device)
             text2img.set_progress_bar_config(disable=True)
             img2img = AutoPipelineForImage2Image.from_pipe(text2img)
