@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest browser clean mutate
+.PHONY: demo demo-realistic test lint typecheck pytest browser clean mutate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 # the main job: the built-in demo audit (report in runs/demo/report.html)
 demo: $(VENV)/.installed
 	$(BIN)/diffmia demo
+
+# the realistic built-in audit: LoRA adapters over 200 members (report in runs/demo-realistic/report.html)
+demo-realistic: $(VENV)/.installed
+	$(BIN)/diffmia demo --preset realistic
 
 # the report's browser test opens report.html in Debian's headless Chromium; install it where we can
 browser:

@@ -605,6 +605,24 @@ def test_demo_config_prints_and_loads_back(tmp_path, capsys):
     assert demo.generation.channels == ["text2img", "img2img"] and demo.data.builtin
 
 
+def test_the_realistic_preset_is_a_lora_audit_of_200_members_that_leaves_a_disjoint_shadow_pool(tmp_path, capsys):
+    from diffmia.assets import DEMO_PRESETS
+    from diffmia.lab.finetune import load_pipeline
+
+    assert main(["demo", "--preset", "realistic", "--print-config"]) == 0
+    config = load_config(DEMO_PRESETS["realistic"])
+    printed = tmp_path / "realistic.toml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_config(printed) == config and config.audit.name == "demo-realistic"
+    assert (config.data.builtin_members, config.data.builtin_nonmembers, config.audit.shadow_members) == (200, 200, 100)
+    assert config.finetune.method == "lora" and config.finetune.epochs is not None
+    assert config.audit.scenarios == ["I", "II", "III", "IV"] and "loss" in config.audit.baselines
+    # every adapter module exists on the shipped base: a recipe that names none would fail after the data split
+    names = [n for n, _ in load_pipeline("builtin").unet.named_modules()]
+    assert all(any(n.endswith(t) for n in names) for t in config.finetune.lora_target_modules)
+    assert main(["demo", "--preset", "nonesuch", "--print-config"]) == 2
+
+
 def test_controls_warn_only_when_clearly_separable():
     from diffmia.audit import control_warnings
     from diffmia.metrics import evaluate

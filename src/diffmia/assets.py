@@ -17,6 +17,9 @@ BASE_DIR = ASSETS_DIR / "base"  # the built-in base: pipeline/ and the card.json
 CAPTIONER_DIR = ASSETS_DIR / "captioner"  # the built-in captioner: captioner/ and the card.json of its training
 CLASSIFIER_PATH = ASSETS_DIR / "digit_classifier.json"
 DEMO_CONFIG = Path(__file__).parent / "demo.toml"
+# the built-in audits (`diffmia demo --preset NAME`): the over-fitted demo, and LoRA fine-tunes in the regime users
+# audit (more images, adapters, the fewest passes at which the target measurably memorises)
+DEMO_PRESETS = {"standard": DEMO_CONFIG, "realistic": Path(__file__).parent / "demo-realistic.toml"}
 
 
 def resolve_model(model: str | Path) -> str:
