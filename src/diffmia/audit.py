@@ -6,7 +6,8 @@
 4. prompts: the given captions, or captions from a captioner fine-tuned on D'
 5. generate: every query through the cache (resumable; nothing is generated twice)
 6. features: query image vs its generations, per channel (embeddings cached)
-7. attacks: fitted on the pooled shadow features only, frozen, applied once to the target and the controls
+7. attacks: fitted on the pooled shadow features only, frozen, applied once to the target and the controls; each
+   scenario's headline chosen by cross-validation on the shadows before that
 8. evaluate, and write the run directory: splits, features, scores, result.json, report.html
 
 Each step is a function of the configuration sections it needs. A run killed at any point restarts where it
