@@ -25,9 +25,9 @@ class ThresholdAttack(MembershipAttack):
     standardize : bool, default True
         Orient and scale every column on the fitting data before reducing: subtract its mean, divide by its standard
         deviation, and flip its sign where the fitting members score lower than the non-members (column AUC < 0.5).
-        Features differ in scale by orders of magnitude and not all point the member's way (a spread over
-        generations often falls for members); without this the mean is the largest-scale column's, whatever its
-        direction. ``False``: the raw columns (the earlier behaviour).
+        Features differ in scale (the demo's L2 columns spread six times wider than its others) and not all point
+        the member's way (a spread over generations often falls for members); without this the mean is the
+        widest column's, whatever its direction. ``False``: the raw columns (the earlier behaviour).
 
     Attributes
     ----------
