@@ -82,7 +82,7 @@ from diffmia.results import (
     Pass,
     Quality,
     RunResult,
-    headline,
+    fixed_headline,
     previous_passes,
     save_features,
     save_run,
@@ -506,7 +506,7 @@ def choose_headline(config: Config, validation: Validation) -> tuple[str, str]:
     """A scenario's headline (channel, attack) by the configured rule: the best out-of-fold shadow TPR at the
     headline FPR (AUC breaks ties, then the order the attacks were fitted in), or the fixed rule."""
     if config.attacks.headline == "fixed" or not validation:
-        return headline(["-"], config.generation.channels, _attacks(config))[1:]
+        return fixed_headline(config.generation.channels, _attacks(config))
 
     def merit(key: tuple[str, str]) -> tuple[float, float]:  # a TPR the shadows cannot resolve (NaN) ranks last
         v = validation[key]

@@ -50,10 +50,10 @@ _REQUIRED = ("name", "finished", "diffmia_version", "data", "queries_per_image",
              "machine")  # fmt: skip
 
 
-def headline(scenarios: Sequence[str], channels: Sequence[str], attacks: Sequence[str]) -> tuple[str, str, str]:
-    """The (scenario, channel, attack) a run leads with, by :data:`HEADLINE_RULE`, never chosen by the results."""
+def fixed_headline(channels: Sequence[str], attacks: Sequence[str]) -> tuple[str, str]:
+    """The (channel, attack) a scenario leads with by the fixed :data:`HEADLINE_RULE`, never chosen by the results."""
     channel = COMBINED if len(channels) > 1 else channels[0]
-    return scenarios[0], channel, "classifier" if "classifier" in attacks else attacks[0]
+    return channel, "classifier" if "classifier" in attacks else attacks[0]
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,7 @@ def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any
     else:  # version 1: one block of timings, from the last pass only
         passes = (Pass(data["finished"], dict(data.get("timings_seconds", {}))),)
     attacks = list(dict.fromkeys(s.attack for s in score_sets if s.model == "target")) or ["classifier"]
-    recorded = data.get("headline") or {s: headline([s], data["channels"], attacks)[1:] for s in data["scenarios"]}
+    recorded = data.get("headline") or {s: fixed_headline(data["channels"], attacks) for s in data["scenarios"]}
     return RunResult(
         name=data["name"], diffmia_version=data["diffmia_version"], machine=data["machine"],
         versions=dict(data["versions"]), data=DataSummary(**data["data"]), scenarios=tuple(data["scenarios"]),
