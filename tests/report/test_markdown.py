@@ -105,3 +105,22 @@ def test_hostile_text_stays_text_and_tables_stay_whole(run_dir, edit_result, ren
                                  "constant", "-"]  # fmt: skip
     assert r'| setting | target | base | shadow-overlap-0 | shadow-disjoint-0 | shadow "\>\<img src=x' in text
     _whole(text)
+
+
+def test_both_reports_say_how_a_shadow_chosen_headline_was_chosen(run_dir, edit_result):
+    from diffmia.report import render_report
+
+    def chosen(result):
+        result["headline"] = {"I": ["combined", "classifier"], "III": ["combined", "classifier"]}
+        rows = [("combined", "classifier", 0.9512, 0.4), ("combined", "threshold", 0.99, 0.35),
+                ("text2img", "threshold", 0.7, None)]  # fmt: skip
+        result["headline_validation"] = {"I": [{"channel": c, "attack": a, "auc": auc, "tpr": tpr, "fpr": 0.01,
+                                                "folds": 5} for c, a, auc, tpr in rows]}  # fmt: skip
+
+    edit_result(run_dir, chosen)
+    sentence = ("The headline was chosen on the shadows before the target was scored: out-of-fold TPR 0.40 at 1% FPR, "
+                "AUC 0.951, the best of 3 candidates (all in result.json).")  # fmt: skip
+    markdown = render_markdown(run_dir).read_text()
+    assert markdown.count(sentence) == 1  # scenario I only: III has no record of a choice (the fixed rule)
+    assert markdown.index("### Scenario I ") < markdown.index(sentence) < markdown.index("### Scenario III ")
+    assert render_report(run_dir).read_text().count(sentence) == 1

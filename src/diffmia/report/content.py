@@ -87,6 +87,18 @@ def headline_rows(run: RunResult, scenario: str) -> list[EvaluationRow]:
     return [evaluation_row(target, True)] + [evaluation_row(s, False) for s in run.controls(scenario)]
 
 
+def headline_choice(run: RunResult, scenario: str) -> str | None:
+    """How a scenario's headline was chosen on the shadows, as a clause (None under the fixed rule)."""
+    rows = run.headline_validation.get(scenario, [])
+    chosen = [r for r in rows if [r["channel"], r["attack"]] == list(run.headline.get(scenario, ()))]
+    if not chosen:
+        return None
+    (row,) = chosen
+    tpr = "not resolved" if row["tpr"] is None else number(row["tpr"], 2)
+    return (f"chosen on the shadows before the target was scored: out-of-fold TPR {tpr} at {row['fpr']:.0%} FPR, "
+            f"AUC {number(row['auc'])}, the best of {len(rows)} candidates (all in result.json)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One candidate of a score set: its score and rank (1 = most likely a member), its truth, and the call at the

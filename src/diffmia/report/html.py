@@ -119,6 +119,7 @@ def render_page(run: RunResult) -> str:
         fprs=content.fprs(run), percent=lambda v: f"{v * 100:g}%", confidence=round(confidence * 100),
         figures=_figures(run), exposed=_exposed(run), candidates=_candidates(run),
         headlines={s: content.headline_rows(run, s) for s in run.scenarios},
+        choices={s: content.headline_choice(run, s) for s in run.scenarios},
         cards=[(title, *content.side_by_side(group)) for title, group in
                (("Training regimes", run.models), ("Captioners", run.captioners)) if group],
         environment=content.environment(run), timing_headers=timing_headers, timing_rows=timing_rows,

@@ -74,12 +74,14 @@ def render_text(run: RunResult) -> str:
             f" ({escape(verdict.description)})" if verdict.description else ""
         )
         out += [title + f": {escape(verdict.channel)} {escape(verdict.attack)}", ""]
+        choice = content.headline_choice(run, scenario)
+        out += [f"The headline was {escape(choice)}.", ""] if choice else []
         out += [_evaluation_table(rows, fprs, scenario=False) if rows else "No headline score set.", ""]
     if run.exposed is not None and run.exposed.images:
         e = run.exposed
         out += ["## Most exposed members", "",
                 f"Ranked by the {escape(e.attack)} attack of scenario {escape(e.scenario)} ({escape(e.channel)} "
-                "features), a rule fixed before the run.", "",
+                "features), the first scenario's headline, fixed before the target was scored.", "",
                 table(["rank", "id", "score", "prompt"],
                       [[k + 1, i.sample_id, content.number(i.score), i.prompt] for k, i in enumerate(e.images)],
                       ["r", "l", "r", "l"]), ""]  # fmt: skip
