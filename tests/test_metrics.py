@@ -16,6 +16,7 @@ from diffmia.errors import DataError
 from diffmia.metrics import (
     allowed_false_positives,
     balanced_accuracy,
+    column_aucs,
     evaluate,
     roc_auc,
     roc_curve,
@@ -311,3 +312,11 @@ def test_allowed_false_positives_rounds_down_a_product_that_rounds_up():
 def test_bad_arguments_name_the_problem_exactly(call, message):
     with pytest.raises(DataError, match=message):
         call()
+
+
+def test_column_aucs_equal_scikit_learn_column_by_column():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 60)
+    X = np.column_stack([rng.normal(size=60) + y, -rng.normal(size=60) - y, np.round(rng.normal(size=60)), np.ones(60)])
+    np.testing.assert_allclose(column_aucs(X, y), [roc_auc_score(y, X[:, j]) for j in range(4)])
+    assert column_aucs(X, y)[3] == 0.5  # a constant column: all ties

@@ -90,6 +90,12 @@ def roc_auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     return float(_auc_rows(s[y][None, :], s[~y][None, :])[0])
 
 
+def column_aucs(X: npt.ArrayLike, labels: npt.ArrayLike) -> FloatArray:
+    """The AUC of each column of ``X`` as a score (ties count one half), in one ranking pass."""
+    x, y = np.asarray(X, dtype=np.float64), np.asarray(labels, dtype=bool)
+    return _auc_rows(x[y].T, x[~y].T)
+
+
 def allowed_false_positives(target_fpr: float, n_nonmembers: int) -> int:
     """The largest number k of false positives with k / n_nonmembers <= target_fpr (in float arithmetic)."""
     if not 0.0 <= target_fpr <= 1.0:

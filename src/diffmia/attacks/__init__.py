@@ -110,15 +110,18 @@ def cross_validate(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable
     if shadow.y is None:
         raise DataError("the shadow feature table has no membership labels; attacks are fitted on labelled shadow data")
     fold = shadow_folds(shadow.y, groups, folds=folds, seed=seed)
-    scores = {name: np.empty(len(shadow.y)) for name in attacks}
-    for k in np.unique(fold):
+    scores, ids, ks = (
+        {name: np.empty(len(shadow.y)) for name in attacks},
+        np.asarray(shadow.sample_ids),
+        np.unique(fold),
+    )
+    for k in ks:
         fit, held = fold != k, fold == k
-        part = FeatureTable(tuple(np.asarray(shadow.sample_ids)[fit]), shadow.X[fit], shadow.names, shadow.y[fit])
-        held_out = FeatureTable(tuple(np.asarray(shadow.sample_ids)[held]), shadow.X[held], shadow.names)
+        part = FeatureTable(tuple(ids[fit]), shadow.X[fit], shadow.names, shadow.y[fit])
+        held_out = FeatureTable(tuple(ids[held]), shadow.X[held], shadow.names)
         for name, s in score_with(fit_attacks(attacks, part), shadow.names, held_out).items():
             scores[name][held] = s
-    n = len(np.unique(fold))
-    return {name: ShadowValidation(roc_auc(s, shadow.y), tpr_at_fpr(s, shadow.y, fpr).tpr, fpr, n)
+    return {name: ShadowValidation(roc_auc(s, shadow.y), tpr_at_fpr(s, shadow.y, fpr).tpr, fpr, len(ks))
             for name, s in scores.items()}  # fmt: skip
 
 
