@@ -316,6 +316,49 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     assert np.abs(control.X[:, 1]).min() > 0.01 and len(base.seeds) == 12  # no second reference query
 
 
+def test_several_strengths_make_one_channel_each_with_its_own_features_and_attacks(tmp_path):
+    """generation.strength = [0.2, 0.6]: each candidate queried m times per strength; the features of each strength
+    are a channel of their own (img2img@S/...), computed from that strength's images alone (by hand: a stand-in
+    model whose image is the grey level of the strength); the attacks see each channel and both together."""
+    from types import SimpleNamespace
+
+    from diffmia.audit import Queries, channel_sets, choose_headline
+    from diffmia.encoders import PixelEncoder
+    from diffmia.progress import Feedback
+
+    class StrengthGrey:
+        name, strengths = "target", []
+
+        def generate(self, queries, cache, settings, show_progress):
+            self.strengths += [q.strength for q in queries]
+            return [Image.new("RGB", (8, 8), (round(255 * q.strength),) * 3) for q in queries]
+
+    samples = load_image_folder(_folder(tmp_path / "data", [10, 60, 200])).samples
+    config = parse_config(
+        {
+            "features": {"distances": ["l2"], "aggregations": ["mean"]},
+            "attacks": {"headline": "fixed"},
+            "generation": {"channels": ["img2img"], "queries_per_image": 2, "strength": [0.2, 0.6]},
+        }
+    )
+    prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
+    model = StrengthGrey()
+    table = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None)).features(
+        model, samples, "given")  # fmt: skip
+    assert table.names == ("img2img@0.2/pixels/l2/pooled/mean", "img2img@0.6/pixels/l2/pooled/mean")
+    assert model.strengths == [0.2] * 6 + [0.6] * 6  # one channel (one batch kind) at a time
+    grey = np.array([10, 60, 200]) / 255.0
+    for k, strength in enumerate((0.2, 0.6)):
+        expected = -np.sqrt(8 * 8 * 3) * np.abs(grey - round(255 * strength) / 255.0)
+        np.testing.assert_allclose(table.X[:, k], expected, rtol=1e-5)
+    assert channel_sets(table.names, config.generation.query_channels()) == {
+        "img2img@0.2": (table.names[0],),
+        "img2img@0.6": (table.names[1],),
+        "combined": table.names,
+    }
+    assert choose_headline(config, {}) == ("combined", "classifier")
+
+
 def test_several_shadows_pool_into_one_training_table():
     """Two shadows' features stacked in order, labels kept with their rows, ids told apart by the shadow."""
     from diffmia.audit import pool_tables

@@ -61,7 +61,7 @@ def test_generate_command_bad_settings(tmp_path, capsys):
     config.write_text('[generation]\nstrength = 1.5\n[target]\nkind = "http"\n')
     assert main(["generate", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "generation.strength: input should be less than or equal to 1" in err
+    assert "generation.strength: should be a strength in (0, 1] or a non-empty list" in err and "(got 1.5)" in err
     assert "target: an http target needs a url" in err
     assert not (tmp_path / "runs").exists()
 

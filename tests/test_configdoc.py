@@ -114,7 +114,7 @@ def test_every_printed_default_loads_back_as_the_model_default():
 def test_types_show_the_models_bounds():
     rows = _rows(config_reference())
     assert rows["audit.overlap"][0] == "float in (0, 1)"
-    assert rows["generation.strength"][0] == "float in (0, 1]"
+    assert rows["generation.strength"][0] == "float in (0, 1] or array of float in (0, 1]"
     assert rows["finetune.batch_size"][0] == "integer ≥ 1"
     assert rows["finetune.method"][0] == 'one of `"full"`, `"lora"`'
     assert rows["audit.scenarios"][0] == 'non-empty array of one of `"I"`, `"II"`, `"III"`, `"IV"`'

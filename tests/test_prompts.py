@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffmia.assets import resolve_captioner
-from diffmia.config import AuditConfig, CaptionerTrainingConfig
+from diffmia.config import AuditConfig, CaptionerTrainingConfig, parse_config
 from diffmia.data import AuxiliarySet
 from diffmia.models import ModelStore
 from diffmia.progress import Feedback
@@ -41,6 +41,36 @@ def test_several_prompts_per_image_take_turns_over_its_queries(tmp_path):
     ]  # fmt: skip
     assert [q.seed for q in queries[:3]] == [query_seed(0, "a", "text2img", j) for j in range(3)]
     assert build_queries(samples, [["a1"], ["b"]], settings) == build_queries(samples, ["a1", "b"], settings)
+
+
+def test_several_strengths_query_each_image_at_each_with_the_same_seeds(tmp_path):
+    """generation.strength as a list: m image-to-image queries per strength, query j with the same seed (and prompt)
+    at every strength; text-to-image untouched; the channels named per strength; one strength is the plain channel."""
+    import pytest
+
+    from diffmia.config import GenerationConfig
+    from diffmia.errors import ConfigError
+    from diffmia.queries import build_queries, query_seed
+
+    samples = [Sample("a", tmp_path / "a.png")]
+    settings = GenerationConfig(channels=["text2img", "img2img"], queries_per_image=2, strength=[0.3, 0.7])
+    queries = build_queries(samples, [["p1", "p2"]], settings)
+    assert [(q.mode, q.strength, q.prompt) for q in queries] == [
+        ("text2img", None, "p1"), ("text2img", None, "p2"),
+        ("img2img", 0.3, "p1"), ("img2img", 0.3, "p2"), ("img2img", 0.7, "p1"), ("img2img", 0.7, "p2"),
+    ]  # fmt: skip
+    assert [q.seed for q in queries[2:]] == [query_seed(0, "a", "img2img", j) for j in (0, 1, 0, 1)]
+    assert settings.query_channels() == ["text2img", "img2img@0.3", "img2img@0.7"]
+    narrowed = settings.for_channel("img2img@0.7")
+    assert (narrowed.channels, narrowed.strength) == (["img2img"], 0.7)
+    assert build_queries(samples, [["p1", "p2"]], narrowed) == queries[4:]
+    one = GenerationConfig(channels=["img2img", "text2img"], strength=[0.4])
+    assert one.query_channels() == ["img2img", "text2img"] and one.strengths == (0.4,)
+    assert GenerationConfig(channels=["text2img", "img2img"], strength=0.4).query_channels() == ["text2img", "img2img"]
+    for bad, message in [([], "non-empty list"), ([0.3, 0.3], "each strength once"), ([0.3, 1.5], r"in \(0, 1\]"),
+                         (True, "should be a strength"), ("0.5", "should be a strength")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"1 problem: generation\.strength: .*{message}"):
+            parse_config({"generation": {"strength": bad}})
 
 
 def test_an_audit_needs_a_query_per_caption():

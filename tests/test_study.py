@@ -91,6 +91,46 @@ def test_plan_and_bad_studies(tmp_path, capsys):
         load_study(_write(tmp_path, unset))
 
 
+JOINT = """
+[study]
+name = "levers"
+runs_dir = "{root}/studies"
+base = "{root}/base.toml"
+
+[[study.factors]]
+name = "levers"
+values = [{{}}, {{"features.calibrate" = true}},
+          {{"features.calibrate" = true, "audit.captions_per_image" = 2, "audit.scenarios" = ["II", "IV"]}}]
+labels = ["as it is", "calibrated", "calibrated, 2 captions"]
+"""
+
+
+def test_a_level_can_set_several_keys_together(tmp_path):
+    runs = plan_study(load_study(_write(tmp_path, JOINT)))
+    assert [r.label for r in runs] == ["as it is", "calibrated", "calibrated, 2 captions"]
+    assert [r.config.features.calibrate for r in runs] == [False, True, True]
+    assert [r.config.audit.captions_per_image for r in runs] == [1, 1, 2]
+    assert [r.config.audit.scenarios for r in runs] == [["III"], ["III"], ["II", "IV"]]
+    assert {r.config.finetune.max_steps for r in runs} == {60}  # the rest is the base's
+    for bad, message in [
+        (JOINT.replace('labels = ["as it is", "calibrated", "calibrated, 2 captions"]', ""), "give its levels labels"),
+        (JOINT.replace('{{"features.calibrate" = true}},', "true,"), "tables of dotted keys as levels, not True"),
+        (JOINT.replace('{{"features.calibrate" = true}}', '{{"calibrate" = true}}'), "'calibrate' is not a dotted"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_study(_write(tmp_path, bad))
+    wrong = JOINT.replace('"features.calibrate" = true}},', '"features.calibrat" = true}},')
+    with pytest.raises(ConfigError, match=r"levers = calibrated: .*calibrat: unknown key"):
+        plan_study(load_study(_write(tmp_path, wrong)))
+
+
+def test_a_study_can_start_from_either_built_in_audit(tmp_path):
+    for base, members in [("demo", 100), ("demo-realistic", 200)]:
+        study = JOINT.replace('base = "{root}/base.toml"', f'base = "{base}"')
+        runs = plan_study(load_study(_write(tmp_path, study)))
+        assert {r.config.data.builtin_members for r in runs} == {members}
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples" / "studies").glob("*.toml")),
                          ids=lambda p: p.stem)  # fmt: skip
 def test_example_studies_plan_one_valid_audit_per_level(path):

@@ -407,9 +407,9 @@ class Queries:
         ids = tuple(s.id for s in samples)
         labels = np.array([bool(s.member) for s in samples]) if all(s.member is not None for s in samples) else None
         parts = []
-        for channel in dict.fromkeys(settings.channels):
+        for channel in settings.query_channels():
             # one channel at a time: every chunk holds queries of one kind, which the target runs as one batch
-            queries = build_queries(samples, prompts, settings.model_copy(update={"channels": [channel]}))
+            queries = build_queries(samples, prompts, settings.for_channel(channel))
             images = self._generate(model, queries)
             generations = [images[i * m : (i + 1) * m] for i in range(len(samples))]  # by sample, then index
             table = build_features(ids, originals, generations, self.encoders, distances=features.distances,
@@ -478,7 +478,7 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
     tables = {"target": queries.features(models.target, target.samples, source)}
     if audit.base_control:
         tables["base"] = queries.features(models.base, target.samples, source)
-    for channel, names in channel_sets(shadow.names, config.generation.channels).items():
+    for channel, names in channel_sets(shadow.names, config.generation.query_channels()).items():
         attacks, table = channel_attacks(config, names), columns(shadow, names)
         if config.attacks.headline == "shadow":
             checked = cross_validate(attacks, table, groups=groups, folds=config.attacks.headline_folds,
@@ -506,7 +506,7 @@ def choose_headline(config: Config, validation: Validation) -> tuple[str, str]:
     """A scenario's headline (channel, attack) by the configured rule: the best out-of-fold shadow TPR at the
     headline FPR (AUC breaks ties, then the order the attacks were fitted in), or the fixed rule."""
     if config.attacks.headline == "fixed" or not validation:
-        return fixed_headline(config.generation.channels, _attacks(config))
+        return fixed_headline(config.generation.query_channels(), _attacks(config))
 
     def merit(key: tuple[str, str]) -> tuple[float, float]:  # a TPR the shadows cannot resolve (NaN) ranks last
         v = validation[key]
@@ -558,7 +558,7 @@ def _score_set(config: Config, scenario: Scenario, model: str, channel: str, att
 def _order(config: Config, scenarios: Sequence[Scenario]) -> Callable[[ScoreSet], tuple[int, int, int, int]]:
     """Score sets by scenario, model (target, then the controls), channel, then attack, as configured."""
     names = [s.name for s in scenarios]
-    channel_order = [*dict.fromkeys(config.generation.channels), COMBINED, "weights", "none"]
+    channel_order = [*config.generation.query_channels(), COMBINED, "weights", "none"]
     attack_order = _attacks(config)
     return lambda s: (names.index(s.scenario), MODELS.index(s.model), channel_order.index(s.channel),
                       attack_order.index(s.attack) if s.model != "blind" else 0)  # fmt: skip
@@ -647,7 +647,7 @@ def assemble(config: Config, data: AuditData, scenarios: Sequence[Scenario], mod
              validation: dict[str, Validation]) -> RunResult:  # fmt: skip
     """The run's result: everything it reports, with the regimes, seeds and versions that produced it."""
     audit, names, attacks = config.audit, [s.name for s in scenarios], config.attacks
-    channels = tuple(config.generation.channels)
+    channels = tuple(config.generation.query_channels())
     rule = shadow_headline_rule(attacks.headline_fpr, attacks.headline_folds) if attacks.headline == "shadow" else None
     return RunResult(
         name=audit.name, diffmia_version=__version__, machine=platform.platform(), versions=package_versions(),

@@ -8,6 +8,7 @@ is written back as TOML beside every result.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 import urllib.parse
 from pathlib import Path
@@ -27,6 +28,7 @@ ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier"
 DEFAULT_FINETUNE_STEPS = 500
 _Model = TypeVar("_Model", bound=BaseModel)
 Channel = Literal["text2img", "img2img"]
+Strength = Annotated[float, Field(gt=0.0, le=1.0)]
 DEFAULT_CHANNELS: tuple[Channel, ...] = ("text2img",)
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 
@@ -55,6 +57,17 @@ def _check_reduce(value: Any) -> Any:
     if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
     raise ValueError('should be "mean", "max", a column name, or a column index >= 0')
+
+
+def _check_strength(value: Any) -> Any:
+    """One message for a strength or a list of strengths instead of one per member of its union type."""
+    several = value if isinstance(value, list) else [value]
+    numbers = [v for v in several if isinstance(v, int | float) and not isinstance(v, bool)]
+    if several and len(numbers) == len(several) and all(0 < v <= 1 for v in numbers):
+        if len(set(numbers)) == len(numbers):
+            return value
+        raise ValueError("each strength once: the list repeats one")
+    raise ValueError("should be a strength in (0, 1] or a non-empty list of them, e.g. [0.3, 0.5, 0.7]")
 
 
 class ThresholdConfig(_Section):
@@ -309,13 +322,35 @@ class GenerationConfig(_Section):
     queries_per_image: Annotated[int, Field(ge=1)] = 3
     steps: Annotated[int, Field(ge=1)] = 30
     guidance: Annotated[float, Field(ge=0.0)] = 7.5
-    strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    # image-to-image noise strength; several (e.g. [0.3, 0.5, 0.7]) send each image-to-image query at each, and the
+    # features and attacks see one channel per strength (img2img@0.3, ...): a memorised image survives more noise
+    strength: Annotated[Strength | list[Strength], BeforeValidator(_check_strength)] = 0.5
     negative_prompt: str = ""
     seed: int = 0
     cache: str | None = None  # default: <run directory>/cache for an audit, runs/cache for `diffmia generate`
     executor: Literal["local", "ray"] = "local"
     workers: Annotated[int, Field(ge=1)] | None = None
     chunk_size: Annotated[int, Field(ge=1)] = 32
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        return tuple(self.strength) if isinstance(self.strength, list) else (self.strength,)
+
+    def query_channels(self) -> list[str]:
+        """The channels as features, attacks and results name them: ``img2img`` is ``img2img@S`` per strength S
+        when several are given."""
+        several = len(self.strengths) > 1
+        return [name for channel in dict.fromkeys(self.channels)
+                for name in ([f"{channel}@{s:g}" for s in self.strengths] if channel == "img2img" and several
+                             else [channel])]  # fmt: skip
+
+    def for_channel(self, name: str) -> GenerationConfig:
+        """These settings narrowed to one of :meth:`query_channels` (one channel, one strength)."""
+        channel, _, strength = name.partition("@")
+        update: dict[str, Any] = {"channels": [channel]}
+        if strength:
+            update["strength"] = next(s for s in self.strengths if f"{s:g}" == strength)
+        return self.model_copy(update=update)
 
 
 Scenario = Literal["I", "II", "III", "IV"]
@@ -446,11 +481,19 @@ class AuditConfig(_Section):
 UNSET = "unset"
 
 
+_DOTTED_KEY = r"^[a-z_]+(\.[a-z_0-9]+)+$"
+
+
 class FactorConfig(_Section):
-    """One factor of a study: the dotted config ``key`` it sets, and its levels (``"unset"`` removes the key)."""
+    """One factor of a study: the dotted config ``key`` it sets, and its levels (``"unset"`` removes the key).
+
+    Without ``key``, each level is a table of dotted keys and their values, set together (``{}``: the base as it
+    is), so that levers can be compared side by side (e.g. ``{}``, ``{"features.calibrate" = true}``, both levers);
+    such levels need ``labels``.
+    """
 
     name: str
-    key: Annotated[str, Field(pattern=r"^[a-z_]+(\.[a-z_0-9]+)+$")]
+    key: Annotated[str, Field(pattern=_DOTTED_KEY)] | None = None
     values: list[Any] = Field(min_length=1)
     labels: list[str] | None = None
 
@@ -458,6 +501,15 @@ class FactorConfig(_Section):
     def _labels(self) -> FactorConfig:
         if self.labels is not None and len(self.labels) != len(self.values):
             raise ValueError(f"{len(self.labels)} labels for {len(self.values)} values")
+        if self.key is None:
+            if self.labels is None:
+                raise ValueError("a factor without key sets several keys per level: give its levels labels")
+            for value in self.values:
+                if not isinstance(value, dict):
+                    raise ValueError(f"a factor without key takes tables of dotted keys as levels, not {value!r}")
+                bad = [k for k in value if not re.fullmatch(_DOTTED_KEY, k)]
+                if bad:
+                    raise ValueError(f"{', '.join(map(repr, bad))} is not a dotted setting (e.g. features.calibrate)")
         if len(set(self.level_labels)) != len(self.level_labels):
             raise ValueError("two levels share a label; give distinct labels")
         return self
@@ -465,6 +517,10 @@ class FactorConfig(_Section):
     @property
     def level_labels(self) -> list[str]:
         return self.labels or [v if isinstance(v, str) else json_label(v) for v in self.values]
+
+    def settings(self, value: Any) -> dict[str, Any]:
+        """The dotted keys one level sets, and their values."""
+        return {self.key: value} if self.key is not None else dict(value)
 
 
 def json_label(value: Any) -> str:
@@ -474,8 +530,9 @@ def json_label(value: Any) -> str:
 
 
 class StudySettings(_Section):
-    """A study (``diffmia study``): audits of ``base`` (``demo`` or an audit TOML) with the ``fixed`` settings,
-    varying one factor at a time; every study under one ``runs_dir`` shares its generation cache and model store."""
+    """A study (``diffmia study``): audits of ``base`` (``demo``, ``demo-realistic`` or an audit TOML) with the
+    ``fixed`` settings, varying one factor at a time; every study under one ``runs_dir`` shares its generation cache
+    and model store."""
 
     name: str = "study"
     runs_dir: str = "runs/studies"

@@ -311,7 +311,7 @@ def config_reference() -> str:
         "## Study files",
         "",
         "A study file (`diffmia study STUDY.toml`) holds one `[study]` table and its `[[study.factors]]`; each level",
-        "of a factor sets one dotted key of the audit configuration above.",
+        "of a factor sets one dotted key of the audit configuration above (or, without `key`, several together).",
         *_render(StudyConfig, ()),
         "",
     ]

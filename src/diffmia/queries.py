@@ -22,20 +22,22 @@ def reference_seed(seed: int) -> int:
 
 def build_queries(samples: Sequence[Sample], prompts: Sequence[str | Sequence[str]],
                   settings: GenerationConfig) -> list[Query]:  # fmt: skip
-    """The queries of every sample: ``queries_per_image`` per channel, prompted with ``prompts`` (same order): one
-    prompt per sample, or several, query j taking prompt j mod their number."""
+    """The queries of every sample: ``queries_per_image`` per channel (image-to-image: per strength), prompted with
+    ``prompts`` (same order): one prompt per sample, or several, query j taking prompt j mod their number. Query j
+    has the same seed at every strength, so that strengths differ by the noise level alone."""
     queries = []
     for sample, given in zip(samples, prompts, strict=True):
         options = [given] if isinstance(given, str) else list(given)
         for channel in settings.channels:
             image2image = channel == "img2img"
-            for j in range(settings.queries_per_image):
-                queries.append(
-                    Query(
-                        prompt=options[j % len(options)], seed=query_seed(settings.seed, sample.id, channel, j),
-                        steps=settings.steps, guidance=settings.guidance, negative_prompt=settings.negative_prompt,
-                        init_image=sample.image_path if image2image else None,
-                        strength=settings.strength if image2image else None, sample_id=sample.id,
-                    )
-                )  # fmt: skip
+            for strength in settings.strengths if image2image else (None,):
+                for j in range(settings.queries_per_image):
+                    queries.append(
+                        Query(
+                            prompt=options[j % len(options)], seed=query_seed(settings.seed, sample.id, channel, j),
+                            steps=settings.steps, guidance=settings.guidance, negative_prompt=settings.negative_prompt,
+                            init_image=sample.image_path if image2image else None, strength=strength,
+                            sample_id=sample.id,
+                        )
+                    )  # fmt: skip
     return queries

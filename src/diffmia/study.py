@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmia.assets import DEMO_CONFIG
+from diffmia.assets import DEMO_PRESETS
 from diffmia.audit import run_audit
 from diffmia.config import UNSET, Config, StudyConfig, dump_config, load_config, parse_config
 from diffmia.errors import ConfigError, TargetError
@@ -62,7 +62,8 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
 def plan_study(study: StudyConfig) -> list[StudyRun]:
     """Every run's configuration, validated before anything runs (all problems in one ConfigError)."""
     settings = study.study
-    base = load_config(DEMO_CONFIG if settings.base == "demo" else settings.base)
+    presets = {"demo": DEMO_PRESETS["standard"], "demo-realistic": DEMO_PRESETS["realistic"]}
+    base = load_config(presets.get(settings.base, settings.base))
     root = study_dir(study).resolve()
     shared = root.parent  # every study under one runs_dir shares its models and generations
     runs, problems = [], []
@@ -72,7 +73,8 @@ def plan_study(study: StudyConfig) -> list[StudyRun]:
             try:
                 for key, fixed in settings.fixed.items():
                     _set(tree, key, fixed)
-                _set(tree, factor.key, value)
+                for key, setting in factor.settings(value).items():
+                    _set(tree, key, setting)
                 _set(tree, "audit.name", f"{slug(factor.name)}-{slug(label)}")
                 _set(tree, "audit.runs_dir", str(root / "runs"))
                 _set(tree, "audit.models_dir", str(shared / "models"))
