@@ -192,12 +192,12 @@ def test_classifier_refuses_a_training_that_never_had_a_finite_held_out_loss(mon
     message = r"^the classifier attack's training diverged \(no finite held-out loss\): lower attacks\.classifier"
     with pytest.raises(ConfigError, match=message):  # weights overflow at the first step
         ClassifierAttack(standardize=False, learning_rate_init=1e10).fit(X * 1e307, y)
-    finite = classifier._mlp_logit
-    monkeypatch.setattr(classifier, "_mlp_logit", lambda mlp, X: np.full(len(X), np.nan))
+    finite = classifier.MLP.decision_function
+    monkeypatch.setattr(classifier.MLP, "decision_function", lambda mlp, X: np.full(len(X), np.nan))
     with pytest.raises(ConfigError, match=message):
         ClassifierAttack(max_iter=50, n_iter_no_change=5).fit(X, y)
     calls = []
-    monkeypatch.setattr(classifier, "_mlp_logit", lambda mlp, X: calls.append(1) or (finite(mlp, X) * (
+    monkeypatch.setattr(classifier.MLP, "decision_function", lambda mlp, X: calls.append(1) or (finite(mlp, X) * (
         1.0 if len(calls) <= 3 else np.nan)))  # fmt: skip
     attack = ClassifierAttack(max_iter=50, n_iter_no_change=5).fit(X, y)
     assert attack.n_iter_ <= 3 and np.isnan(attack.validation_loss_[3:]).all() and len(attack.validation_loss_) <= 8
@@ -541,6 +541,33 @@ def test_one_class_is_refused_naming_it(labels, which):
         DataError, match=rf"^DistributionAttack needs members and non-members to fit, .* only: {which} \(4"
     ):
         DistributionAttack().fit(np.eye(4), labels)
+
+
+@pytest.mark.parametrize(("n", "d", "hidden", "batch", "seed"), [(32, 60, (256,), 32, 0), (45, 7, (16, 8), 10, 3),
+                                                                  (70, 30, (64,), 32, "stream")])  # fmt: skip
+def test_mlp_epochs_are_scikit_learns_partial_fit_bit_for_bit(n, d, hidden, batch, seed):
+    """diffmia's MLP is scikit-learn's MLPClassifier(solver="adam") fitted with one partial_fit per epoch, without
+    that call's input checks: the same weights to the last bit, after every epoch (one and two hidden layers, a last
+    minibatch smaller than the others, an integer seed or a random state whose stream runs on)."""
+    from diffmia.attacks.classifier import MLP
+
+    def state():
+        return np.random.RandomState(4) if seed == "stream" else seed
+
+    rng = np.random.default_rng(n)
+    X, y = rng.normal(size=(n, d)), rng.random(n) < 0.5
+    reference = MLPClassifier(hidden_layer_sizes=hidden, alpha=1e-2, learning_rate_init=1e-3, batch_size=batch,
+                              random_state=state())  # fmt: skip
+    ours = MLP(d, hidden, alpha=1e-2, learning_rate_init=1e-3, batch_size=batch, random_state=state())
+    for _ in range(25):
+        reference.partial_fit(X, y.astype(int), classes=[0, 1])
+        assert ours.epoch(X, y)
+        for mine, theirs in zip(ours.coefs_ + ours.intercepts_, reference.coefs_ + reference.intercepts_, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    p = reference.predict_proba(X)[:, 1]
+    np.testing.assert_allclose(ours.predict_proba(X)[:, 1], p, rtol=1e-12)
+    moderate = (p > 1e-6) & (p < 1 - 1e-6)
+    np.testing.assert_allclose(ours.decision_function(X)[moderate], logit(p[moderate]), rtol=1e-6, atol=1e-9)
 
 
 def test_classifier_training_equals_a_loop_written_with_scikit_learn():

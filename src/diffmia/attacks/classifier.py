@@ -2,35 +2,116 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from scipy.special import expit, logit
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import check_random_state
 
 from diffmia.attacks._base import MembershipAttack
 from diffmia.errors import ConfigError
 from diffmia.records import FloatArray
 
-_ACTIVATIONS = {
-    "identity": lambda z: z,
-    "relu": lambda z: np.maximum(z, 0.0),
-    "tanh": np.tanh,
-    "logistic": expit,
-}
+
+def _shuffled(n: int, rng: np.random.RandomState) -> np.ndarray:
+    order = np.arange(n)
+    rng.shuffle(order)
+    return order
 
 
-def _mlp_logit(mlp: MLPClassifier, X: FloatArray) -> FloatArray:
-    """The MLP's output before its sigmoid: the member log-odds, without the saturation of predict_proba."""
-    hidden = _ACTIVATIONS[mlp.activation]
-    h = X
-    for W, b in zip(mlp.coefs_[:-1], mlp.intercepts_[:-1], strict=True):
-        h = hidden(h @ W + b)
-    out: FloatArray = (h @ mlp.coefs_[-1] + mlp.intercepts_[-1])[:, 0]
-    return out
+class MLP:
+    """A binary multi-layer perceptron (ReLU hidden layers, a logistic output) trained with Adam, one epoch per
+    :meth:`epoch` call.
+
+    The arithmetic is scikit-learn's ``MLPClassifier(solver="adam")`` fitted by ``partial_fit`` once per epoch,
+    step for step (Glorot-uniform initialisation, the shuffle drawn from ``random_state`` afresh at each call, the L2
+    penalty in the gradient, Adam's bias correction), so a fit gives the weights that loop gives; it runs without
+    that loop's per-call input checks, which cost several times the arithmetic on shadow-sized data.
+    """
+
+    def __init__(self, n_features: int, hidden_layer_sizes: Sequence[int], *, alpha: float,
+                 learning_rate_init: float, batch_size: int, random_state: Any) -> None:  # fmt: skip
+        self.alpha, self.learning_rate_init, self.batch_size = alpha, learning_rate_init, batch_size
+        self.random_state = random_state
+        units = [n_features, *hidden_layer_sizes, 1]
+        rng = check_random_state(random_state)
+        self.coefs_: list[FloatArray] = []
+        self.intercepts_: list[FloatArray] = []
+        for fan_in, fan_out in itertools.pairwise(units):
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            self.coefs_.append(rng.uniform(-bound, bound, (fan_in, fan_out)))
+            self.intercepts_.append(rng.uniform(-bound, bound, fan_out))
+        self._init_rng, self._fresh = rng, isinstance(random_state, int | np.integer)
+        self._later: dict[int, np.ndarray] = {}
+        self._epochs = 0
+        params = self.coefs_ + self.intercepts_
+        self._moments = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+        self._steps = 0
+
+    def epoch(self, X: FloatArray, member: np.ndarray) -> bool:
+        """One pass over ``X`` in shuffled minibatches; False when a weight is no longer finite."""
+        n = X.shape[0]
+        if self._epochs == 0:  # the first shuffle continues the initialisation's stream
+            order = _shuffled(n, self._init_rng)
+        elif not self._fresh:
+            order = _shuffled(n, check_random_state(self.random_state))
+        else:  # an integer seed is a fresh generator at every later epoch, hence always one order: drawn once
+            if n not in self._later:
+                self._later[n] = _shuffled(n, check_random_state(self.random_state))
+            order = self._later[n]
+        self._epochs += 1
+        y = member.reshape(-1, 1)
+        batch = int(np.clip(self.batch_size, 1, n))
+        last = len(self.coefs_) - 1
+        for start in range(0, n, batch):
+            rows = order[start : start + batch]
+            activations = [X[rows]]
+            for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_, strict=True)):
+                z = activations[-1] @ W
+                z += b
+                activations.append(np.maximum(z, 0, out=z) if i < last else expit(z, out=z))
+            delta = activations[-1] - y[rows]
+            coef_grads, intercept_grads = [np.empty(0)] * (last + 1), [np.empty(0)] * (last + 1)
+            for i in range(last, -1, -1):
+                grad = activations[i].T @ delta
+                grad += self.alpha * self.coefs_[i]
+                grad /= len(rows)
+                coef_grads[i], intercept_grads[i] = grad, np.sum(delta, axis=0) / len(rows)
+                if i:
+                    delta = delta @ self.coefs_[i].T
+                    delta[activations[i] == 0] = 0
+            self._adam(coef_grads + intercept_grads)
+        return all(np.isfinite(p).all() for p in self.coefs_ + self.intercepts_)
+
+    def _adam(self, grads: list[FloatArray]) -> None:
+        beta_1, beta_2, epsilon = 0.9, 0.999, 1e-8  # scikit-learn's defaults
+        self._steps += 1
+        ms, vs = self._moments
+        ms[:] = [beta_1 * m + (1 - beta_1) * g for m, g in zip(ms, grads, strict=True)]
+        vs[:] = [beta_2 * v + (1 - beta_2) * (g**2) for v, g in zip(vs, grads, strict=True)]
+        rate = self.learning_rate_init * np.sqrt(1 - beta_2**self._steps) / (1 - beta_1**self._steps)
+        for param, m, v in zip(self.coefs_ + self.intercepts_, ms, vs, strict=True):
+            param += -rate * m / (np.sqrt(v) + epsilon)
+
+    def weights(self) -> tuple[list[FloatArray], list[FloatArray]]:
+        return [w.copy() for w in self.coefs_], [b.copy() for b in self.intercepts_]
+
+    def decision_function(self, X: FloatArray) -> FloatArray:
+        """The member log-odds: the output before its sigmoid, without the saturation of predict_proba."""
+        h = X
+        for W, b in zip(self.coefs_[:-1], self.intercepts_[:-1], strict=True):
+            h = np.maximum(h @ W + b, 0.0)
+        out: FloatArray = (h @ self.coefs_[-1] + self.intercepts_[-1])[:, 0]
+        return out
+
+    def predict_proba(self, X: FloatArray) -> FloatArray:
+        p = expit(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
 
 
 class ClassifierAttack(MembershipAttack):
@@ -125,32 +206,25 @@ class ClassifierAttack(MembershipAttack):
             X, target, test_size=self.validation_fraction, stratify=target, random_state=self.random_state
         )
         sign = np.where(y_held == 1, -1.0, 1.0)
-        mlp = MLPClassifier(
-            hidden_layer_sizes=tuple(self.hidden_layer_sizes),
-            alpha=self.alpha,
-            learning_rate_init=self.learning_rate_init,
-            batch_size=min(self.batch_size, len(X_train)),
-            random_state=self.random_state,
-        )
+        mlp = MLP(X.shape[1], tuple(self.hidden_layer_sizes), alpha=self.alpha,
+                  learning_rate_init=self.learning_rate_init, batch_size=min(self.batch_size, len(X_train)),
+                  random_state=self.random_state)  # fmt: skip
+        member = y_train == 1
         best_loss, best_epoch = np.inf, 0
         best_weights: tuple[list[FloatArray], list[FloatArray]] = ([], [])
         self.validation_loss_ = []
         diverged = ConfigError("the classifier attack's training diverged (no finite held-out loss): lower "
                                "attacks.classifier.learning_rate_init or standardize the features")  # fmt: skip
         for epoch in range(1, self.max_iter + 1):
-            try:
-                mlp.partial_fit(X_train, y_train, classes=[0, 1])
-            except ValueError as exc:  # scikit-learn's "Solver produced non-finite parameter weights"
-                if "non-finite" not in str(exc):
-                    raise
+            if not mlp.epoch(X_train, member):
                 if best_epoch:
                     break  # keep the best finite epoch
-                raise diverged from exc
-            loss = float(np.logaddexp(0.0, sign * _mlp_logit(mlp, X_held)).mean())  # binary cross-entropy
+                raise diverged
+            loss = float(np.logaddexp(0.0, sign * mlp.decision_function(X_held)).mean())  # binary cross-entropy
             self.validation_loss_.append(loss)
             if loss < best_loss - 1e-6:  # never true for a NaN or infinite loss
                 best_loss, best_epoch = loss, epoch
-                best_weights = ([w.copy() for w in mlp.coefs_], [b.copy() for b in mlp.intercepts_])
+                best_weights = mlp.weights()
             elif epoch - best_epoch >= self.n_iter_no_change:
                 break
         if not best_epoch:
@@ -162,8 +236,8 @@ class ClassifierAttack(MembershipAttack):
         """Member log-odds (or the estimator's own decision function): >= 0 means member."""
         X = self._validate_score(X)
         Xs = self.scaler_.transform(X) if self.scaler_ is not None else X
-        if isinstance(self.model_, MLPClassifier):
-            return _mlp_logit(self.model_, Xs)
+        if isinstance(self.model_, MLP):
+            return self.model_.decision_function(Xs)
         if hasattr(self.model_, "decision_function"):
             return np.asarray(self.model_.decision_function(Xs), dtype=np.float64)
         p = np.clip(self.model_.predict_proba(Xs)[:, 1], 1e-15, 1 - 1e-15)
