@@ -324,6 +324,14 @@ def _read_scores(path: Path) -> dict[tuple[str, str, str, str], tuple[list[str],
     return groups
 
 
+def _validation_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One candidate of a shadow-chosen headline, as the audit writes it (a missing or mistyped field is a
+    KeyError / TypeError / ValueError, which the loader reports as a schema mismatch)."""
+    return {"channel": str(row["channel"]), "attack": str(row["attack"]), "auc": float(row["auc"]),
+            "tpr": None if row["tpr"] is None else float(row["tpr"]), "fpr": float(row["fpr"]),
+            "folds": int(row["folds"])}  # fmt: skip
+
+
 def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any], run: Path) -> RunResult:
     score_sets = []
     for r in data["results"]:
@@ -350,6 +358,7 @@ def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any
         headline={s: (str(c), str(a)) for s, (c, a) in recorded.items()}, passes=passes,
         score_sets=tuple(score_sets), candidate_images=dict(data.get("candidate_images", {})),
         headline_rule=data.get("headline_rule", HEADLINE_RULE),
-        headline_validation={s: list(rows) for s, rows in data.get("headline_validation", {}).items()},
+        headline_validation={s: [_validation_row(r) for r in rows]
+                             for s, rows in data.get("headline_validation", {}).items()},
         schema_version=int(data.get("schema_version", 1)), run_dir=run,
     )  # fmt: skip

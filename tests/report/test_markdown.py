@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+from diffmia.errors import DataError
 from diffmia.report import render_markdown
 from diffmia.report.markdown import escape
 
@@ -124,3 +127,10 @@ def test_both_reports_say_how_a_shadow_chosen_headline_was_chosen(run_dir, edit_
     assert markdown.count(sentence) == 1  # scenario I only: III has no record of a choice (the fixed rule)
     assert markdown.index("### Scenario I ") < markdown.index(sentence) < markdown.index("### Scenario III ")
     assert render_report(run_dir).read_text().count(sentence) == 1
+
+    def damaged(result):
+        del result["headline_validation"]["I"][1]["tpr"]
+
+    edit_result(run_dir, damaged)  # a hand-edited file: one line that names the schema, not a KeyError
+    with pytest.raises(DataError, match=r"result\.json does not match its schema .*'tpr'.*rerun the audit"):
+        render_markdown(run_dir)
