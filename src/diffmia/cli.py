@@ -542,7 +542,8 @@ def generate_command(
         generate_on_ray(spec, queries, cache, workers=plan.workers, chunk_size=plan.chunk_size)
     else:
         generate(make_target(spec), queries, cache, chunk_size=plan.chunk_size)
-    typer.echo(f"{len(queries)} queries for {len(folder)} images ({', '.join(plan.channels)}) are in {cache_dir}")
+    channels = ", ".join(plan.query_channels())
+    typer.echo(f"{len(queries)} queries for {len(folder)} images ({channels}) are in {cache_dir}")
 
 
 RunsDirOption = Annotated[
