@@ -7,8 +7,8 @@
 # Run: bash benchmarks/studies.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-studies=(dp-sgd training generation encoders captioner captions baselines calibration captions-calibrated
-         shadow-family shadow-family-sdxl shadow-family-sdxl-target)
+studies=(dp-sgd training generation encoders captioner captions baselines calibration captions-calibrated levers
+         levers-realistic shadow-family shadow-family-sdxl shadow-family-sdxl-target)
 if [ ! -f runs/studies/bases/unet3/card.json ]; then
     echo "== pretraining the other family's base ($(date -u +%H:%M:%S))" >&2
     [ -d runs/studies/digits ] || diffmia data digits runs/studies/digits
