@@ -68,6 +68,7 @@ def test_several_strengths_query_each_image_at_each_with_the_same_seeds(tmp_path
     assert one.query_channels() == ["img2img", "text2img"] and one.strengths == (0.4,)
     assert GenerationConfig(channels=["text2img", "img2img"], strength=0.4).query_channels() == ["text2img", "img2img"]
     for bad, message in [([], "non-empty list"), ([0.3, 0.3], "each strength once"), ([0.3, 1.5], r"in \(0, 1\]"),
+                         ([0.3, 0.3000001], "each strength once"),  # one channel name, img2img@0.3, for both
                          (True, "should be a strength"), ("0.5", "should be a strength")]:  # fmt: skip
         with pytest.raises(ConfigError, match=rf"1 problem: generation\.strength: .*{message}"):
             parse_config({"generation": {"strength": bad}})

@@ -64,9 +64,9 @@ def _check_strength(value: Any) -> Any:
     several = value if isinstance(value, list) else [value]
     numbers = [v for v in several if isinstance(v, int | float) and not isinstance(v, bool)]
     if several and len(numbers) == len(several) and all(0 < v <= 1 for v in numbers):
-        if len(set(numbers)) == len(numbers):
+        if len({f"{v:g}" for v in numbers}) == len(numbers):  # the channel names (img2img@0.3) must differ too
             return value
-        raise ValueError("each strength once: the list repeats one")
+        raise ValueError("each strength once: the list repeats one (to 6 significant digits)")
     raise ValueError("should be a strength in (0, 1] or a non-empty list of them, e.g. [0.3, 0.5, 0.7]")
 
 
