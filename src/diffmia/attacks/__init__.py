@@ -110,11 +110,8 @@ def cross_validate(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable
     if shadow.y is None:
         raise DataError("the shadow feature table has no membership labels; attacks are fitted on labelled shadow data")
     fold = shadow_folds(shadow.y, groups, folds=folds, seed=seed)
-    scores, ids, ks = (
-        {name: np.empty(len(shadow.y)) for name in attacks},
-        np.asarray(shadow.sample_ids),
-        np.unique(fold),
-    )
+    scores = {name: np.empty(len(shadow.y)) for name in attacks}
+    ids, ks = np.asarray(shadow.sample_ids), np.unique(fold)
     for k in ks:
         fit, held = fold != k, fold == k
         part = FeatureTable(tuple(ids[fit]), shadow.X[fit], shadow.names, shadow.y[fit])
