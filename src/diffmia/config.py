@@ -592,7 +592,7 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
             message += f" (valid keys: {', '.join(known)})"
         return f"{loc}: {message}"
     message = error["msg"].removeprefix("Value error, ")
-    if isinstance(error.get("ctx", {}).get("error"), _SecretInput):
+    if not error["loc"] or isinstance(error.get("ctx", {}).get("error"), _SecretInput):  # not the whole file again
         return f"{loc}: {message[:1].lower()}{message[1:]}"
     return f"{loc}: {message[:1].lower()}{message[1:]} (got {error['input']!r})"
 
