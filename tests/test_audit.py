@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -196,7 +197,8 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
                 "granularities": ["pooled", "token", "unit"], "aggregations": ["mean"]}  # fmt: skip
 
     def check(reduce):
-        config = parse_config({"features": features, "attacks": {"threshold": {"reduce": reduce}}})
+        config = parse_config({"features": features, "attacks": {"threshold": {"reduce": reduce}},
+                               "audit": {"shadows": 4}})  # fmt: skip
         check_threshold_feature(config)
 
     for fine in ("mean", "max", "pixels/l2/pooled/mean", "deit-tiny/l2/token017/mean", "deit-tiny/l2/unit0767/mean",
@@ -220,6 +222,10 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
         check("pixels/l2/pooled/mean-minus-base")
     features["calibrate"] = True  # the base-calibrated columns
     check("pixels/l2/pooled/mean-minus-base")
+    with pytest.raises(ConfigError, match="is none of the features"):
+        check("pixels/l2/pooled/mean-vs-outsiders")
+    features["outsiders"] = True  # and the distances from the outsider shadows
+    check("pixels/l2/pooled/mean-vs-outsiders")
     parse_config({"attacks": {"use": ["classifier"], "threshold": {"reduce": 3}}})  # unused: not checked
     config = parse_config(_folders_config(tmp_path, scenarios=["III"]) | {"attacks": {"threshold": {"reduce": "x"}}})
     with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'x' is none of the features"):
@@ -290,8 +296,6 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     """features.calibrate: beside each feature, the feature minus the base model's for the same candidates and
     prompts at the reference seeds (by hand here); the base model's own control is not zero by design, since its
     audited queries use the run's seeds; the reference queries run once per candidate set."""
-    from types import SimpleNamespace
-
     from diffmia.audit import Queries
     from diffmia.encoders import PixelEncoder
     from diffmia.progress import Feedback
@@ -316,12 +320,70 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     assert np.abs(control.X[:, 1]).min() > 0.01 and len(base.seeds) == 12  # no second reference query
 
 
+def test_distance_from_outsider_shadows_by_hand():
+    """features.outsiders: D' = a, b, c, d in two complementary pairs of shadows (0: a b / 1: c d, 2: a c / 3: b d),
+    so one outsider reference per row (4 / 2 - 1); a shadow's own rows never take that shadow as reference; the
+    target's candidate outside D' (t) is queried under the first shadow, the member a in D' is not queried again.
+    One feature, f_j(x) = 10 j + position of x; the calibrated column is left out of the references."""
+    from diffmia.audit import with_outsiders
+    from diffmia.records import FeatureTable
+
+    ids = ("a", "b", "c", "d")
+    members = [("a", "b"), ("c", "d"), ("a", "c"), ("b", "d")]
+    used = [(SimpleNamespace(name=f"shadow-{j}"), MembershipSplit(tuple(Sample(i, Path(i), None) for i in m),
+             tuple(Sample(i, Path(i), None) for i in ids if i not in m))) for j, m in enumerate(members)]  # fmt: skip
+    names = ("img2img/pixels/l2/pooled/mean", "img2img/pixels/l2/pooled/mean-minus-base")
+
+    def table(values, sample_ids=ids):
+        return FeatureTable(sample_ids, np.column_stack([values, np.full(len(values), 99.0)]), names, None)
+
+    shadows = [table([10.0 * j + k for k in (1, 2, 3, 4)]) for j in range(4)]
+    asked = []
+
+    class Outside:
+        def outside(self, model, samples, source):
+            asked.append((model.name, [s.id for s in samples], source))
+            return table([5.0], ("t",))
+
+    candidates = [Sample("a", Path("a"), None, member=True), Sample("t", Path("t"), None, member=False)]
+    tables = {"target": table([100.0, 50.0], ("a", "t"))}
+    fitted, scored = with_outsiders(Outside(), used, "given", shadows, tables, candidates)
+    assert asked == [("shadow-0", ["t"], "given")]
+    # outsiders of D': a of 1 and 3 (11, 31), b of 1 and 2 (12, 22), c of 0 and 3 (3, 33), d of 0 and 2 (4, 24):
+    # scatter 200 + 50 + 450 + 200 over 4 degrees of freedom, spread 15
+    assert fitted[0].names == (*names, "img2img/pixels/l2/pooled/mean-vs-outsiders")
+    # shadow 0's rows: a -> shadow 1 (11), b -> 1 (12), c -> 3 (33, not itself), d -> 2 (24)
+    np.testing.assert_allclose(fitted[0].X[:, 2], np.array([1 - 11, 2 - 12, 3 - 33, 4 - 24]) / 15)
+    # shadow 1's rows: a -> 3 (31; 1 is itself), b -> 2 (22), c -> 0 (3), d -> 0 (4)
+    np.testing.assert_allclose(fitted[1].X[:, 2], np.array([11 - 31, 12 - 22, 13 - 3, 14 - 4]) / 15)
+    np.testing.assert_allclose(fitted[1].X[:, :2], shadows[1].X)  # the columns as they were, beside
+    # the target: a -> shadow 1 (11), t -> shadow 0 (5)
+    np.testing.assert_allclose(scored["target"].X[:, 2], [(100 - 11) / 15, (50 - 5) / 15])
+
+
+def test_shadows_are_planned_in_complementary_pairs():
+    target = MembershipSplit(_samples("m", 30), _samples("n", 30))
+    aux = plan_auxiliary("disjoint", target, _samples("a", 50), shadow_members=20, overlap=0.5, n_shadows=4,
+                         rng=np.random.default_rng(0))  # fmt: skip
+    first, second, third, fourth = aux.shadow_splits
+    assert (second.members, second.nonmembers) == (first.nonmembers, first.members)
+    assert (fourth.members, fourth.nonmembers) == (third.nonmembers, third.members)
+    assert first != third
+    counts = collections.Counter(s.id for split in aux.shadow_splits for s in split.members)
+    assert set(counts.values()) == {2} and len(counts) == 40  # every image of D' a member of exactly 2 of 4
+    for shadows, given, why in (
+        (2, [], "even and at least 4 \\(got 2\\)"),
+        (5, [], "got 5"),
+        (4, [{"model": "m", "members": "x", "nonmembers": "y"}], "drop audit.given_shadows"),
+    ):
+        with pytest.raises(ConfigError, match=f"features.outsiders .*{why}"):
+            parse_config({"features": {"outsiders": True}, "audit": {"shadows": shadows, "given_shadows": given}})
+
+
 def test_several_strengths_make_one_channel_each_with_its_own_features_and_attacks(tmp_path):
     """generation.strength = [0.2, 0.6]: each candidate queried m times per strength; the features of each strength
     are a channel of their own (img2img@S/...), computed from that strength's images alone (by hand: a stand-in
     model whose image is the grey level of the strength); the attacks see each channel and both together."""
-    from types import SimpleNamespace
-
     from diffmia.audit import Queries, channel_sets, choose_headline
     from diffmia.encoders import PixelEncoder
     from diffmia.progress import Feedback

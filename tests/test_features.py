@@ -8,7 +8,7 @@ from PIL import Image
 
 from diffmia.encoders import PixelEncoder
 from diffmia.errors import ConfigError, DataError
-from diffmia.features import CachedEncoder, blind_features, build_features
+from diffmia.features import CachedEncoder, blind_features, build_features, outsider_spread, versus_outsiders
 
 
 class ColourTokens:
@@ -169,3 +169,17 @@ def test_blind_features_and_input_errors():
     assert "blind/colour/002" in column
     with pytest.raises(DataError, match="same positive number of generations"):
         build_features(["a", "b"], images, [[images[0]], []], {"colour": ColourTokens()})
+
+
+def test_distance_from_outsiders_by_hand():
+    """LiRA offline with a fixed spread per column: the spread pools each candidate's scatter around its own mean
+    (candidate 1: 1 and 3, mean 2; candidate 2: 10, 10, 16, mean 12; column 2 never varies)."""
+    outsiders = [np.array([[1.0, 5.0], [3.0, 5.0]]), np.array([[10.0, 5.0], [10.0, 5.0], [16.0, 5.0]]),
+                 np.array([[7.0, 5.0]])]  # fmt: skip  # a lone outsider adds no degree of freedom
+    spread = outsider_spread(outsiders)
+    np.testing.assert_allclose(spread, [np.sqrt((1 + 1 + 4 + 4 + 16) / (1 + 2)), 1.0])
+    references = np.array([[[1.0, 5.0], [3.0, 5.0]], [[10.0, 5.0], [16.0, 5.0]]])  # 2 rows, 2 models, 2 columns
+    distance = versus_outsiders(np.array([[8.0, 5.0], [13.0, 6.0]]), references, spread)
+    np.testing.assert_allclose(distance, [[6.0 / spread[0], 0.0], [0.0, 1.0]])
+    with pytest.raises(DataError, match="at least two models it was not fine-tuned on"):
+        outsider_spread([np.array([[1.0]]), np.array([[2.0]])])

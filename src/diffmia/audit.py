@@ -51,6 +51,8 @@ from diffmia.features import (
     build_features,
     column_name,
     column_pattern,
+    outsider_spread,
+    versus_outsiders,
 )
 from diffmia.files import atomic_path, exclusive_lock, write_json
 from diffmia.images import load_rgb
@@ -94,6 +96,7 @@ from diffmia.versions import __version__, package_versions
 
 MODELS = ("target", "base", "blind")
 CALIBRATED = "-minus-base"  # ends a base-calibrated feature's name (features.calibrate)
+OUTSIDERS = "-vs-outsiders"  # ends a feature's distance from its outsider shadows (features.outsiders)
 # where a baseline's evidence comes from: caption-free generations ("none": no query channel), or the weights
 BASELINE_CHANNELS = {"gan-leaks": "none", "loss": "weights", "secmi": "weights", "pia": "weights"}
 
@@ -206,7 +209,8 @@ def check_threshold_feature(config: Config) -> None:
     features = config.features
     embedding = [d for d in features.distances if d != "ssim"]
     calibrated = [a + CALIBRATED for a in features.aggregations if features.calibrate]
-    aggregations = [*features.aggregations, *calibrated]
+    outsiders = [a + OUTSIDERS for a in features.aggregations if features.outsiders]
+    aggregations = [*features.aggregations, *calibrated, *outsiders]
     encoders = [encoder_name(name) for name in dict.fromkeys(features.encoders)]
     planned: list[tuple[str, str, str, str]] = [(e, d, g, a) for e in encoders for d in embedding
                                                 for g in features.granularities if g == "pooled" or e != "pixels"
@@ -362,6 +366,7 @@ class Queries:
     _baselines: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
     _blind: dict[str, tuple[FeatureTable, FeatureTable]] = field(default_factory=dict)
     _references: dict[tuple[str, tuple[str, ...]], FeatureTable] = field(default_factory=dict)
+    _outside: dict[tuple[str, str, tuple[str, ...]], FeatureTable] = field(default_factory=dict)
     cache: GenerationCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -394,6 +399,18 @@ class Queries:
         reference = self._references[key]
         names = (*table.names, *(n + CALIBRATED for n in table.names))
         return FeatureTable(table.sample_ids, np.hstack([table.X, table.X - reference.X]), names, table.y)
+
+    def outside(self, model: Model, samples: Sequence[Sample], source: str) -> FeatureTable:
+        """``model``'s features (uncalibrated) of ``samples`` it was not fine-tuned on, as an outsider reference
+        (features.outsiders; not saved: the target's and controls' distances from them are scored)."""
+        key = (model.name, source, tuple(s.id for s in samples))
+        if key not in self._outside:
+            started = time.perf_counter()
+            self.feedback.log(f"querying {model.name} with {len(samples)} of the target's candidates (outsider "
+                              f"reference, {source_name(source)} prompts)")  # fmt: skip
+            self._outside[key] = self._compare(model, samples, self.prompts.get_all(source, samples))
+            self.seconds += time.perf_counter() - started
+        return self._outside[key]
 
     def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[Sequence[str]],
                  seed: int | None = None) -> FeatureTable:  # fmt: skip
@@ -473,11 +490,14 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
     audit, source, sets = config.audit, scenario.prompt_source, []
     validation: Validation = {}
     used = models.for_scenario(scenario)
-    shadow = pool_tables([queries.features(m, split.samples, source) for m, split in used])
+    shadows = [queries.features(m, split.samples, source) for m, split in used]
     groups = np.repeat(np.arange(len(used)), [len(split.samples) for _, split in used])  # a fold per shadow model
     tables = {"target": queries.features(models.target, target.samples, source)}
     if audit.base_control:
         tables["base"] = queries.features(models.base, target.samples, source)
+    if config.features.outsiders:
+        shadows, tables = with_outsiders(queries, used, source, shadows, tables, target.samples)
+    shadow = pool_tables(shadows)
     for channel, names in channel_sets(shadow.names, config.generation.query_channels()).items():
         attacks, table = channel_attacks(config, names), columns(shadow, names)
         if config.attacks.headline == "shadow":
@@ -500,6 +520,41 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
         for name, scores in score_with(fitted, blind_shadow.names, blind_target).items():
             sets.append(_score_set(config, scenario, "blind", "none", name, blind_target, scores))
     return sets, validation
+
+
+def with_outsiders(queries: Queries, used: Sequence[tuple[Model, MembershipSplit]], source: str,
+                   shadows: Sequence[FeatureTable], tables: dict[str, FeatureTable],
+                   candidates: Sequence[Sample]) -> tuple[list[FeatureTable], dict[str, FeatureTable]]:  # fmt: skip
+    """The shadows' tables and the target's (and controls') with, beside each uncalibrated feature, its
+    standardised distance from the same feature under shadows the row's candidate was an outsider of
+    (features.outsiders, LiRA offline): the first len(used) / 2 - 1 such shadows, a shadow's own rows excluding
+    that shadow, so that every row has as many references; the spread is the outsiders' over D' (shadow data)."""
+    raw = tuple(n for n in shadows[0].names if not n.endswith(CALIBRATED))
+    insiders = [{s.id for s in split.members} for _, split in used]
+    n_references = len(used) // 2 - 1  # complementary pairs: every image of D' is an outsider of half the shadows
+
+    def references(sample_id: str, own: int | None = None) -> list[int]:
+        outsider_of = [j for j in range(len(used)) if j != own and sample_id not in insiders[j]]
+        return outsider_of[:n_references]
+
+    # every shadow queried all of D'; the target's candidates outside D' are queried under the shadows they need
+    under = [dict(zip(t.sample_ids, columns(t, raw).X, strict=True)) for t in shadows]
+    for j, (model, _) in enumerate(used):
+        needed = [s for s in candidates if s.id not in under[j] and j in references(s.id)]
+        if needed:
+            extra = columns(queries.outside(model, needed, source), raw)
+            under[j].update(zip(extra.sample_ids, extra.X, strict=True))
+    dprime = shadows[0].sample_ids
+    spread = outsider_spread([np.array([under[j][x] for j in range(len(used)) if x not in insiders[j]])
+                              for x in dprime])  # fmt: skip
+
+    def add(table: FeatureTable, own: int | None = None) -> FeatureTable:
+        reference = np.array([[under[j][x] for j in references(x, own)] for x in table.sample_ids])
+        distance = versus_outsiders(columns(table, raw).X, reference, spread)
+        names = (*table.names, *(n + OUTSIDERS for n in raw))
+        return FeatureTable(table.sample_ids, np.hstack([table.X, distance]), names, table.y)
+
+    return [add(t, k) for k, t in enumerate(shadows)], {name: add(t) for name, t in tables.items()}
 
 
 def choose_headline(config: Config, validation: Validation) -> tuple[str, str]:

@@ -408,6 +408,12 @@ class FeaturesConfig(_Section):
     # queried for the same candidate and prompt with independent seeds (column ".../mean-minus-base"): how much more
     # alike the audited model makes a candidate than the public base already does
     calibrate: bool = False
+    # add, beside every feature, its standardised distance from the same feature under the shadows in which the
+    # candidate was an outsider (LiRA offline; column ".../mean-vs-outsiders"): the feature minus its mean under
+    # audit.shadows / 2 - 1 such shadows (shadows come in complementary pairs: every image of D' is an outsider of
+    # half of them), over the feature's spread among outsiders (pooled over D'); the target's candidates are also
+    # queried under their reference shadows
+    outsiders: bool = False
 
 
 class ShadowConfig(_Section):
@@ -428,7 +434,9 @@ class AuditConfig(_Section):
     disjoint from the target's data. Shadow models are fine-tuned with the ``[finetune]`` recipe on the
     ``shadow_base_model`` (default: ``base_model``; another family tests whether the attack transfers across
     architectures), on ``shadow_members`` images of D' (default: as many as the target has members); the other
-    ``shadow_members`` images of D' are the shadow's non-members. The base-model control is always ``base_model``.
+    ``shadow_members`` images of D' are the shadow's non-members; ``shadows`` of them per D', in complementary pairs
+    (the second of a pair is fine-tuned on the first one's non-members). The base-model control is always
+    ``base_model``.
     ``finetune_target`` fine-tunes the target itself on the members with the same recipe (the built-in demo);
     otherwise ``[target]`` is the model audited.
     ``captioner`` (``builtin``: the shipped tiny BLIP of the digits; or a BLIP folder or hub id) is fine-tuned on
@@ -569,6 +577,20 @@ class Config(_Section):
         if k > m:
             raise ValueError(f"audit.captions_per_image = {k} needs at least as many queries per image "
                              f"(generation.queries_per_image = {m}): one query per caption")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _outsiders_need_pairs(self) -> Config:
+        audit = self.audit
+        if not self.features.outsiders:
+            return self
+        if audit.shadows < 4 or audit.shadows % 2:
+            raise ValueError(f"features.outsiders needs audit.shadows even and at least 4 (got {audit.shadows}): "
+                             "the shadows come in complementary pairs, and a shadow's own candidates need an "
+                             "outsider shadow besides that one")  # fmt: skip
+        if audit.given_shadows:
+            raise ValueError("features.outsiders takes its references from the shadows fine-tuned here, whose splits "
+                             "of D' it plans; drop audit.given_shadows or features.outsiders")  # fmt: skip
         return self
 
     @model_validator(mode="after")

@@ -186,7 +186,10 @@ def plan_auxiliary(
     """Draw D' (2 x ``shadow_members`` images) and one member / non-member split per shadow model.
 
     "overlap": round(``overlap`` x |D'|) of D' are real target members, the rest comes from ``pool``;
-    "disjoint": all of D' comes from ``pool``, which must not hold target images.
+    "disjoint": all of D' comes from ``pool``, which must not hold target images. The splits come in complementary
+    pairs (the second shadow of a pair is fine-tuned on the first one's non-members): with an even number of
+    shadows every image of D' is a member of exactly half of them, so that no image is a member more often than
+    not in the pooled shadow data, and every image has outsider shadows (features.outsiders).
     """
     size = 2 * shadow_members
     n_real = round(overlap * size) if kind == "overlap" else 0
@@ -204,8 +207,11 @@ def plan_auxiliary(
     real = [target.members[i] for i in rng.permutation(len(target.members))[:n_real]]
     other = [pool[i] for i in rng.permutation(len(pool))[:n_pool]]
     samples = tuple(real + other)
-    splits = []
-    for _ in range(n_shadows):
+    splits: list[MembershipSplit] = []
+    for j in range(n_shadows):
+        if j % 2:
+            splits.append(MembershipSplit(splits[-1].nonmembers, splits[-1].members))
+            continue
         order = rng.permutation(size)
         splits.append(
             MembershipSplit(

@@ -204,3 +204,22 @@ def blind_features(
     return FeatureTable(
         tuple(sample_ids), np.column_stack([columns[c] for c in names]).astype(np.float64), names, labels
     )
+
+
+def outsider_spread(outsiders: Sequence[np.ndarray]) -> np.ndarray:
+    """Each column's spread among outsiders: the pooled within-candidate standard deviation, where
+    ``outsiders[i]`` holds candidate i's features (rows) under the models it was not fine-tuned on, at least two
+    for some candidate. A column that never varies gets spread 1 (its distances stay 0, never NaN)."""
+    scatter = sum(((o - o.mean(axis=0)) ** 2).sum(axis=0) for o in outsiders)
+    freedom = sum(len(o) - 1 for o in outsiders)
+    if freedom < 1:
+        raise DataError("the outsiders' spread needs a candidate with at least two models it was not fine-tuned on")
+    spread = np.sqrt(np.asarray(scatter, np.float64) / freedom)
+    return np.where(spread > 0, spread, 1.0)
+
+
+def versus_outsiders(features: np.ndarray, references: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Each row's standardised distance from its outsiders (LiRA offline, with a fixed spread per column):
+    ``(features - mean over references) / spread``; ``references`` is (rows, models, columns)."""
+    distance: np.ndarray = (features - references.mean(axis=1)) / spread
+    return distance
