@@ -2,13 +2,13 @@
 # Every study of examples/studies/ on the built-in setting, in the order that lets later ones reuse the models and
 # generations of earlier ones (one shared runs/studies/cache and runs/studies/models); then their tables and plots
 # are copied to docs/studies/. The shadow-family studies first pretrain bases of other architectures: a 3-level UNet
-# (unet3) and an SDXL-family base (sdxl), each skipped when complete and resumed when it was interrupted. About 3.5
-# hours on 2 CPU cores.
+# (unet3) and an SDXL-family base (sdxl), each skipped when complete and resumed when it was interrupted. About 4 hours
+# on 2 CPU cores.
 # Run: bash benchmarks/studies.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 studies=(dp-sgd training generation encoders captioner captions baselines calibration captions-calibrated levers
-         levers-realistic shadow-family shadow-family-sdxl shadow-family-sdxl-target)
+         levers-realistic outsiders-realistic shadow-family shadow-family-sdxl shadow-family-sdxl-target)
 if [ ! -f runs/studies/bases/unet3/card.json ]; then
     echo "== pretraining the other family's base ($(date -u +%H:%M:%S))" >&2
     [ -d runs/studies/digits ] || diffmia data digits runs/studies/digits
