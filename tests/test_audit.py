@@ -380,6 +380,29 @@ def test_shadows_are_planned_in_complementary_pairs():
             parse_config({"features": {"outsiders": True}, "audit": {"shadows": shadows, "given_shadows": given}})
 
 
+def test_outsider_references_query_with_the_run_seeds_once(tmp_path):
+    """A shadow queried with the target's candidates (features.outsiders) uses the run's seeds, as for its own
+    candidates (a candidate of D' is a cache hit), is counted among the images it was asked for, and is asked once."""
+    from diffmia.audit import Queries
+    from diffmia.encoders import PixelEncoder
+    from diffmia.progress import Feedback
+    from diffmia.queries import query_seed
+
+    samples = load_image_folder(_folder(tmp_path / "data", [10, 60])).samples
+    config = parse_config({"features": {"distances": ["l2"], "aggregations": ["mean"], "outsiders": True},
+                           "audit": {"shadows": 4}, "generation": {"channels": ["img2img"], "seed": 3}})  # fmt: skip
+    prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
+    shadow = _SeedGrey("shadow-disjoint-0")
+    queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None))
+    table = queries.outside(shadow, samples, "given")
+    assert queries.outside(shadow, samples, "given") is table and queries.tables == {}  # once; not saved
+    assert shadow.seeds == [query_seed(3, s.id, "img2img", j) for s in samples for j in range(3)]
+    assert queries.images_requested == {"shadow-disjoint-0": 6}
+    grey = np.array([10, 60])[:, None] / 255.0
+    expected = -np.sqrt(8 * 8 * 3) * np.abs(grey - np.array(shadow.seeds).reshape(2, 3) % 251 / 255.0).mean(axis=1)
+    np.testing.assert_allclose(table.X[:, 0], expected, rtol=1e-5)
+
+
 def test_several_strengths_make_one_channel_each_with_its_own_features_and_attacks(tmp_path):
     """generation.strength = [0.2, 0.6]: each candidate queried m times per strength; the features of each strength
     are a channel of their own (img2img@S/...), computed from that strength's images alone (by hand: a stand-in
