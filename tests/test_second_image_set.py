@@ -18,7 +18,7 @@ from shapes import write_shapes
 
 BASE = Path(__file__).parent / "data" / "shapes-base"
 CAPTIONER = Path(__file__).parent / "data" / "shapes-captioner"
-# the ids and captions of write_shapes(root, 2000, seed=1), the set the shipped base was pretrained on
+# the ids and captions of write_shapes(root, 2000, seed=1), the set the shipped base and captioner were trained on
 PUBLIC_SHA256 = "f0cf8195a473433415b7a5be7369475633007a239fa91a30dc5f754f3c55a586"
 
 AUDIT = """
@@ -75,7 +75,7 @@ def test_the_shipped_shapes_base_and_captioner_were_trained_on_the_images_this_g
     assert card["data"]["ids_sha256"] == _ids_digest(load_image_folder(public).samples)
     captioner = json.loads((CAPTIONER / "card.json").read_text())
     assert captioner["data"]["n_images"] == 2000 and captioner["recipe"]["max_steps"] == 3000
-    # a changed generator must come with a base pretrained again (the card's command)
+    # a changed generator must come with a base and a captioner trained again (their cards hold the commands)
     assert _captions_digest(public) == PUBLIC_SHA256
 
 
