@@ -34,9 +34,8 @@ def write_shapes(root: Path, n: int, seed: int, size: int = 32) -> Path:
         x, y = np.clip([cx - side / 2, cy - side / 2], 0, size - side)
         image = Image.new("RGB", (size, size), BACKGROUNDS[background])
         box = (float(x), float(y), float(x + side), float(y + side))
-        (ImageDraw.Draw(image).rectangle if shape == "square" else ImageDraw.Draw(image).ellipse)(
-            box, fill=COLOURS[colour]
-        )
+        draw = ImageDraw.Draw(image)
+        (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=COLOURS[colour])
         name = f"images/shape-{seed}-{i:04d}.png"
         image.save(root / name)
         place = "centre" if (row, column) == (1, 1) else f"{ROWS[row]} {COLUMNS[column]}"
