@@ -36,8 +36,13 @@ def main() -> None:
         images = []
         for k in range(0, len(prompts), 20):
             generators = [torch.Generator().manual_seed(k + j) for j in range(20)]
-            out = pipe(prompts[k : k + 20], num_inference_steps=args.steps, guidance_scale=guidance,
-                       generator=generators, output_type="np").images  # fmt: skip
+            out = pipe(
+                prompts[k : k + 20],
+                num_inference_steps=args.steps,
+                guidance_scale=guidance,
+                generator=generators,
+                output_type="np",
+            ).images
             images.append(np.round(out * 255).astype(np.uint8))
         predicted = classifier.predict(np.concatenate(images))
         seconds = time.perf_counter() - start

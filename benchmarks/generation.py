@@ -49,8 +49,10 @@ def main() -> None:
             generate(target, queries, cache, show_progress=False)
             rerun = time.perf_counter() - began
         rate = args.n / first
-        print(f"  engine, batch {batch_size:>2}: {rate:.2f} images/s ({rate / one_by_one:.2f}x), "
-              f"cached rerun {rerun:.2f} s = {rerun / first:.1%} of the first run")  # fmt: skip
+        print(
+            f"  engine, batch {batch_size:>2}: {rate:.2f} images/s ({rate / one_by_one:.2f}x), "
+            f"cached rerun {rerun:.2f} s = {rerun / first:.1%} of the first run"
+        )
         best = max(best, (rate, batch_size, rerun / first))
     print(f"  best: batch {best[1]}, {best[0] / one_by_one:.2f}x one-per-call; cached rerun {best[2]:.1%}")
 

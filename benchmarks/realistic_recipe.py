@@ -65,8 +65,14 @@ def main() -> None:
             rank, modules = ADAPTERS[name]
             rank = args.rank or rank
             for passes in args.passes:
-                recipe = FinetuneConfig(method="lora", lora_rank=rank, lora_target_modules=modules, epochs=passes,
-                                        learning_rate=args.learning_rate, batch_size=args.batch_size)  # fmt: skip
+                recipe = FinetuneConfig(
+                    method="lora",
+                    lora_rank=rank,
+                    lora_target_modules=modules,
+                    epochs=passes,
+                    learning_rate=args.learning_rate,
+                    batch_size=args.batch_size,
+                )
                 out = Path(tmp) / f"{name}-{passes}"
                 began = time.perf_counter()
                 finetune("builtin", data, out, recipe, show_progress=False)

@@ -46,8 +46,11 @@ def write_run():
         evaluation = EvaluationConfig(n_bootstrap=50)
         sets = []
         for key in keys:
-            rows = [i for i in range(len(columns["score"])) if tuple(columns[k][i] for k in
-                    ("scenario", "model", "channel", "attack")) == key]  # fmt: skip
+            rows = [
+                i
+                for i in range(len(columns["score"]))
+                if tuple(columns[k][i] for k in ("scenario", "model", "channel", "attack")) == key
+            ]
             scores = np.array([columns["score"][i] for i in rows])
             labels = np.array([columns["member"][i] for i in rows], dtype=bool)
             ids = tuple(columns["sample_id"][i] for i in rows)
@@ -55,13 +58,26 @@ def write_run():
         attacks = list(dict.fromkeys(k[3] for k in keys))
         members = int(sets[0].labels.sum())
         result = RunResult(
-            name="hand-made", diffmia_version="test", machine="test", versions={}, data=DataSummary(
-                "folders", members, len(sets[0].labels) - members, 0, 0, 0.5), scenarios=tuple(scenarios),
-            channels=tuple(channels), queries_per_image=1, generation={}, seeds={}, models={}, captioners={},
-            images_requested={}, generation_quality={}, warnings=(), exposed=None,
+            name="hand-made",
+            diffmia_version="test",
+            machine="test",
+            versions={},
+            data=DataSummary("folders", members, len(sets[0].labels) - members, 0, 0, 0.5),
+            scenarios=tuple(scenarios),
+            channels=tuple(channels),
+            queries_per_image=1,
+            generation={},
+            seeds={},
+            models={},
+            captioners={},
+            images_requested={},
+            generation_quality={},
+            warnings=(),
+            exposed=None,
             headline={s: fixed_headline(channels, attacks) for s in scenarios},
-            passes=(Pass("2026-12-01 00:00:00 UTC", {"total (before the report)": 1.0}),), score_sets=tuple(sets),
-        )  # fmt: skip
+            passes=(Pass("2026-12-01 00:00:00 UTC", {"total (before the report)": 1.0}),),
+            score_sets=tuple(sets),
+        )
         root.mkdir(parents=True, exist_ok=True)
         save_run(root, result)
         return result

@@ -2,5 +2,13 @@
 
 from diffmia.lab.pipeline import TinySDConfig
 
-TINY = TinySDConfig(resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1,
-                    text_width=32, text_layers=1, text_heads=2, max_length=16)  # fmt: skip
+TINY = TinySDConfig(
+    resolution=16,
+    vae_channels=(16, 32),
+    unet_channels=(16, 32),
+    unet_layers_per_block=1,
+    text_width=32,
+    text_layers=1,
+    text_heads=2,
+    max_length=16,
+)

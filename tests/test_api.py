@@ -37,8 +37,10 @@ def test_an_unknown_name_is_an_attribute_error():
 
 @pytest.mark.slow
 def test_importing_the_package_loads_no_heavy_dependency():
-    code = ("import sys, diffmia; heavy = ('torch', 'sklearn', 'pyarrow', 'matplotlib', 'diffusers'); "
-            "print(sorted(m for m in heavy if m in sys.modules))")  # fmt: skip
+    code = (
+        "import sys, diffmia; heavy = ('torch', 'sklearn', 'pyarrow', 'matplotlib', 'diffusers'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
     code = "import sys, diffmia; diffmia.run_audit; print('sklearn' in sys.modules)"

@@ -80,8 +80,9 @@ def _samples(prefix: str, n: int) -> tuple[Sample, ...]:
 def test_overlapping_auxiliary_set_holds_the_requested_share_of_real_members():
     target = MembershipSplit(_samples("m", 30), _samples("n", 30))
     pool = _samples("a", 50)
-    aux = plan_auxiliary("overlap", target, pool, shadow_members=20, overlap=0.5, n_shadows=2,
-                         rng=np.random.default_rng(0))  # fmt: skip
+    aux = plan_auxiliary(
+        "overlap", target, pool, shadow_members=20, overlap=0.5, n_shadows=2, rng=np.random.default_rng(0)
+    )
     ids = [s.id for s in aux.samples]
     assert len(ids) == 40 and len(set(ids)) == 40
     assert sum(i.startswith("m") for i in ids) == 20 == aux.n_target_members
@@ -92,15 +93,17 @@ def test_overlapping_auxiliary_set_holds_the_requested_share_of_real_members():
         assert len(split.members) == len(split.nonmembers) == 20
         assert {s.id for s in split.members} | {s.id for s in split.nonmembers} == set(ids)
     assert aux.shadow_splits[0] != aux.shadow_splits[1]
-    again = plan_auxiliary("overlap", target, pool, shadow_members=20, overlap=0.5, n_shadows=2,
-                           rng=np.random.default_rng(0))  # fmt: skip
+    again = plan_auxiliary(
+        "overlap", target, pool, shadow_members=20, overlap=0.5, n_shadows=2, rng=np.random.default_rng(0)
+    )
     assert again == aux  # seeded: the same D' and splits
 
 
 def test_disjoint_auxiliary_set_has_no_target_image():
     target = MembershipSplit(_samples("m", 30), _samples("n", 30))
-    aux = plan_auxiliary("disjoint", target, _samples("a", 45), shadow_members=20, overlap=0.5, n_shadows=1,
-                         rng=np.random.default_rng(1))  # fmt: skip
+    aux = plan_auxiliary(
+        "disjoint", target, _samples("a", 45), shadow_members=20, overlap=0.5, n_shadows=1, rng=np.random.default_rng(1)
+    )
     assert all(s.id.startswith("a") for s in aux.samples) and len(aux.samples) == 40
     assert aux.n_target_members == 0
 
@@ -108,11 +111,25 @@ def test_disjoint_auxiliary_set_has_no_target_image():
 def test_auxiliary_set_sizes_are_checked():
     target = MembershipSplit(_samples("m", 15), _samples("n", 15))
     with pytest.raises(DataError, match=r"needs 40 auxiliary images but the auxiliary pool has 39"):
-        plan_auxiliary("disjoint", target, _samples("a", 39), shadow_members=20, overlap=0.5, n_shadows=1,
-                       rng=np.random.default_rng(0))  # fmt: skip
+        plan_auxiliary(
+            "disjoint",
+            target,
+            _samples("a", 39),
+            shadow_members=20,
+            overlap=0.5,
+            n_shadows=1,
+            rng=np.random.default_rng(0),
+        )
     with pytest.raises(DataError, match=r"needs 20 real target members .* the target has 15"):
-        plan_auxiliary("overlap", target, _samples("a", 40), shadow_members=20, overlap=0.5, n_shadows=1,
-                       rng=np.random.default_rng(0))  # fmt: skip
+        plan_auxiliary(
+            "overlap",
+            target,
+            _samples("a", 40),
+            shadow_members=20,
+            overlap=0.5,
+            n_shadows=1,
+            rng=np.random.default_rng(0),
+        )
 
 
 def test_membership_split_labels_members_first():
@@ -184,8 +201,16 @@ def test_a_missing_shadow_base_model_fails_before_anything_is_written(tmp_path):
         run_audit(config, log=lambda _: None)
     assert not (tmp_path / "runs" / "bad" / "config.toml").exists()
     with pytest.raises(ConfigError, match="shadow_base_model is set but no shadow is fine-tuned"):
-        parse_config({"audit": {"shadows": 0, "scenarios": ["III"], "shadow_base_model": "builtin",
-                                "given_shadows": [{"model": "m", "members": "a", "nonmembers": "b"}]}})  # fmt: skip
+        parse_config(
+            {
+                "audit": {
+                    "shadows": 0,
+                    "scenarios": ["III"],
+                    "shadow_base_model": "builtin",
+                    "given_shadows": [{"model": "m", "members": "a", "nonmembers": "b"}],
+                }
+            }
+        )
 
 
 def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
@@ -193,28 +218,48 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
     index (a different feature per channel's table) is refused; all before anything is written."""
     from diffmia.audit import check_threshold_feature
 
-    features = {"encoders": ["pixels", "hub/deit-tiny"], "distances": ["l2", "ssim"],
-                "granularities": ["pooled", "token", "unit"], "aggregations": ["mean"]}  # fmt: skip
+    features = {
+        "encoders": ["pixels", "hub/deit-tiny"],
+        "distances": ["l2", "ssim"],
+        "granularities": ["pooled", "token", "unit"],
+        "aggregations": ["mean"],
+    }
 
     def check(reduce):
-        config = parse_config({"features": features, "attacks": {"threshold": {"reduce": reduce}},
-                               "audit": {"shadows": 4}})  # fmt: skip
+        config = parse_config(
+            {"features": features, "attacks": {"threshold": {"reduce": reduce}}, "audit": {"shadows": 4}}
+        )
         check_threshold_feature(config)
 
-    for fine in ("mean", "max", "pixels/l2/pooled/mean", "deit-tiny/l2/token017/mean", "deit-tiny/l2/unit0767/mean",
-                 "pixels/ssim/pooled/mean"):  # fmt: skip
+    for fine in (
+        "mean",
+        "max",
+        "pixels/l2/pooled/mean",
+        "deit-tiny/l2/token017/mean",
+        "deit-tiny/l2/unit0767/mean",
+        "pixels/ssim/pooled/mean",
+    ):
         check(fine)
-    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce = 3 would be column 3 of each table, a "
-                       r"different feature in each channel's table and in the combined one: name the feature "
-                       r"instead \(e\.g\. 'pixels/l2/pooled/mean'\)$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^attacks\.threshold\.reduce = 3 would be column 3 of each table, a "
+        r"different feature in each channel's table and in the combined one: name the feature "
+        r"instead \(e\.g\. 'pixels/l2/pooled/mean'\)$",
+    ):
         check(3)
-    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'img2img/pixels/l2/pooled/mean': name the "
-                       r"feature without its channel \('pixels/l2/pooled/mean'\)"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^attacks\.threshold\.reduce 'img2img/pixels/l2/pooled/mean': name the "
+        r"feature without its channel \('pixels/l2/pooled/mean'\)",
+    ):
         check("img2img/pixels/l2/pooled/mean")
-    with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'pixels/l2/token001/mean' is none of the "
-                       r"features this audit computes: pixels/l2/pooled/mean, deit-tiny/l2/pooled/mean, "
-                       r"deit-tiny/l2/token###/mean, deit-tiny/l2/unit####/mean, pixels/ssim/pooled/mean \(# numbers "
-                       r"the encoder's tokens or hidden units\)$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^attacks\.threshold\.reduce 'pixels/l2/token001/mean' is none of the "
+        r"features this audit computes: pixels/l2/pooled/mean, deit-tiny/l2/pooled/mean, "
+        r"deit-tiny/l2/token###/mean, deit-tiny/l2/unit####/mean, pixels/ssim/pooled/mean \(# numbers "
+        r"the encoder's tokens or hidden units\)$",
+    ):
         check("pixels/l2/token001/mean")  # pixels have no tokens
     with pytest.raises(ConfigError, match="is none of the features"):
         check("deit-tiny/l2/token1/mean")
@@ -241,8 +286,12 @@ def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_
     config = parse_config(
         {"attacks": {"use": ["threshold"], "threshold": {"reduce": "pixels/l2/pooled/mean", "standardize": False}}}
     )
-    names = ("text2img/pixels/l2/pooled/mean", "text2img/pixels/ssim/pooled/mean", "img2img/pixels/l2/pooled/mean",
-             "img2img/pixels/ssim/pooled/mean")  # fmt: skip
+    names = (
+        "text2img/pixels/l2/pooled/mean",
+        "text2img/pixels/ssim/pooled/mean",
+        "img2img/pixels/l2/pooled/mean",
+        "img2img/pixels/ssim/pooled/mean",
+    )
     X = np.array([[0.0, 9.0, 3.0, 9.0], [1.0, 0.0, 0.0, 0.0], [2.0, 0.0, 4.0, 0.0], [3.0, 9.0, 1.0, 9.0]])
     y = np.array([False, False, True, True])
     table = FeatureTable(("a", "b", "c", "d"), X, names, y)
@@ -264,8 +313,12 @@ def test_the_headline_is_the_best_shadow_validated_attack_or_the_fixed_rule():
         return ShadowValidation(auc, tpr, 0.01, 5)
 
     config = parse_config({})
-    validation = {("text2img", "threshold"): v(0.90, 0.30), ("img2img", "classifier"): v(0.95, 0.30),
-                  ("combined", "threshold"): v(0.99, 0.25), ("combined", "classifier"): v(0.95, 0.30)}  # fmt: skip
+    validation = {
+        ("text2img", "threshold"): v(0.90, 0.30),
+        ("img2img", "classifier"): v(0.95, 0.30),
+        ("combined", "threshold"): v(0.99, 0.25),
+        ("combined", "classifier"): v(0.95, 0.30),
+    }
     # the highest TPR (0.30, three times), then the highest AUC among those (0.95, twice), then the first of those
     assert choose_headline(config, validation) == ("img2img", "classifier")
     # a TPR the shadows cannot resolve ranks below any measured one; among unresolved ones the AUC decides
@@ -302,8 +355,12 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     from diffmia.queries import query_seed, reference_seed
 
     samples = load_image_folder(_folder(tmp_path / "data", [10, 60, 200])).samples
-    config = parse_config({"features": {"distances": ["l2"], "aggregations": ["mean"], "calibrate": True},
-                           "generation": {"channels": ["text2img"], "queries_per_image": 2, "seed": 7}})  # fmt: skip
+    config = parse_config(
+        {
+            "features": {"distances": ["l2"], "aggregations": ["mean"], "calibrate": True},
+            "generation": {"channels": ["text2img"], "queries_per_image": 2, "seed": 7},
+        }
+    )
     prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     target, base = _SeedGrey("target", {s.id: s.image_path for s in samples}), _SeedGrey("base")
     queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None), base)
@@ -330,8 +387,15 @@ def test_distance_from_outsider_shadows_by_hand():
 
     ids = ("a", "b", "c", "d")
     members = [("a", "b"), ("c", "d"), ("a", "c"), ("b", "d")]
-    used = [(SimpleNamespace(name=f"shadow-{j}"), MembershipSplit(tuple(Sample(i, Path(i), None) for i in m),
-             tuple(Sample(i, Path(i), None) for i in ids if i not in m))) for j, m in enumerate(members)]  # fmt: skip
+    used = [
+        (
+            SimpleNamespace(name=f"shadow-{j}"),
+            MembershipSplit(
+                tuple(Sample(i, Path(i), None) for i in m), tuple(Sample(i, Path(i), None) for i in ids if i not in m)
+            ),
+        )
+        for j, m in enumerate(members)
+    ]
     names = ("img2img/pixels/l2/pooled/mean", "img2img/pixels/l2/pooled/mean-minus-base")
 
     def table(values, sample_ids=ids):
@@ -363,8 +427,9 @@ def test_distance_from_outsider_shadows_by_hand():
 
 def test_shadows_are_planned_in_complementary_pairs():
     target = MembershipSplit(_samples("m", 30), _samples("n", 30))
-    aux = plan_auxiliary("disjoint", target, _samples("a", 50), shadow_members=20, overlap=0.5, n_shadows=4,
-                         rng=np.random.default_rng(0))  # fmt: skip
+    aux = plan_auxiliary(
+        "disjoint", target, _samples("a", 50), shadow_members=20, overlap=0.5, n_shadows=4, rng=np.random.default_rng(0)
+    )
     first, second, third, fourth = aux.shadow_splits
     assert (second.members, second.nonmembers) == (first.nonmembers, first.members)
     assert (fourth.members, fourth.nonmembers) == (third.nonmembers, third.members)
@@ -389,8 +454,13 @@ def test_outsider_references_query_with_the_run_seeds_once(tmp_path):
     from diffmia.queries import query_seed
 
     samples = load_image_folder(_folder(tmp_path / "data", [10, 60])).samples
-    config = parse_config({"features": {"distances": ["l2"], "aggregations": ["mean"], "outsiders": True},
-                           "audit": {"shadows": 4}, "generation": {"channels": ["img2img"], "seed": 3}})  # fmt: skip
+    config = parse_config(
+        {
+            "features": {"distances": ["l2"], "aggregations": ["mean"], "outsiders": True},
+            "audit": {"shadows": 4},
+            "generation": {"channels": ["img2img"], "seed": 3},
+        }
+    )
     prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     shadow = _SeedGrey("shadow-disjoint-0")
     queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None))
@@ -429,7 +499,8 @@ def test_several_strengths_make_one_channel_each_with_its_own_features_and_attac
     prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     model = StrengthGrey()
     table = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None)).features(
-        model, samples, "given")  # fmt: skip
+        model, samples, "given"
+    )
     assert table.names == ("img2img@0.2/pixels/l2/pooled/mean", "img2img@0.6/pixels/l2/pooled/mean")
     assert model.strengths == [0.2] * 6 + [0.6] * 6  # one channel (one batch kind) at a time
     grey = np.array([10, 60, 200]) / 255.0
@@ -450,8 +521,9 @@ def test_several_shadows_pool_into_one_training_table():
     from diffmia.records import FeatureTable
 
     first = FeatureTable(("a", "b"), np.array([[1.0, 2.0], [3.0, 4.0]]), ("f", "g"), np.array([True, False]))
-    second = FeatureTable(("a", "c", "d"), np.array([[5.0, 6.0], [7.0, 8.0], [9.0, 0.0]]), ("f", "g"),
-                          np.array([False, True, True]))  # fmt: skip
+    second = FeatureTable(
+        ("a", "c", "d"), np.array([[5.0, 6.0], [7.0, 8.0], [9.0, 0.0]]), ("f", "g"), np.array([False, True, True])
+    )
     pooled = pool_tables([first, second])
     assert pooled.sample_ids == ("0:a", "0:b", "1:a", "1:c", "1:d")
     np.testing.assert_array_equal(pooled.X[:, 0], [1, 3, 5, 7, 9])
@@ -488,16 +560,26 @@ def tiny_run(tmp_path_factory):
 
 def _result(run: Path, scenario: str, model: str, channel: str, attack: str) -> dict:
     result = json.loads((run / "result.json").read_text())
-    (hit,) = [r for r in result["results"] if (r["scenario"], r["model"], r["channel"], r["attack"]) ==
-              (scenario, model, channel, attack)]  # fmt: skip
+    (hit,) = [
+        r
+        for r in result["results"]
+        if (r["scenario"], r["model"], r["channel"], r["attack"]) == (scenario, model, channel, attack)
+    ]
     return hit["evaluation"]
 
 
 @pytest.mark.slow
 def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
     _, run = tiny_run
-    for name in ("config.toml", "splits.json", "prompts.json", "features.parquet", "scores.parquet", "result.json",
-                 "report.html"):  # fmt: skip
+    for name in (
+        "config.toml",
+        "splits.json",
+        "prompts.json",
+        "features.parquet",
+        "scores.parquet",
+        "result.json",
+        "report.html",
+    ):
         assert (run / name).is_file(), name
     assert load_config(run / "config.toml").audit.name == "tiny"
     splits = json.loads((run / "splits.json").read_text())
@@ -530,8 +612,11 @@ def test_run_writes_the_run_directory_and_finds_the_members(tiny_run):
         auc, interval = row["evaluation"]["auc"], row["evaluation"]["auc_interval"]
         return abs(auc - 0.5) > 0.1 and not interval["low"] <= 0.5 <= interval["high"]
 
-    strays = [f"{r['scenario']}/{r['channel']}/{r['attack']} {r['evaluation']['auc']:.3f}" for r in result["results"]
-              if r["model"] in ("base", "blind") and stray(r)]  # fmt: skip
+    strays = [
+        f"{r['scenario']}/{r['channel']}/{r['attack']} {r['evaluation']['auc']:.3f}"
+        for r in result["results"]
+        if r["model"] in ("base", "blind") and stray(r)
+    ]
     warned = " ".join(w for w in result["warnings"] if w.startswith("attacks on "))
     assert sorted(strays) == sorted(re.findall(r"\b(?:I|II|III|IV)/\S+/\S+ \d\.\d{3}", warned))
     assert evaluation["tpr_at_fpr"][0]["tpr"] is None  # 1% FPR is below 1/20: n/a, with its reason
@@ -594,11 +679,21 @@ def test_a_given_shadow_gives_the_numbers_of_the_same_shadow_trained_here(tiny_r
     by_id = load_image_folder(run / "data" / "digits").by_id()
     folders = {k: write_subset([by_id[i] for i in shadow[k]], tmp_path / k) for k in ("members", "nonmembers")}
     settings = load_config(config).model_dump(mode="json", exclude_none=True)
-    settings["audit"].update(name="given", runs_dir=str(tmp_path / "runs"), finetune_target=False, shadows=0,
-                             scenarios=["III"], given_shadows=[{
-                                 "model": str(run / "models" / "shadow-disjoint-0" / "pipeline"),
-                                 "members": str(folders["members"]), "nonmembers": str(folders["nonmembers"]),
-                                 "scenarios": ["III"]}])  # fmt: skip
+    settings["audit"].update(
+        name="given",
+        runs_dir=str(tmp_path / "runs"),
+        finetune_target=False,
+        shadows=0,
+        scenarios=["III"],
+        given_shadows=[
+            {
+                "model": str(run / "models" / "shadow-disjoint-0" / "pipeline"),
+                "members": str(folders["members"]),
+                "nonmembers": str(folders["nonmembers"]),
+                "scenarios": ["III"],
+            }
+        ],
+    )
     settings["target"]["model"] = str(run / "models" / "target" / "pipeline")
     settings["generation"]["cache"] = str(run / "cache")
     result = run_audit(parse_config(settings), show_progress=False, log=lambda _: None)
@@ -648,11 +743,23 @@ def test_an_audit_of_a_server_failing_15_percent_of_requests_equals_the_fault_fr
     folders = {k: write_subset([by_id[i] for i in shadow[k]], tmp_path / k) for k in ("members", "nonmembers")}
     cache = shutil.copytree(run / "cache", tmp_path / "cache")  # the shadow's generations: only the server works
     settings = load_config(config).model_dump(mode="json", exclude_none=True)
-    settings["audit"].update(runs_dir=str(tmp_path / "runs"), finetune_target=False, shadows=0, scenarios=["III"],
-                             baselines=[], base_control=False, blind_control=False, given_shadows=[{
-                                 "model": str(run / "models" / "shadow-disjoint-0" / "pipeline"),
-                                 "members": str(folders["members"]), "nonmembers": str(folders["nonmembers"]),
-                                 "scenarios": ["III"]}])  # fmt: skip
+    settings["audit"].update(
+        runs_dir=str(tmp_path / "runs"),
+        finetune_target=False,
+        shadows=0,
+        scenarios=["III"],
+        baselines=[],
+        base_control=False,
+        blind_control=False,
+        given_shadows=[
+            {
+                "model": str(run / "models" / "shadow-disjoint-0" / "pipeline"),
+                "members": str(folders["members"]),
+                "nonmembers": str(folders["nonmembers"]),
+                "scenarios": ["III"],
+            }
+        ],
+    )
     settings["generation"].update(cache=str(cache), channels=["text2img"])  # image-to-image travels alike
     served = DiffusersTarget(str(run / "models" / "target" / "pipeline"), batch_size=1)
     scores = {}
@@ -660,8 +767,15 @@ def test_an_audit_of_a_server_failing_15_percent_of_requests_equals_the_fault_fr
         flaky = Flaky(make_app(served), share, hang=3.0)
         with serving(flaky) as url:  # a new port: a new endpoint to the cache, so every target query is sent
             settings["audit"]["name"] = name
-            settings["target"] = {"kind": "http", "url": url, "api": "a1111", "width": 32, "height": 32,
-                                  "request_timeout": 2.0, "retries": 8}  # fmt: skip
+            settings["target"] = {
+                "kind": "http",
+                "url": url,
+                "api": "a1111",
+                "width": 32,
+                "height": 32,
+                "request_timeout": 2.0,
+                "retries": 8,
+            }
             result = run_audit(parse_config(settings), show_progress=False, log=lambda _: None)
         scores[name] = pq.read_table(result.run_dir / "scores.parquet").to_pylist()
         assert result.images_requested["target"] == 80  # 40 images x 2 queries
@@ -673,9 +787,12 @@ def test_an_audit_of_a_server_failing_15_percent_of_requests_equals_the_fault_fr
     # and the local run's: the server generates one image per request where the local run took batches of 32, so
     # the pixels may differ by float summation order (measured: scores within 0.13%), never by what is asked
     headline = ("threshold", "distribution", "classifier")
-    local = [row for row in pq.read_table(run / "scores.parquet").to_pylist()
-             if (row["scenario"], row["model"], row["channel"]) == ("III", "target", "text2img")
-             and row["attack"] in headline]  # fmt: skip
+    local = [
+        row
+        for row in pq.read_table(run / "scores.parquet").to_pylist()
+        if (row["scenario"], row["model"], row["channel"]) == ("III", "target", "text2img")
+        and row["attack"] in headline
+    ]
     key = ("channel", "attack", "sample_id", "member")
     assert [[r[k] for k in key] for r in scores["flaky"]] == [[r[k] for k in key] for r in local]
     assert [r["score"] for r in scores["flaky"]] == pytest.approx([r["score"] for r in local], rel=1e-2, abs=1e-3)
@@ -770,21 +887,32 @@ def test_controls_warn_only_when_clearly_separable():
     assert warning.startswith("attacks on the query images alone (blind) separate members from non-members")
     assert f"I/text2img/classifier {separable.evaluation.auc:.3f}" in warning
     # a control outside 0.5 +/- 0.1 whose interval still holds 0.5 is chance at this sample size: no warning
-    wide = ScoreSet("I", "base", "text2img", "threshold", noise.sample_ids, noise.scores, noise.labels,
-                    replace(noise.evaluation, auc=0.62, auc_interval=replace(noise.evaluation.auc_interval,
-                                                                             low=0.45, high=0.75)))  # fmt: skip
+    wide = ScoreSet(
+        "I",
+        "base",
+        "text2img",
+        "threshold",
+        noise.sample_ids,
+        noise.scores,
+        noise.labels,
+        replace(noise.evaluation, auc=0.62, auc_interval=replace(noise.evaluation.auc_interval, low=0.45, high=0.75)),
+    )
     assert control_warnings([wide]) == []
     # a base control that strays in scenario II only: the captioner fine-tuned on the overlapping D' is named
     captioned = replace(score_set("base", 1.5), scenario="II")
     (warning,) = control_warnings([captioned, noise])
-    assert warning.endswith(". The captioner of scenario II was fine-tuned on a D' that holds part of the target's "
-                            "members and may caption them better, so its prompts carry membership into any model's "
-                            "generations: the target's II numbers overstate what the target itself leaks (compare "
-                            "with the disjoint scenarios, whose captioner never saw them)")  # fmt: skip
+    assert warning.endswith(
+        ". The captioner of scenario II was fine-tuned on a D' that holds part of the target's "
+        "members and may caption them better, so its prompts carry membership into any model's "
+        "generations: the target's II numbers overstate what the target itself leaks (compare "
+        "with the disjoint scenarios, whose captioner never saw them)"
+    )
     (both,) = control_warnings([captioned, replace(captioned, scenario="IV")])  # and elsewhere: both causes
     assert "II/text2img/classifier" in both and "IV/text2img/classifier" in both
-    assert "may differ in distribution, so the target's numbers overstate what membership alone explains; and the " \
-           "captioner of scenario II was fine-tuned" in both  # fmt: skip
+    assert (
+        "may differ in distribution, so the target's numbers overstate what membership alone explains; and the "
+        "captioner of scenario II was fine-tuned" in both
+    )
 
 
 # --- fault injection: killed at five points, resumed each time ----------------------------------------------
@@ -802,8 +930,12 @@ KILL_POINTS = (
 def _run_until(config: Path, run: Path, trigger: str, delay: float, timeout: float = 600) -> bool:
     """`diffmia run CONFIG` in a child process, killed with SIGKILL ``delay`` seconds after ``trigger`` shows (a
     line of its log, or a file appearing in the run directory). True if it was killed, False if it finished."""
-    child = subprocess.Popen([sys.executable, "-m", "diffmia", "run", str(config)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "diffmia", "run", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in child.stderr], daemon=True).start()  # type: ignore[union-attr]
     began, seen = time.monotonic(), None
@@ -827,14 +959,19 @@ def test_an_audit_killed_at_five_points_ends_with_the_uninterrupted_numbers(tiny
     _, reference = tiny_run
     config = tmp_path / "tiny.toml"
     # the tiny audit without scenarios III and IV and the shadow-free baselines (they add time, not kill points)
-    config.write_text(TINY_AUDIT.format(runs=tmp_path / "runs").replace(
-        'baselines = ["gan-leaks", "loss", "secmi", "pia"]', "baselines = []").replace(
-        'scenarios = ["I", "II", "III", "IV"]', 'scenarios = ["I", "II"]'))  # fmt: skip
+    config.write_text(
+        TINY_AUDIT.format(runs=tmp_path / "runs")
+        .replace('baselines = ["gan-leaks", "loss", "secmi", "pia"]', "baselines = []")
+        .replace('scenarios = ["I", "II", "III", "IV"]', 'scenarios = ["I", "II"]')
+    )
     run = tmp_path / "runs" / "tiny"
     delays = np.random.default_rng(0).uniform(0.0, 1.5, size=len(KILL_POINTS))
     delays[-1] = 0.0  # the writing step lasts well under a second
-    killed = [what for (what, trigger), delay in zip(KILL_POINTS, delays, strict=True)
-              if _run_until(config, run, trigger, float(delay))]  # fmt: skip
+    killed = [
+        what
+        for (what, trigger), delay in zip(KILL_POINTS, delays, strict=True)
+        if _run_until(config, run, trigger, float(delay))
+    ]
     assert killed == [what for what, _ in KILL_POINTS]
     assert not (run / "result.json").exists()
     assert _run_until(config, run, "no such line", 0.0) is False  # the last resume finishes

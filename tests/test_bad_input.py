@@ -89,8 +89,11 @@ def generate(tmp: Path, data: Path, target: str = "", cache: Path | None = None)
     ``target`` gives another [target] section) into ``cache`` (default: tmp/cache)."""
     target = target or '[target]\nmodel = "builtin"\n'
     cache = cache or tmp / "cache"
-    config = text(tmp / "generate.toml", f'{target}\n[generation]\ndata = "{data}"\ncache = "{cache}"\n'
-                  'channels = ["text2img"]\nqueries_per_image = 1\nsteps = 2\n')  # fmt: skip
+    config = text(
+        tmp / "generate.toml",
+        f'{target}\n[generation]\ndata = "{data}"\ncache = "{cache}"\n'
+        'channels = ["text2img"]\nqueries_per_image = 1\nsteps = 2\n',
+    )
     return ["generate", str(config)]
 
 
@@ -102,9 +105,15 @@ def answer(tmp: Path, url: str, case: str) -> list[str]:
 
 def run_dir(tmp: Path, c: Context, change: Callable[[Path], None]) -> Path:
     """A finished run directory (one scenario, 4 samples) with ``change`` applied to it."""
-    columns = {"scenario": ["I"] * 4, "model": ["target"] * 4, "channel": ["text2img"] * 4,
-               "attack": ["classifier"] * 4, "sample_id": ["m0", "m1", "n0", "n1"], "member": [1, 1, 0, 0],
-               "score": [0.9, 0.8, 0.1, 0.2]}  # fmt: skip
+    columns = {
+        "scenario": ["I"] * 4,
+        "model": ["target"] * 4,
+        "channel": ["text2img"] * 4,
+        "attack": ["classifier"] * 4,
+        "sample_id": ["m0", "m1", "n0", "n1"],
+        "member": [1, 1, 0, 0],
+        "score": [0.9, 0.8, 0.1, 0.2],
+    }
     root = tmp / "run"
     c.write_run(root, columns, ["I"], ["text2img"])
     change(root)
@@ -296,8 +305,13 @@ def fake_server():
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:
     """Every file and folder under ``root``: its modification time and content digest (folders: empty)."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()
-                                       if p.is_file() else "") for p in sorted(root.rglob("*"))}  # fmt: skip
+    return {
+        str(p.relative_to(root)): (
+            p.stat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "",
+        )
+        for p in sorted(root.rglob("*"))
+    }
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[f"{b.group}: {b.kind}" for b in CATALOGUE])
@@ -321,7 +335,8 @@ def test_the_catalogue_is_documented_and_large():
     """docs/bad-input.md lists exactly the catalogue's kinds, group by group; at least 30 through the CLI."""
     rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \| `([^`]+)` \|$", DOC.read_text(encoding="utf-8"), flags=re.MULTILINE)
     assert rows == [(b.group, b.kind, b.says) for b in CATALOGUE] + [
-        ("serve requests", r.kind, f"{r.status}: {r.says}") for r in REQUESTS]  # fmt: skip
+        ("serve requests", r.kind, f"{r.status}: {r.says}") for r in REQUESTS
+    ]
     assert len(CATALOGUE) >= 30 and len({b.kind for b in CATALOGUE}) == len(CATALOGUE)
 
 
@@ -389,8 +404,13 @@ def test_a_bad_request_to_serve_is_one_line_and_a_4xx(request_, served):
     headers = {"authorization": f"Bearer {request_.token}"} if request_.token else {}
     body = request_.body
     content = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
-    answer = httpx.request("GET" if body is None else "POST", served + request_.path, content=content,
-                           headers=headers | {"content-type": "application/json"}, timeout=30)  # fmt: skip
+    answer = httpx.request(
+        "GET" if body is None else "POST",
+        served + request_.path,
+        content=content,
+        headers=headers | {"content-type": "application/json"},
+        timeout=30,
+    )
     assert answer.status_code == request_.status, answer.text
     error = answer.json()["error"]
     assert isinstance(error, str) and "\n" not in error and "Traceback" not in error

@@ -18,8 +18,16 @@ def _image(seed):
 def test_query_key_covers_every_field_but_the_sample(tmp_path):
     base = Query("a seven", seed=1)
     keys = {base.key("t")}
-    for change in ({"prompt": "a one"}, {"seed": 2}, {"steps": 10}, {"guidance": 3.0}, {"negative_prompt": "x"},
-                   {"width": 64}, {"height": 64}, {"strength": 0.5}):  # fmt: skip
+    for change in (
+        {"prompt": "a one"},
+        {"seed": 2},
+        {"steps": 10},
+        {"guidance": 3.0},
+        {"negative_prompt": "x"},
+        {"width": 64},
+        {"height": 64},
+        {"strength": 0.5},
+    ):
         keys.add(dataclasses.replace(base, **change).key("t"))
     keys.add(base.key("other target"))
     assert len(keys) == 10
@@ -93,9 +101,12 @@ def test_damaged_entries_count_as_missing_and_are_generated_again(tmp_path, bomb
     bomb_png(pngs[2])  # image replaced by a decompression bomb
     pngs[3].with_suffix(".json").write_text("[]")  # sidecar not an object
     problems = {p.key: p.problem for p in cache.verify()[1]}
-    assert [problems[k] for k in keys] == ["image missing", "image does not match its recorded hash",
-                                           "image does not match its recorded hash",
-                                           "unreadable sidecar (not a JSON object with png_sha256)"]  # fmt: skip
+    assert [problems[k] for k in keys] == [
+        "image missing",
+        "image does not match its recorded hash",
+        "image does not match its recorded hash",
+        "unreadable sidecar (not a JSON object with png_sha256)",
+    ]
     assert all(cache.get(k) is None and k not in cache for k in keys)
     images = generate(target, queries, cache, show_progress=False)
     assert target.asked == 8  # every damaged entry generated again, none read
@@ -117,8 +128,10 @@ def test_an_entry_whose_recorded_image_cannot_be_decoded_is_missing(tmp_path, bo
     key = query.key("t")
     cache.put(key, _image(1), query, "t")
     png, sidecar = cache.image_path(key), cache.image_path(key).with_suffix(".json")
-    for damage, problem in ((lambda: bomb_png(png), "decompression bomb"), (lambda: _image(1).save(png, "BMP"),
-                            "image is BMP, expected PNG")):  # fmt: skip
+    for damage, problem in (
+        (lambda: bomb_png(png), "decompression bomb"),
+        (lambda: _image(1).save(png, "BMP"), "image is BMP, expected PNG"),
+    ):
         damage()
         meta = json.loads(sidecar.read_text())
         sidecar.write_text(json.dumps({**meta, "png_sha256": hashlib.sha256(png.read_bytes()).hexdigest()}))

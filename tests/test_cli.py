@@ -90,9 +90,17 @@ def test_attack_writes_scores_and_evaluates(tmp_path, capsys):
     write_feature_table(target, tmp_path / "target.parquet")
     out = tmp_path / "out" / "scores.parquet"
     code = main(
-        ["attack", "--shadow", str(tmp_path / "shadow.parquet"), "--target", str(tmp_path / "target.parquet"),
-         "--out", str(out), "--json"]
-    )  # fmt: skip
+        [
+            "attack",
+            "--shadow",
+            str(tmp_path / "shadow.parquet"),
+            "--target",
+            str(tmp_path / "target.parquet"),
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)["evaluations"]
     table = pq.read_table(out)

@@ -79,8 +79,13 @@ def test_file_problems(tmp_path):
 
 def test_audit_sections_are_validated_together():
     with pytest.raises(ConfigError) as error:
-        parse_config({"data": {"members": "m"}, "audit": {"name": "a/b", "overlap": 1.0, "scenarios": ["V"]},
-                      "features": {"distances": ["cosine", "manhattan"]}})  # fmt: skip
+        parse_config(
+            {
+                "data": {"members": "m"},
+                "audit": {"name": "a/b", "overlap": 1.0, "scenarios": ["V"]},
+                "features": {"distances": ["cosine", "manhattan"]},
+            }
+        )
     message = str(error.value)
     assert message.startswith("config: 4 problems:")  # the name is checked once the fields are valid
     assert "data: set members, nonmembers and auxiliary together, or none of them for the bundled digits" in message

@@ -26,15 +26,24 @@ def _save_vit(folder, kind, seed=0):
         DeiTConfig,
         DeiTModel,
         ViTConfig,
-        ViTImageProcessorPil,  # fmt: skip
+        ViTImageProcessorPil,
         ViTModel,
     )
 
-    small = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "intermediate_size": 32}  # fmt: skip
+    small = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
     torch.manual_seed(seed)
-    model = {"vit": lambda: ViTModel(ViTConfig(**small)), "deit": lambda: DeiTModel(DeiTConfig(**small)),
-             "clip": lambda: CLIPVisionModel(CLIPVisionConfig(**small))}[kind]()  # fmt: skip
+    model = {
+        "vit": lambda: ViTModel(ViTConfig(**small)),
+        "deit": lambda: DeiTModel(DeiTConfig(**small)),
+        "clip": lambda: CLIPVisionModel(CLIPVisionConfig(**small)),
+    }[kind]()
     model.save_pretrained(folder)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder

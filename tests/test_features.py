@@ -50,15 +50,23 @@ def _flat(rgb_top, rgb_bottom=None):
 def test_similarities_through_the_table():
     red, green, mixed = _flat((255, 0, 0)), _flat((0, 255, 0)), _flat((255, 0, 0), (0, 255, 0))
     table = build_features(
-        ["q1", "q2"], [red, green], [[red, mixed], [red, red]], {"colour": ColourTokens()},
-        distances=("cosine",), granularities=("pooled", "token"), aggregations=("mean", "max"),
+        ["q1", "q2"],
+        [red, green],
+        [[red, mixed], [red, red]],
+        {"colour": ColourTokens()},
+        distances=("cosine",),
+        granularities=("pooled", "token"),
+        aggregations=("mean", "max"),
         labels=np.array([True, False]),
-    )  # fmt: skip
+    )
     assert table.names == (
-        "colour/cosine/pooled/mean", "colour/cosine/pooled/max",
-        "colour/cosine/token000/mean", "colour/cosine/token001/mean",
-        "colour/cosine/token000/max", "colour/cosine/token001/max",
-    )  # fmt: skip
+        "colour/cosine/pooled/mean",
+        "colour/cosine/pooled/max",
+        "colour/cosine/token000/mean",
+        "colour/cosine/token001/mean",
+        "colour/cosine/token000/max",
+        "colour/cosine/token001/max",
+    )
     column = dict(zip(table.names, table.X.T, strict=True))
     # pooled = first token (top half): q1 red vs red, red -> 1, 1; q2 green vs red, red -> 0, 0
     np.testing.assert_allclose(column["colour/cosine/pooled/mean"], [1.0, 0.0])
@@ -89,25 +97,44 @@ def test_unit_features_are_the_reference_codes_cosine_over_the_token_axis():
     rng = np.random.default_rng(4)
     images = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)) for _ in range(6)]
     queries, generations = images[:2], [images[2:4], images[4:6]]
-    table = build_features(["a", "b"], queries, generations, {"r": RandomTokens()}, distances=("cosine", "l2"),
-                           granularities=("unit",), aggregations=("mean", "max"))  # fmt: skip
-    assert table.names[:5] == ("r/cosine/unit0000/mean", "r/cosine/unit0001/mean", "r/cosine/unit0002/mean",
-                               "r/cosine/unit0003/mean", "r/cosine/unit0000/max")  # fmt: skip
+    table = build_features(
+        ["a", "b"],
+        queries,
+        generations,
+        {"r": RandomTokens()},
+        distances=("cosine", "l2"),
+        granularities=("unit",),
+        aggregations=("mean", "max"),
+    )
+    assert table.names[:5] == (
+        "r/cosine/unit0000/mean",
+        "r/cosine/unit0001/mean",
+        "r/cosine/unit0002/mean",
+        "r/cosine/unit0003/mean",
+        "r/cosine/unit0000/max",
+    )
     assert len(table.names) == 2 * 2 * 4
     column = dict(zip(table.names, table.X.T, strict=True))
     encode = RandomTokens().encode
     for i, (query, group) in enumerate(zip(queries, generations, strict=True)):
         q = torch.tensor(encode([query]))
-        cos = torch.stack([torch.nn.functional.cosine_similarity(q, torch.tensor(encode([g])), dim=1)[0]
-                           for g in group])  # (generations, units)  # fmt: skip
+        cos = torch.stack(
+            [torch.nn.functional.cosine_similarity(q, torch.tensor(encode([g])), dim=1)[0] for g in group]
+        )  # (generations, units)
         l2 = np.stack([-np.linalg.norm(encode([query])[0] - encode([g])[0], axis=0) for g in group])
         for u in range(4):
             assert column[f"r/cosine/unit{u:04d}/mean"][i] == pytest.approx(float(cos[:, u].mean()), rel=1e-9)
             assert column[f"r/cosine/unit{u:04d}/max"][i] == pytest.approx(float(cos[:, u].max()), rel=1e-9)
             assert column[f"r/l2/unit{u:04d}/mean"][i] == pytest.approx(l2[:, u].mean(), rel=1e-9)
     # a vector encoder has no units: the granularity adds no column for it
-    pixels = build_features(["a"], queries[:1], generations[:1], {"pixels": PixelEncoder(size=4)},
-                            distances=("l2",), granularities=("pooled", "unit"))  # fmt: skip
+    pixels = build_features(
+        ["a"],
+        queries[:1],
+        generations[:1],
+        {"pixels": PixelEncoder(size=4)},
+        distances=("l2",),
+        granularities=("pooled", "unit"),
+    )
     assert pixels.names == ("pixels/l2/pooled/mean",)
 
 
@@ -116,8 +143,14 @@ def test_pooled_features_pool_as_the_encoder_does(tmp_path):
     through the embedding cache too), not always the first token; an encoder of tokens without one is refused."""
     red, green, mixed = _flat((255, 0, 0)), _flat((0, 255, 0)), _flat((255, 0, 0), (0, 255, 0))
     for encoder in (MeanColourTokens(), CachedEncoder(MeanColourTokens(), tmp_path)):
-        table = build_features(["q1", "q2"], [red, mixed], [[mixed, green], [red, mixed]], {"colour": encoder},
-                               distances=("cosine",), aggregations=("mean",))  # fmt: skip
+        table = build_features(
+            ["q1", "q2"],
+            [red, mixed],
+            [[mixed, green], [red, mixed]],
+            {"colour": encoder},
+            distances=("cosine",),
+            aggregations=("mean",),
+        )
         # mean colours: red (1, 0, 0), green (0, 1, 0), mixed (.5, .5, 0): cos(red, mixed) = 1 / sqrt(2)
         np.testing.assert_allclose(table.X[:, 0], [(2**-0.5 + 0.0) / 2, (2**-0.5 + 1.0) / 2], rtol=1e-6)
         blind = blind_features(["q1", "q2"], [red, mixed], {"colour": encoder})
@@ -138,8 +171,14 @@ def test_pixel_encoder_l2_and_ssim():
     rng = np.random.default_rng(0)
     query = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     other = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
-    table = build_features(["q"], [query], [[query, other]], {"pixels": PixelEncoder(size=8)},
-                           distances=("l2", "ssim"), aggregations=("max", "min"))  # fmt: skip
+    table = build_features(
+        ["q"],
+        [query],
+        [[query, other]],
+        {"pixels": PixelEncoder(size=8)},
+        distances=("l2", "ssim"),
+        aggregations=("max", "min"),
+    )
     column = dict(zip(table.names, table.X[0], strict=True))
     assert column["pixels/l2/pooled/max"] == 0.0  # the identical generation
     expected = -np.linalg.norm((np.asarray(query, float) - np.asarray(other, float)).ravel() / 255.0)
@@ -174,8 +213,11 @@ def test_blind_features_and_input_errors():
 def test_distance_from_outsiders_by_hand():
     """LiRA offline with a fixed spread per column: the spread pools each candidate's scatter around its own mean
     (candidate 1: 1 and 3, mean 2; candidate 2: 10, 10, 16, mean 12; column 2 never varies)."""
-    outsiders = [np.array([[1.0, 5.0], [3.0, 5.0]]), np.array([[10.0, 5.0], [10.0, 5.0], [16.0, 5.0]]),
-                 np.array([[7.0, 5.0]])]  # fmt: skip  # a lone outsider adds no degree of freedom
+    outsiders = [
+        np.array([[1.0, 5.0], [3.0, 5.0]]),
+        np.array([[10.0, 5.0], [10.0, 5.0], [16.0, 5.0]]),
+        np.array([[7.0, 5.0]]),
+    ]  # a lone outsider adds no degree of freedom
     spread = outsider_spread(outsiders)
     np.testing.assert_allclose(spread, [np.sqrt((1 + 1 + 4 + 4 + 16) / (1 + 2)), 1.0])
     references = np.array([[[1.0, 5.0], [3.0, 5.0]], [[10.0, 5.0], [16.0, 5.0]]])  # 2 rows, 2 models, 2 columns

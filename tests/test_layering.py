@@ -24,14 +24,47 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "diffmia"
-HEAVY = frozenset({"torch", "diffusers", "transformers", "peft", "accelerate", "opacus", "ray", "matplotlib",
-                   "pyarrow", "scipy", "sklearn", "httpx", "uvicorn", "jinja2"})  # fmt: skip
-GROUND = ("diffmia.errors", "diffmia.files", "diffmia.images", "diffmia.versions", "diffmia.assets",
-          "diffmia.progress", "diffmia.records", "diffmia.families")  # fmt: skip
+HEAVY = frozenset(
+    {
+        "torch",
+        "diffusers",
+        "transformers",
+        "peft",
+        "accelerate",
+        "opacus",
+        "ray",
+        "matplotlib",
+        "pyarrow",
+        "scipy",
+        "sklearn",
+        "httpx",
+        "uvicorn",
+        "jinja2",
+    }
+)
+GROUND = (
+    "diffmia.errors",
+    "diffmia.files",
+    "diffmia.images",
+    "diffmia.versions",
+    "diffmia.assets",
+    "diffmia.progress",
+    "diffmia.records",
+    "diffmia.families",
+)
 GROUND_MAY_IMPORT = frozenset({"diffmia.errors"})
 # names, not modules: some of the upper floor is still being written
-UPPER = frozenset({"diffmia.audit", "diffmia.models", "diffmia.prompts", "diffmia.quality", "diffmia.cli",
-                   "diffmia.study", "diffmia.serve"})  # fmt: skip
+UPPER = frozenset(
+    {
+        "diffmia.audit",
+        "diffmia.models",
+        "diffmia.prompts",
+        "diffmia.quality",
+        "diffmia.cli",
+        "diffmia.study",
+        "diffmia.serve",
+    }
+)
 LAB = "diffmia.lab"
 
 
@@ -278,8 +311,10 @@ def test_a_planted_three_cycle_is_found_through_functions_but_not_through_type_c
     files["toy/c.py"] = "from toy.a import x\n"
     (cycle,) = find_cycles(build_graph(files, root="toy"))
     assert [(e.source, e.target, e.local) for e in cycle] == [
-        ("toy.a", "toy.b", False), ("toy.b", "toy.c", True), ("toy.c", "toy.a", False),
-    ]  # fmt: skip
+        ("toy.a", "toy.b", False),
+        ("toy.b", "toy.c", True),
+        ("toy.c", "toy.a", False),
+    ]
 
 
 def test_importing_the_own_package_init_and_relative_imports_count():

@@ -30,8 +30,12 @@ def _record(message: str) -> logging.LogRecord:
 
 def test_the_filter_drops_only_the_known_harmless_notices():
     keep = _DropHarmless().filter
-    assert not keep(_record("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
-                            "`CLIPImageProcessorPil` for backward compatibility."))  # fmt: skip
+    assert not keep(
+        _record(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+            "`CLIPImageProcessorPil` for backward compatibility."
+        )
+    )
     assert not keep(_record("You have disabled the safety checker for <class 'X'> by passing `safety_checker=None`."))
     assert keep(_record("`CLIPImageProcessor` requires torchvision (not installed)"))  # no fallback named: keep
     assert keep(_record("Some weights of the model checkpoint were not used"))
@@ -41,8 +45,9 @@ def test_the_filter_drops_only_the_known_harmless_notices():
 def test_a_command_shows_real_warnings_but_not_the_harmless_noise(tiny_model):
     def stderr(mode: str) -> str:
         env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}  # set by in-process runs
-        done = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_model), mode], capture_output=True, text=True,
-                              env=env)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(tiny_model), mode], capture_output=True, text=True, env=env
+        )
         assert done.returncode == 0, done.stderr
         return done.stderr
 

@@ -95,8 +95,11 @@ def shapes_run(tmp_path_factory):
 
 
 def _evaluation(result: dict, scenario: str, model: str, channel: str, attack: str) -> dict:
-    (hit,) = [r for r in result["results"] if (r["scenario"], r["model"], r["channel"], r["attack"]) ==
-              (scenario, model, channel, attack)]  # fmt: skip
+    (hit,) = [
+        r
+        for r in result["results"]
+        if (r["scenario"], r["model"], r["channel"], r["attack"]) == (scenario, model, channel, attack)
+    ]
     return hit["evaluation"]
 
 

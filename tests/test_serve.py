@@ -99,12 +99,24 @@ def test_concurrent_img2img_requests_each_get_their_own_init_image(tiny_model, t
 
     def ask(base, name):
         if api == "diffmia":
-            item = {"prompt": PROMPT, "seed": 5, "steps": 4, "guidance": 3.0, "strength": 0.3,
-                    "init_image": _png(inits[name])}  # fmt: skip
+            item = {
+                "prompt": PROMPT,
+                "seed": 5,
+                "steps": 4,
+                "guidance": 3.0,
+                "strength": 0.3,
+                "init_image": _png(inits[name]),
+            }
             path, body = "/v1/generate", {"queries": [item]}
         else:
-            body = {"prompt": PROMPT, "seed": 5, "steps": 4, "cfg_scale": 3.0, "denoising_strength": 0.3,
-                    "init_images": [_png(inits[name])]}  # fmt: skip
+            body = {
+                "prompt": PROMPT,
+                "seed": 5,
+                "steps": 4,
+                "cfg_scale": 3.0,
+                "denoising_strength": 0.3,
+                "init_images": [_png(inits[name])],
+            }
             path = "/sdapi/v1/img2img"
         barrier.wait()
         answers[name] = httpx.post(base + path, json=body, timeout=60)
@@ -149,36 +161,46 @@ def _a1111(**fields):
     return {"prompt": PROMPT, "steps": 2, **fields}
 
 
-@pytest.mark.parametrize(("path", "body", "message"), [
-    ("/v1/generate", _item(steps=151), "queries[0].steps is 151, over the limit of 150"),
-    ("/v1/generate", _item(steps=0), "queries[0].steps is 0, below the minimum of 1"),
-    ("/v1/generate", _item(width=2056), "queries[0].width is 2056, over the limit of 2048"),
-    ("/v1/generate", _item(height=4096), "queries[0].height is 4096, over the limit of 2048"),
-    ("/v1/generate", _item(height=20), "queries[0].height is 20, not a multiple of 8"),
-    ("/v1/generate", _item(seed=-3), "queries[0].seed is -3, below the minimum of 0"),
-    ("/v1/generate", _item(strength=0.5), "needs both init_image and strength"),
-    ("/v1/generate", {"queries": [{"prompt": PROMPT}] * 17}, "number of queries is 17, over the limit of 16"),
-    ("/sdapi/v1/txt2img", _a1111(batch_size=4, n_iter=5), "batch_size * n_iter (4 * 5) is 20, over the limit of 16"),
-    ("/sdapi/v1/txt2img", _a1111(steps=1000), "steps is 1000, over the limit of 150"),
-    ("/sdapi/v1/txt2img", _a1111(width=3000), "width is 3000, over the limit of 2048"),
-    ("/sdapi/v1/txt2img", _a1111(height=2560), "height is 2560, over the limit of 2048"),
-    ("/sdapi/v1/txt2img", _a1111(batch_size=0), "batch_size is 0, below the minimum of 1"),
-    ("/sdapi/v1/img2img", _a1111(init_images=["AAAA"], denoising_strength=1.5), "denoising_strength is 1.5"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/v1/generate", _item(steps=151), "queries[0].steps is 151, over the limit of 150"),
+        ("/v1/generate", _item(steps=0), "queries[0].steps is 0, below the minimum of 1"),
+        ("/v1/generate", _item(width=2056), "queries[0].width is 2056, over the limit of 2048"),
+        ("/v1/generate", _item(height=4096), "queries[0].height is 4096, over the limit of 2048"),
+        ("/v1/generate", _item(height=20), "queries[0].height is 20, not a multiple of 8"),
+        ("/v1/generate", _item(seed=-3), "queries[0].seed is -3, below the minimum of 0"),
+        ("/v1/generate", _item(strength=0.5), "needs both init_image and strength"),
+        ("/v1/generate", {"queries": [{"prompt": PROMPT}] * 17}, "number of queries is 17, over the limit of 16"),
+        (
+            "/sdapi/v1/txt2img",
+            _a1111(batch_size=4, n_iter=5),
+            "batch_size * n_iter (4 * 5) is 20, over the limit of 16",
+        ),
+        ("/sdapi/v1/txt2img", _a1111(steps=1000), "steps is 1000, over the limit of 150"),
+        ("/sdapi/v1/txt2img", _a1111(width=3000), "width is 3000, over the limit of 2048"),
+        ("/sdapi/v1/txt2img", _a1111(height=2560), "height is 2560, over the limit of 2048"),
+        ("/sdapi/v1/txt2img", _a1111(batch_size=0), "batch_size is 0, below the minimum of 1"),
+        ("/sdapi/v1/img2img", _a1111(init_images=["AAAA"], denoising_strength=1.5), "denoising_strength is 1.5"),
+    ],
+)
 def test_out_of_range_fields_are_named_with_422(url, path, body, message):
     answer = httpx.post(url + path, json=body, timeout=30)
     assert answer.status_code == 422, answer.text
     assert message in answer.json()["error"]
 
 
-@pytest.mark.parametrize(("path", "image", "message"), [
-    ("/v1/generate", _bomb_png(), "init image queries[0].init_image of the request declares more than"),
-    ("/sdapi/v1/img2img", _bomb_png(), "init image init_images[0] of the request declares more than"),
-    ("/v1/generate", _png(_solid((0, 0, 0), (4096, 8))), "is 4096x8 pixels, over the limit of 2048 a side"),
-    ("/v1/generate", base64.b64encode(b"not an image at all").decode(), "cannot be decoded"),
-    ("/sdapi/v1/img2img", "%%% not base64 %%%", "init_images[0] of the request is not valid base64"),
-    ("/v1/generate", _png(_solid((1, 2, 3)), "JPEG"), "is JPEG, expected PNG"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "image", "message"),
+    [
+        ("/v1/generate", _bomb_png(), "init image queries[0].init_image of the request declares more than"),
+        ("/sdapi/v1/img2img", _bomb_png(), "init image init_images[0] of the request declares more than"),
+        ("/v1/generate", _png(_solid((0, 0, 0), (4096, 8))), "is 4096x8 pixels, over the limit of 2048 a side"),
+        ("/v1/generate", base64.b64encode(b"not an image at all").decode(), "cannot be decoded"),
+        ("/sdapi/v1/img2img", "%%% not base64 %%%", "init_images[0] of the request is not valid base64"),
+        ("/v1/generate", _png(_solid((1, 2, 3)), "JPEG"), "is JPEG, expected PNG"),
+    ],
+)
 def test_bad_init_images_are_422(url, path, image, message):
     if path == "/v1/generate":
         body = _item(init_image=image, strength=0.5)
@@ -191,8 +213,9 @@ def test_bad_init_images_are_422(url, path, image, message):
 
 def test_a1111_img2img_takes_any_image_format_and_size(url):
     """As AUTOMATIC1111 does; its clients send the init image's size, not always a multiple of 8."""
-    body = _a1111(init_images=[_png(_solid((200, 30, 30), (20, 20)), "JPEG")], denoising_strength=0.5, width=20,
-                  height=20)  # fmt: skip
+    body = _a1111(
+        init_images=[_png(_solid((200, 30, 30), (20, 20)), "JPEG")], denoising_strength=0.5, width=20, height=20
+    )
     answer = httpx.post(url + "/sdapi/v1/img2img", json=body, timeout=30)
     assert answer.status_code == 200 and len(answer.json()["images"]) == 1
 
@@ -234,8 +257,7 @@ def test_serve_refuses_a_public_address_without_a_token(tiny_model, monkeypatch,
 def test_cli_limit_defaults_are_the_servers():
     parameters = inspect.signature(cli.serve).parameters
     defaults = {name: parameters[f"max_{name}"].default for name in ("body_mib", "images", "steps", "side")}
-    assert defaults == {"body_mib": MAX_BODY_BYTES // 2**20, "images": MAX_IMAGES, "steps": MAX_STEPS,
-                        "side": MAX_SIDE}  # fmt: skip
+    assert defaults == {"body_mib": MAX_BODY_BYTES // 2**20, "images": MAX_IMAGES, "steps": MAX_STEPS, "side": MAX_SIDE}
     assert Limits() == Limits(MAX_BODY_BYTES, MAX_IMAGES, MAX_STEPS, MAX_SIDE)
 
 
@@ -254,14 +276,29 @@ def test_served_img2img_follows_the_init_image_and_strength(builtin, api):
     served = []
     with serving(make_app(builtin)) as base:
         if api == "diffmia":
-            items = [{"prompt": DIGIT_PROMPT, "seed": 5, "steps": 4, "guidance": 3.0, "strength": strength,
-                      "init_image": _png(inits[name])} for name, strength in cases]  # fmt: skip
+            items = [
+                {
+                    "prompt": DIGIT_PROMPT,
+                    "seed": 5,
+                    "steps": 4,
+                    "guidance": 3.0,
+                    "strength": strength,
+                    "init_image": _png(inits[name]),
+                }
+                for name, strength in cases
+            ]
             answer = httpx.post(base + "/v1/generate", json={"queries": items}, timeout=60)
             assert answer.status_code == 200, answer.text
             served = [_pixels(image) for image in answer.json()["images"]]
         for name, strength in cases if api == "a1111" else []:
-            body = {"prompt": DIGIT_PROMPT, "seed": 5, "steps": 4, "cfg_scale": 3.0, "denoising_strength": strength,
-                    "init_images": [_png(inits[name])]}  # fmt: skip
+            body = {
+                "prompt": DIGIT_PROMPT,
+                "seed": 5,
+                "steps": 4,
+                "cfg_scale": 3.0,
+                "denoising_strength": strength,
+                "init_images": [_png(inits[name])],
+            }
             answer = httpx.post(base + "/sdapi/v1/img2img", json=body, timeout=60)
             assert answer.status_code == 200, answer.text
             assert json.loads(answer.json()["info"]) == {"seed": 5}
@@ -279,26 +316,45 @@ def test_served_img2img_follows_the_init_image_and_strength(builtin, api):
 # --- malformed requests and unknown routes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path", "content", "status", "message"), [
-    ("POST", "/v1/generate", b'{"queries": [', 400, r"Expecting value\W+(at )?line 1\W+column 14\b"),
-    ("POST", "/sdapi/v1/txt2img", b"not json at all", 400, r"Expecting value\W+(at )?line 1\W+column 1\b"),
-    ("POST", "/sdapi/v1/img2img", b"\xff\x00{", 400, "utf-8"),
-    ("POST", "/v1/generate", b"[1, 2]", 400, "the body must be a JSON object"),
-    ("POST", "/v1/generate", b'{"queries": []}', 400, "the body needs a non-empty 'queries' list"),
-    ("POST", "/v1/generate", b'{"queries": [{"prompt": 3}]}', 400, r"queries\[0\] needs a string 'prompt'"),
-    ("POST", "/v1/generate", b'{"queries": [{"prompt": "x", "steps": "4"}]}', 400,
-     r"queries\[0\]\.steps must be an integer, got '4'"),
-    ("POST", "/sdapi/v1/txt2img", b'{"prompt": "x", "cfg_scale": "high"}', 400,
-     "cfg_scale must be a finite number, got 'high'"),
-    ("POST", "/sdapi/v1/img2img", b'{"prompt": "x"}', 400, "img2img needs 'init_images'"),
-    ("POST", "/v1/generate", json.dumps({"queries": [{"prompt": "x", "steps": 2, "strength": 0.2,
-                                                     "init_image": _png(_solid((9, 9, 9)))}]}).encode(), 400,
-     r"2 x 0\.2 is less than one"),  # no denoising step left: the pipeline's crash would be a 500
-    ("GET", "/v1/nothing", b"", 404, "no route GET /v1/nothing"),
-    ("GET", "/v1/generate", b"", 404, "no route GET /v1/generate"),
-    ("POST", "/health", b"{}", 404, "no route POST /health"),
-    ("PUT", "/sdapi/v1/txt2img", b"{}", 404, "no route PUT /sdapi/v1/txt2img"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "message"),
+    [
+        ("POST", "/v1/generate", b'{"queries": [', 400, r"Expecting value\W+(at )?line 1\W+column 14\b"),
+        ("POST", "/sdapi/v1/txt2img", b"not json at all", 400, r"Expecting value\W+(at )?line 1\W+column 1\b"),
+        ("POST", "/sdapi/v1/img2img", b"\xff\x00{", 400, "utf-8"),
+        ("POST", "/v1/generate", b"[1, 2]", 400, "the body must be a JSON object"),
+        ("POST", "/v1/generate", b'{"queries": []}', 400, "the body needs a non-empty 'queries' list"),
+        ("POST", "/v1/generate", b'{"queries": [{"prompt": 3}]}', 400, r"queries\[0\] needs a string 'prompt'"),
+        (
+            "POST",
+            "/v1/generate",
+            b'{"queries": [{"prompt": "x", "steps": "4"}]}',
+            400,
+            r"queries\[0\]\.steps must be an integer, got '4'",
+        ),
+        (
+            "POST",
+            "/sdapi/v1/txt2img",
+            b'{"prompt": "x", "cfg_scale": "high"}',
+            400,
+            "cfg_scale must be a finite number, got 'high'",
+        ),
+        ("POST", "/sdapi/v1/img2img", b'{"prompt": "x"}', 400, "img2img needs 'init_images'"),
+        (
+            "POST",
+            "/v1/generate",
+            json.dumps(
+                {"queries": [{"prompt": "x", "steps": 2, "strength": 0.2, "init_image": _png(_solid((9, 9, 9)))}]}
+            ).encode(),
+            400,
+            r"2 x 0\.2 is less than one",
+        ),  # no denoising step left: the pipeline's crash would be a 500
+        ("GET", "/v1/nothing", b"", 404, "no route GET /v1/nothing"),
+        ("GET", "/v1/generate", b"", 404, "no route GET /v1/generate"),
+        ("POST", "/health", b"{}", 404, "no route POST /health"),
+        ("PUT", "/sdapi/v1/txt2img", b"{}", 404, "no route PUT /sdapi/v1/txt2img"),
+    ],
+)
 def test_malformed_requests_are_400_and_unknown_routes_404(url, method, path, content, status, message):
     answer = httpx.request(method, url + path, content=content, timeout=30)
     assert answer.status_code == status, answer.text
@@ -310,11 +366,17 @@ def test_malformed_requests_are_400_and_unknown_routes_404(url, method, path, co
 # --- the command's --token-env and --lora ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--token-env", "DIFFMIA_SERVE_UNSET_TOKEN", "--token-env DIFFMIA_SERVE_UNSET_TOKEN: that environment variable is "
-                                                 "not set"),
-    ("--lora", "/nonexistent/lora", "LoRA weights /nonexistent/lora do not exist"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        (
+            "--token-env",
+            "DIFFMIA_SERVE_UNSET_TOKEN",
+            "--token-env DIFFMIA_SERVE_UNSET_TOKEN: that environment variable is not set",
+        ),
+        ("--lora", "/nonexistent/lora", "LoRA weights /nonexistent/lora do not exist"),
+    ],
+)
 def test_serve_options_that_cannot_work_are_one_error_line(tiny_model, monkeypatch, capsys, option, value, message):
     started = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(options))

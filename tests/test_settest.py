@@ -118,8 +118,28 @@ def test_set_test_command_on_a_run_directory(run_dir, tmp_path, capsys):
     assert printed["p_value"] == pytest.approx(expected.p_value)
     assert json.loads((run / "set-test.json").read_text()) == printed
 
-    assert main(["set-test", str(run), "--scenario", "I", "--channel", "img2img", "--attack", "threshold",
-                 "--k", "2", "--k", "5", "--repeats", "7", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "set-test",
+                str(run),
+                "--scenario",
+                "I",
+                "--channel",
+                "img2img",
+                "--attack",
+                "threshold",
+                "--k",
+                "2",
+                "--k",
+                "5",
+                "--repeats",
+                "7",
+                "--json",
+            ]
+        )
+        == 0
+    )
     curve = json.loads(capsys.readouterr().out)["curve"]
     scores = load_run_scores(run, "I", "img2img", "threshold")
     reference = set_test_curve(scores.scores, scores.labels, [2, 5], repeats=7, seed=0)

@@ -60,8 +60,12 @@ key = "finetune.max_steps"
 values = [60, 20]
 """
 
-LEVELS = [("queries per image", "2"), ("queries per image", "1"), ("fine-tuning steps", "60"),
-          ("fine-tuning steps", "20")]  # fmt: skip
+LEVELS = [
+    ("queries per image", "2"),
+    ("queries per image", "1"),
+    ("fine-tuning steps", "60"),
+    ("fine-tuning steps", "20"),
+]
 
 
 def _write(tmp_path, study=STUDY):
@@ -131,8 +135,9 @@ def test_a_study_can_start_from_either_built_in_audit(tmp_path):
         assert {r.config.data.builtin_members for r in runs} == {members}
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "examples" / "studies").glob("*.toml")),
-                         ids=lambda p: p.stem)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "examples" / "studies").glob("*.toml")), ids=lambda p: p.stem
+)
 def test_example_studies_plan_one_valid_audit_per_level(path):
     study = load_study(path)
     runs = plan_study(study)
@@ -143,10 +148,14 @@ def test_example_studies_plan_one_valid_audit_per_level(path):
     sdxl = "runs/studies/bases/sdxl/pipeline"
     if path.stem == "shadow-family-sdxl":  # an SD 1.x target, shadows of its own layout or of the SDXL family
         assert [(r.config.audit.base_model, r.config.audit.shadow_base_model) for r in runs] == [
-            ("builtin", None), ("builtin", sdxl)]  # fmt: skip
+            ("builtin", None),
+            ("builtin", sdxl),
+        ]
     if path.stem == "shadow-family-sdxl-target":  # the reverse: an SDXL-family target, SD 1.x shadows
         assert [(r.config.audit.base_model, r.config.audit.shadow_base_model) for r in runs] == [
-            (sdxl, None), (sdxl, "builtin")]  # fmt: skip
+            (sdxl, None),
+            (sdxl, "builtin"),
+        ]
 
 
 def test_a_missing_model_folder_stops_the_study_before_its_first_level(tmp_path):
@@ -154,8 +163,11 @@ def test_a_missing_model_folder_stops_the_study_before_its_first_level(tmp_path)
     study = STUDY.replace('key = "finetune.max_steps"', 'key = "audit.shadow_base_model"').replace(
         "values = [60, 20]", f'values = ["unset", "{missing}"]'
     )
-    with pytest.raises(TargetError, match=rf"fine-tuning steps = {re.escape(str(missing))}: audit.shadow_base_model "
-                                          r"= .*: no such folder"):  # fmt: skip
+    with pytest.raises(
+        TargetError,
+        match=rf"fine-tuning steps = {re.escape(str(missing))}: audit.shadow_base_model "
+        r"= .*: no such folder",
+    ):
         run_study(load_study(_write(tmp_path, study)), show_progress=False, log=lambda _: None)
     assert not (tmp_path / "studies").exists()
 
@@ -182,9 +194,11 @@ def test_study_shares_models_and_generations_and_tabulates_each_factor(tmp_path,
     headline = {}
     for record in records:
         result = json.loads((tmp_path / record["run_dir"] / "result.json").read_text())
-        (ev,) = [r["evaluation"] for r in result["results"]
-                 if [r["scenario"], r["model"], r["channel"], r["attack"]] == ["III", "target",
-                                                                               *result["headline"]["III"]]]  # fmt: skip
+        (ev,) = [
+            r["evaluation"]
+            for r in result["results"]
+            if [r["scenario"], r["model"], r["channel"], r["attack"]] == ["III", "target", *result["headline"]["III"]]
+        ]
         table = root / f"{'queries-per-image' if record['factor'].startswith('q') else 'fine-tuning-steps'}.md"
         row = re.search(rf"^\| {record['level']} \| (\S+) \[", table.read_text(), re.M)
         assert row is not None and row.group(1) == f"{ev['auc']:.3f}"
@@ -210,8 +224,14 @@ def test_shadows_of_another_model_family_change_the_fitted_attacks_but_not_the_t
     from diffmia.lab.pipeline import TinySDConfig, build_pipeline
 
     other = tmp_path / "other-family" / "pipeline"
-    family = TinySDConfig(vae_channels=(16, 32, 32), unet_channels=(16, 32, 64), unet_layers_per_block=1,
-                          text_width=32, text_layers=1, text_heads=2)  # fmt: skip
+    family = TinySDConfig(
+        vae_channels=(16, 32, 32),
+        unet_channels=(16, 32, 64),
+        unet_layers_per_block=1,
+        text_width=32,
+        text_layers=1,
+        text_heads=2,
+    )
     build_pipeline(["a handwritten digit"], family, seed=3).save_pretrained(other)
     head = STUDY.split("[[study.factors]]")[0]
     factor = f'name = "shadow family"\nkey = "audit.shadow_base_model"\nvalues = ["unset", "{other}"]\n'
@@ -228,8 +248,9 @@ def test_shadows_of_another_model_family_change_the_fitted_attacks_but_not_the_t
     for record in (same, changed):
         result = json.loads((tmp_path / record["run_dir"] / "result.json").read_text())
         assert result["models"]["shadow-disjoint-0"]["base_model"] == ("builtin" if record is same else str(other))
-        results[record["level"]] = {(r["model"], r["attack"]): r["evaluation"] for r in result["results"]
-                                    if r["channel"] == "text2img"}  # fmt: skip
+        results[record["level"]] = {
+            (r["model"], r["attack"]): r["evaluation"] for r in result["results"] if r["channel"] == "text2img"
+        }
     # the raw threshold attack (the study fixes standardize = false) reads the target's own features in a fixed
     # direction: no shadow can change its AUC (standardized, the shadow sets each column's sign and scale)
     for model in ("target", "base"):

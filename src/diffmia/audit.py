@@ -140,13 +140,33 @@ def run_audit(
         with clock("write"):
             # 8. evaluate and write the run directory
             score_sets = sorted(score_sets, key=_order(config, scenarios))
-            exposed = most_exposed(config, score_sets, models.target, data.split, prompts, queries.cache,
-                                   (scenarios[0].name, *chosen[scenarios[0].name]))  # fmt: skip
+            exposed = most_exposed(
+                config,
+                score_sets,
+                models.target,
+                data.split,
+                prompts,
+                queries.cache,
+                (scenarios[0].name, *chosen[scenarios[0].name]),
+            )
             save_features(run, queries.tables)
         passes = (*previous_passes(run), clock.finish())
         validation = {name: v for name, (_, v) in attacked.items()}
-        result = assemble(config, data, scenarios, models, prompts, queries, quality, exposed, passes, score_sets, run,
-                          chosen, validation)  # fmt: skip
+        result = assemble(
+            config,
+            data,
+            scenarios,
+            models,
+            prompts,
+            queries,
+            quality,
+            exposed,
+            passes,
+            score_sets,
+            run,
+            chosen,
+            validation,
+        )
         save_run(run, result)
         render_report(run)
         return result
@@ -174,9 +194,11 @@ class AuditData:
         return audit.shadow_members or len(self.members)
 
     def describe(self, audit: AuditConfig, scenarios: Sequence[Scenario]) -> str:
-        return (f"data: {len(self.members)} members, {len(self.nonmembers)} non-members, {len(self.pool)} auxiliary "
-                f"({self.source}); scenarios {', '.join(s.name for s in scenarios)}; D' of "
-                f"{2 * self.shadow_members(audit)} images, {audit.shadows} shadow(s) each")  # fmt: skip
+        return (
+            f"data: {len(self.members)} members, {len(self.nonmembers)} non-members, {len(self.pool)} auxiliary "
+            f"({self.source}); scenarios {', '.join(s.name for s in scenarios)}; D' of "
+            f"{2 * self.shadow_members(audit)} images, {audit.shadows} shadow(s) each"
+        )
 
 
 def validate(config: Config, run: Path, scenarios: Sequence[Scenario]) -> AuditData:
@@ -185,8 +207,9 @@ def validate(config: Config, run: Path, scenarios: Sequence[Scenario]) -> AuditD
     check_threshold_feature(config)
     check_run_dir(run, config)
     members, nonmembers, pool, source = load_data(config.data, run)
-    check_audit_data(members, nonmembers, pool, [s.name for s in scenarios],
-                     members_need_captions=audit.finetune_target)  # fmt: skip
+    check_audit_data(
+        members, nonmembers, pool, [s.name for s in scenarios], members_need_captions=audit.finetune_target
+    )
     shadows = given_shadows(config)
     check_model_sources(config)
     if not audit.finetune_target:
@@ -212,9 +235,14 @@ def check_threshold_feature(config: Config) -> None:
     outsiders = [a + OUTSIDERS for a in features.aggregations if features.outsiders]
     aggregations = [*features.aggregations, *calibrated, *outsiders]
     encoders = [encoder_name(name) for name in dict.fromkeys(features.encoders)]
-    planned: list[tuple[str, str, str, str]] = [(e, d, g, a) for e in encoders for d in embedding
-                                                for g in features.granularities if g == "pooled" or e != "pixels"
-                                                for a in aggregations]  # fmt: skip
+    planned: list[tuple[str, str, str, str]] = [
+        (e, d, g, a)
+        for e in encoders
+        for d in embedding
+        for g in features.granularities
+        if g == "pooled" or e != "pixels"
+        for a in aggregations
+    ]
     planned += [("pixels", "ssim", "pooled", a) for a in aggregations if "ssim" in features.distances]
     shown = [column_name(e, d, g + "#" * NUMBERED.get(g, 0), a) for e, d, g, a in planned]
     where = "attacks.threshold.reduce"
@@ -225,8 +253,10 @@ def check_threshold_feature(config: Config) -> None:
         )
     channel, _, rest = reduce.partition("/")
     if channel in get_args(Channel):
-        raise ConfigError(f"{where} {reduce!r}: name the feature without its channel ({rest!r}); the attack runs on "
-                          "each channel's table and on all channels together")  # fmt: skip
+        raise ConfigError(
+            f"{where} {reduce!r}: name the feature without its channel ({rest!r}); the attack runs on "
+            "each channel's table and on all channels together"
+        )
     if not any(re.fullmatch(column_pattern(*column), reduce) for column in planned):
         raise ConfigError(
             f"{where} {reduce!r} is none of the features this audit computes: {', '.join(shown)} "
@@ -258,8 +288,10 @@ def load_data(data: DataConfig, run: Path) -> tuple[list[Sample], list[Sample], 
         folders = [load_image_folder(p) for p in (data.members, data.nonmembers, data.auxiliary) if p is not None]
         ids = [s.id for f in folders for s in f.samples]
         if len(set(ids)) != len(ids):
-            raise DataError("sample ids repeat across the members, non-members and auxiliary folders; "
-                            "give every image a unique id in its metadata")  # fmt: skip
+            raise DataError(
+                "sample ids repeat across the members, non-members and auxiliary folders; "
+                "give every image a unique id in its metadata"
+            )
         members, nonmembers, pool = (list(f.samples) for f in folders)
         return members, nonmembers, pool, "folders"
     root = run / "data" / "digits"
@@ -270,8 +302,10 @@ def load_data(data: DataConfig, run: Path) -> tuple[list[Sample], list[Sample], 
     order = np.random.default_rng(data.seed).permutation(len(private))
     n_m, n_n = data.builtin_members, data.builtin_nonmembers
     if n_m + n_n >= len(private):
-        raise ConfigError(f"data.builtin_members + builtin_nonmembers must leave auxiliary images of the "
-                          f"{len(private)} private digits, got {n_m} + {n_n}")  # fmt: skip
+        raise ConfigError(
+            f"data.builtin_members + builtin_nonmembers must leave auxiliary images of the "
+            f"{len(private)} private digits, got {n_m} + {n_n}"
+        )
     chosen = [private[i] for i in order]
     return chosen[:n_m], chosen[n_m : n_m + n_n], chosen[n_m + n_n :], "bundled digits (private split)"
 
@@ -298,12 +332,18 @@ def encoder_name(name: str) -> str:
 def split(audit: AuditConfig, data: AuditData, scenarios: Sequence[Scenario], run: Path) -> dict[str, AuxiliarySet]:
     """D' of each kind the scenarios need, drawn with the audit's seed; all splits saved in ``splits.json``."""
     auxiliary = {
-        kind: plan_auxiliary(kind, data.split, data.pool, shadow_members=data.shadow_members(audit),
-                             overlap=audit.overlap, n_shadows=audit.shadows,
-                             rng=np.random.default_rng([audit.seed, KINDS.index(kind)]))
+        kind: plan_auxiliary(
+            kind,
+            data.split,
+            data.pool,
+            shadow_members=data.shadow_members(audit),
+            overlap=audit.overlap,
+            n_shadows=audit.shadows,
+            rng=np.random.default_rng([audit.seed, KINDS.index(kind)]),
+        )
         for kind in KINDS
         if any(s.kind == kind for s in scenarios)
-    }  # fmt: skip
+    }
     splits = {"target": data.split.to_dict(), "auxiliary": {k: a.to_dict() for k, a in auxiliary.items()}}
     write_json(run / "splits.json", splits)
     return auxiliary
@@ -333,16 +373,24 @@ class AuditModels:
         return regimes
 
 
-def build_models(config: Config, store: ModelStore, data: AuditData, auxiliary: dict[str, AuxiliarySet],
-                 feedback: Feedback) -> AuditModels:  # fmt: skip
+def build_models(
+    config: Config, store: ModelStore, data: AuditData, auxiliary: dict[str, AuxiliarySet], feedback: Feedback
+) -> AuditModels:
     """Fine-tune (or reuse) the target and every shadow; the shadows on ``shadow_base_model`` when it is set."""
     target = target_model(config, store, data.members, feedback)
     shadow_base = config.audit.shadow_base_model or config.audit.base_model
     shadows = {
-        kind: [(finetuned(store, config.target, config.finetune, f"shadow-{kind}-{j}", shadow_base, split.members,
-                          feedback), split) for j, split in enumerate(aux.shadow_splits)]
+        kind: [
+            (
+                finetuned(
+                    store, config.target, config.finetune, f"shadow-{kind}-{j}", shadow_base, split.members, feedback
+                ),
+                split,
+            )
+            for j, split in enumerate(aux.shadow_splits)
+        ]
         for kind, aux in auxiliary.items()
-    }  # fmt: skip
+    }
     return AuditModels(target, base_model(config.audit, config.target), shadows, data.given_shadows)
 
 
@@ -406,14 +454,17 @@ class Queries:
         key = (model.name, source, tuple(s.id for s in samples))
         if key not in self._outside:
             started = time.perf_counter()
-            self.feedback.log(f"querying {model.name} with {len(samples)} of the target's candidates (outsider "
-                              f"reference, {source_name(source)} prompts)")  # fmt: skip
+            self.feedback.log(
+                f"querying {model.name} with {len(samples)} of the target's candidates (outsider "
+                f"reference, {source_name(source)} prompts)"
+            )
             self._outside[key] = self._compare(model, samples, self.prompts.get_all(source, samples))
             self.seconds += time.perf_counter() - started
         return self._outside[key]
 
-    def _compare(self, model: Model, samples: Sequence[Sample], prompts: Sequence[Sequence[str]],
-                 seed: int | None = None) -> FeatureTable:  # fmt: skip
+    def _compare(
+        self, model: Model, samples: Sequence[Sample], prompts: Sequence[Sequence[str]], seed: int | None = None
+    ) -> FeatureTable:
         """Generate (through the cache) and compare: one row per sample, columns ``channel/encoder/...``; the
         queries' seeds derive from ``seed`` (default: generation.seed)."""
         settings, features = self.config.generation, self.config.features
@@ -429,9 +480,16 @@ class Queries:
             queries = build_queries(samples, prompts, settings.for_channel(channel))
             images = self._generate(model, queries)
             generations = [images[i * m : (i + 1) * m] for i in range(len(samples))]  # by sample, then index
-            table = build_features(ids, originals, generations, self.encoders, distances=features.distances,
-                                   granularities=features.granularities, aggregations=features.aggregations,
-                                   labels=labels)  # fmt: skip
+            table = build_features(
+                ids,
+                originals,
+                generations,
+                self.encoders,
+                distances=features.distances,
+                granularities=features.granularities,
+                aggregations=features.aggregations,
+                labels=labels,
+            )
             parts.append(FeatureTable(ids, table.X, tuple(f"{channel}/{n}" for n in table.names), labels))
         return FeatureTable(ids, np.hstack([p.X for p in parts]), tuple(n for p in parts for n in p.names), labels)
 
@@ -454,14 +512,16 @@ class Queries:
             else:
                 self.feedback.log(f"gray-box baseline {name} on {model.name}'s weights ({source_name(source)} prompts)")
                 pipe = model.target.pipeline()  # type: ignore[attr-defined]  # a local DiffusersTarget (config check)
-                scores = graybox_scores(pipe, originals, self.prompts.get(source, samples), name,
-                                        seed=self.config.audit.seed)  # fmt: skip
+                scores = graybox_scores(
+                    pipe, originals, self.prompts.get(source, samples), name, seed=self.config.audit.seed
+                )
             self._baselines[key] = scores
             self.seconds += time.perf_counter() - started
         return self._baselines[key]
 
-    def blind(self, shadows: Sequence[tuple[Model, MembershipSplit]],
-              target: MembershipSplit) -> tuple[FeatureTable, FeatureTable]:  # fmt: skip
+    def blind(
+        self, shadows: Sequence[tuple[Model, MembershipSplit]], target: MembershipSplit
+    ) -> tuple[FeatureTable, FeatureTable]:
         """Model-free features of the shadows' query images (pooled) and of the target's, with their labels."""
         key = ",".join(m.name for m, _ in shadows)
         if key not in self._blind:
@@ -482,8 +542,9 @@ class Queries:
 Validation = dict[tuple[str, str], ShadowValidation]  # (channel, attack) -> its out-of-fold shadow performance
 
 
-def attack(config: Config, scenario: Scenario, models: AuditModels, target: MembershipSplit,
-           queries: Queries) -> tuple[list[ScoreSet], Validation]:  # fmt: skip
+def attack(
+    config: Config, scenario: Scenario, models: AuditModels, target: MembershipSplit, queries: Queries
+) -> tuple[list[ScoreSet], Validation]:
     """One scenario: attacks fitted on its shadows' pooled features, per channel and on all channels together,
     scored on the target and the base model; the shadow-free baselines; the blind control. With the headline rule
     "shadow", each attack is first cross-validated on the shadow data (what the headline is chosen by)."""
@@ -501,8 +562,14 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
     for channel, names in channel_sets(shadow.names, config.generation.query_channels()).items():
         attacks, table = channel_attacks(config, names), columns(shadow, names)
         if config.attacks.headline == "shadow":
-            checked = cross_validate(attacks, table, groups=groups, folds=config.attacks.headline_folds,
-                                     seed=audit.seed, fpr=config.attacks.headline_fpr)  # fmt: skip
+            checked = cross_validate(
+                attacks,
+                table,
+                groups=groups,
+                folds=config.attacks.headline_folds,
+                seed=audit.seed,
+                fpr=config.attacks.headline_fpr,
+            )
             validation |= {(channel, name): v for name, v in checked.items()}
         fitted = fit_attacks(attacks, table)
         for model_name, table in tables.items():
@@ -512,8 +579,9 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
         for model_name in tables:
             model = models.target if model_name == "target" else models.base
             scores = queries.baseline(name, model, target.samples, source)
-            sets.append(_score_set(config, scenario, model_name, BASELINE_CHANNELS[name], name, tables["target"],
-                                   scores))  # fmt: skip
+            sets.append(
+                _score_set(config, scenario, model_name, BASELINE_CHANNELS[name], name, tables["target"], scores)
+            )
     if audit.blind_control:
         blind_shadow, blind_target = queries.blind(used, target)
         fitted = fit_attacks({"classifier": config.attacks.classifier.build()}, blind_shadow)
@@ -522,9 +590,14 @@ def attack(config: Config, scenario: Scenario, models: AuditModels, target: Memb
     return sets, validation
 
 
-def with_outsiders(queries: Queries, used: Sequence[tuple[Model, MembershipSplit]], source: str,
-                   shadows: Sequence[FeatureTable], tables: dict[str, FeatureTable],
-                   candidates: Sequence[Sample]) -> tuple[list[FeatureTable], dict[str, FeatureTable]]:  # fmt: skip
+def with_outsiders(
+    queries: Queries,
+    used: Sequence[tuple[Model, MembershipSplit]],
+    source: str,
+    shadows: Sequence[FeatureTable],
+    tables: dict[str, FeatureTable],
+    candidates: Sequence[Sample],
+) -> tuple[list[FeatureTable], dict[str, FeatureTable]]:
     """The shadows' tables and the target's (and controls') with, beside each uncalibrated feature, its
     standardised distance from the same feature under shadows the row's candidate was an outsider of
     (features.outsiders, LiRA offline): the first len(used) / 2 - 1 such shadows, a shadow's own rows excluding
@@ -545,8 +618,9 @@ def with_outsiders(queries: Queries, used: Sequence[tuple[Model, MembershipSplit
             extra = columns(queries.outside(model, needed, source), raw)
             under[j].update(zip(extra.sample_ids, extra.X, strict=True))
     dprime = shadows[0].sample_ids
-    spread = outsider_spread([np.array([under[j][x] for j in range(len(used)) if x not in insiders[j]])
-                              for x in dprime])  # fmt: skip
+    spread = outsider_spread(
+        [np.array([under[j][x] for j in range(len(used)) if x not in insiders[j]]) for x in dprime]
+    )
 
     def add(table: FeatureTable, own: int | None = None) -> FeatureTable:
         reference = np.array([[under[j][x] for j in references(x, own)] for x in table.sample_ids])
@@ -602,8 +676,9 @@ def columns(table: FeatureTable, names: tuple[str, ...]) -> FeatureTable:
     return FeatureTable(table.sample_ids, table.X[:, index], names, table.y)
 
 
-def _score_set(config: Config, scenario: Scenario, model: str, channel: str, attack: str, table: FeatureTable,
-               scores: np.ndarray) -> ScoreSet:  # fmt: skip
+def _score_set(
+    config: Config, scenario: Scenario, model: str, channel: str, attack: str, table: FeatureTable, scores: np.ndarray
+) -> ScoreSet:
     if table.y is None:
         raise DataError(f"the {model} table of scenario {scenario.name} has no membership labels to evaluate")
     evaluation = config.evaluation.evaluate(scores, table.y, threshold=0.0)
@@ -615,15 +690,20 @@ def _order(config: Config, scenarios: Sequence[Scenario]) -> Callable[[ScoreSet]
     names = [s.name for s in scenarios]
     channel_order = [*config.generation.query_channels(), COMBINED, "weights", "none"]
     attack_order = _attacks(config)
-    return lambda s: (names.index(s.scenario), MODELS.index(s.model), channel_order.index(s.channel),
-                      attack_order.index(s.attack) if s.model != "blind" else 0)  # fmt: skip
+    return lambda s: (
+        names.index(s.scenario),
+        MODELS.index(s.model),
+        channel_order.index(s.channel),
+        attack_order.index(s.attack) if s.model != "blind" else 0,
+    )
 
 
 # --- 8. quality, exposure, the result -------------------------------------------------------------------------
 
 
-def rate_generations(config: Config, run: Path, models: AuditModels, target: MembershipSplit,
-                     cache: GenerationCache, show_progress: bool) -> dict[str, Quality]:  # fmt: skip
+def rate_generations(
+    config: Config, run: Path, models: AuditModels, target: MembershipSplit, cache: GenerationCache, show_progress: bool
+) -> dict[str, Quality]:
     """Generation quality where the data can tell (the bundled digits), of the target, the base model and the
     shadows' own base model when it is another."""
     if not config.data.builtin:
@@ -635,8 +715,15 @@ def rate_generations(config: Config, run: Path, models: AuditModels, target: Mem
     return digit_quality(config.generation, run / "data" / "digits", rated, target.nonmembers, cache, show_progress)
 
 
-def most_exposed(config: Config, score_sets: Sequence[ScoreSet], target: Model, split: MembershipSplit,
-                 prompts: Prompts, cache: GenerationCache, key: tuple[str, str, str]) -> Exposure | None:  # fmt: skip
+def most_exposed(
+    config: Config,
+    score_sets: Sequence[ScoreSet],
+    target: Model,
+    split: MembershipSplit,
+    prompts: Prompts,
+    cache: GenerationCache,
+    key: tuple[str, str, str],
+) -> Exposure | None:
     """The members the target leaks most by the headline score set ``key`` (scenario, channel, attack), highest
     scores first."""
     if config.audit.exposed == 0:
@@ -650,10 +737,19 @@ def most_exposed(config: Config, score_sets: Sequence[ScoreSet], target: Model, 
         if sample is None:
             continue
         (options,) = prompts.get_all(source, [sample])  # several captions (audit.captions_per_image) shown as one
-        generations = tuple((q.mode, str(cache.image_path(q.key(fingerprint)).resolve()))
-                            for q in build_queries([sample], [options], config.generation))  # fmt: skip
-        rows.append(ExposedImage(sample.id, str(Path(sample.image_path).resolve()), " | ".join(options),
-                                 float(chosen.scores[index]), generations))  # fmt: skip
+        generations = tuple(
+            (q.mode, str(cache.image_path(q.key(fingerprint)).resolve()))
+            for q in build_queries([sample], [options], config.generation)
+        )
+        rows.append(
+            ExposedImage(
+                sample.id,
+                str(Path(sample.image_path).resolve()),
+                " | ".join(options),
+                float(chosen.scores[index]),
+                generations,
+            )
+        )
         if len(rows) == config.audit.exposed:
             break
     return Exposure(chosen.scenario, chosen.channel, chosen.attack, tuple(rows))
@@ -679,49 +775,105 @@ def control_warnings(score_sets: Sequence[ScoreSet]) -> list[str]:
         ]
         # a captioner fine-tuned on an overlapping D' has seen part of the target's members: their prompts may be
         # better, and a prompt carries membership into any model's generations (scenario II)
-        seen = sorted({s.scenario for s in strays if not SCENARIOS[s.scenario].given_caption
-                       and SCENARIOS[s.scenario].kind == "overlap"})  # fmt: skip
-        why = ("Members and non-members may differ in distribution, so the target's numbers overstate what "
-               "membership alone explains")  # fmt: skip
-        captioner = (f"the captioner of scenario {', '.join(seen)} was fine-tuned on a D' that holds part of the "
-                     "target's members and may caption them better, so its prompts carry membership into any "
-                     f"model's generations: the target's {', '.join(seen)} numbers overstate what the target itself "
-                     "leaks (compare with the disjoint scenarios, whose captioner never saw them)")  # fmt: skip
+        seen = sorted(
+            {
+                s.scenario
+                for s in strays
+                if not SCENARIOS[s.scenario].given_caption and SCENARIOS[s.scenario].kind == "overlap"
+            }
+        )
+        why = (
+            "Members and non-members may differ in distribution, so the target's numbers overstate what "
+            "membership alone explains"
+        )
+        captioner = (
+            f"the captioner of scenario {', '.join(seen)} was fine-tuned on a D' that holds part of the "
+            "target's members and may caption them better, so its prompts carry membership into any "
+            f"model's generations: the target's {', '.join(seen)} numbers overstate what the target itself "
+            "leaks (compare with the disjoint scenarios, whose captioner never saw them)"
+        )
         if model == "base" and len(seen) == len({s.scenario for s in strays}):
             why = captioner[0].upper() + captioner[1:]
         elif model == "base" and seen:
             why += f"; and {captioner}"
-        warnings.append(f"attacks on {what} separate members from non-members (AUC outside 0.5 +/- 0.1, interval "
-                        f"excluding 0.5): {'; '.join(flagged)}. {why}")  # fmt: skip
+        warnings.append(
+            f"attacks on {what} separate members from non-members (AUC outside 0.5 +/- 0.1, interval "
+            f"excluding 0.5): {'; '.join(flagged)}. {why}"
+        )
     return warnings
 
 
-def assemble(config: Config, data: AuditData, scenarios: Sequence[Scenario], models: AuditModels, prompts: Prompts,
-             queries: Queries, quality: dict[str, Quality], exposed: Exposure | None, passes: tuple[Pass, ...],
-             score_sets: Sequence[ScoreSet], run: Path, chosen: dict[str, tuple[str, str]],
-             validation: dict[str, Validation]) -> RunResult:  # fmt: skip
+def assemble(
+    config: Config,
+    data: AuditData,
+    scenarios: Sequence[Scenario],
+    models: AuditModels,
+    prompts: Prompts,
+    queries: Queries,
+    quality: dict[str, Quality],
+    exposed: Exposure | None,
+    passes: tuple[Pass, ...],
+    score_sets: Sequence[ScoreSet],
+    run: Path,
+    chosen: dict[str, tuple[str, str]],
+    validation: dict[str, Validation],
+) -> RunResult:
     """The run's result: everything it reports, with the regimes, seeds and versions that produced it."""
     audit, names, attacks = config.audit, [s.name for s in scenarios], config.attacks
     channels = tuple(config.generation.query_channels())
     rule = shadow_headline_rule(attacks.headline_fpr, attacks.headline_folds) if attacks.headline == "shadow" else None
     return RunResult(
-        name=audit.name, diffmia_version=__version__, machine=platform.platform(), versions=package_versions(),
-        data=DataSummary(data.source, len(data.members), len(data.nonmembers), len(data.pool),
-                         2 * data.shadow_members(audit), audit.overlap),
-        scenarios=tuple(names), channels=channels, queries_per_image=config.generation.queries_per_image,
+        name=audit.name,
+        diffmia_version=__version__,
+        machine=platform.platform(),
+        versions=package_versions(),
+        data=DataSummary(
+            data.source,
+            len(data.members),
+            len(data.nonmembers),
+            len(data.pool),
+            2 * data.shadow_members(audit),
+            audit.overlap,
+        ),
+        scenarios=tuple(names),
+        channels=channels,
+        queries_per_image=config.generation.queries_per_image,
         generation=config.generation.model_dump(mode="json"),
-        seeds={"audit": audit.seed, "data": config.data.seed, "generation": config.generation.seed,
-               "finetune": config.finetune.seed, "evaluation": config.evaluation.seed},
-        models=models.regimes(), captioners=prompts.cards, images_requested=dict(queries.images_requested),
-        generation_quality=quality, warnings=tuple(control_warnings(score_sets)), exposed=exposed,
-        headline=chosen, passes=passes, score_sets=tuple(score_sets), run_dir=run,
+        seeds={
+            "audit": audit.seed,
+            "data": config.data.seed,
+            "generation": config.generation.seed,
+            "finetune": config.finetune.seed,
+            "evaluation": config.evaluation.seed,
+        },
+        models=models.regimes(),
+        captioners=prompts.cards,
+        images_requested=dict(queries.images_requested),
+        generation_quality=quality,
+        warnings=tuple(control_warnings(score_sets)),
+        exposed=exposed,
+        headline=chosen,
+        passes=passes,
+        score_sets=tuple(score_sets),
+        run_dir=run,
         candidate_images={s.id: str(Path(s.image_path).resolve()) for s in data.split.samples},
         headline_rule=rule or HEADLINE_RULE,
-        headline_validation={s: [{"channel": c, "attack": a, "auc": round(v.auc, 6),
-                                  "tpr": round(v.tpr, 6) if np.isfinite(v.tpr) else None, "fpr": v.fpr,
-                                  "folds": v.folds} for (c, a), v in validation[s].items()]
-                             for s in names if validation[s]},
-    )  # fmt: skip
+        headline_validation={
+            s: [
+                {
+                    "channel": c,
+                    "attack": a,
+                    "auc": round(v.auc, 6),
+                    "tpr": round(v.tpr, 6) if np.isfinite(v.tpr) else None,
+                    "fpr": v.fpr,
+                    "folds": v.folds,
+                }
+                for (c, a), v in validation[s].items()
+            ]
+            for s in names
+            if validation[s]
+        },
+    )
 
 
 class _Clock:

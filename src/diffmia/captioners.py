@@ -50,8 +50,16 @@ class BlipCaptioner:
         least that wide (1: the single caption of ``num_beams``).
     """
 
-    def __init__(self, model: str | Path = DEFAULT_CAPTIONER, *, batch_size: int = 16, max_length: int = 77,
-                 num_beams: int = 1, captions_per_image: int = 1, device: str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | Path = DEFAULT_CAPTIONER,
+        *,
+        batch_size: int = 16,
+        max_length: int = 77,
+        num_beams: int = 1,
+        captions_per_image: int = 1,
+        device: str = "cpu",
+    ) -> None:
         self.model, self.batch_size, self.max_length = resolve_captioner(model), batch_size, max_length
         self.num_beams, self.captions_per_image, self.device = num_beams, captions_per_image, device
         self._loaded: tuple[Any, Any] | None = None
@@ -66,9 +74,11 @@ class BlipCaptioner:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             local = Path(self.model).is_dir()
-            identity = weights_digest(Path(self.model)) if local else str(
-                getattr(self._load()[1].config, "_commit_hash", None) or "unpinned"
-            )  # fmt: skip
+            identity = (
+                weights_digest(Path(self.model))
+                if local
+                else str(getattr(self._load()[1].config, "_commit_hash", None) or "unpinned")
+            )
             k = f",captions={self.captions_per_image}" if self.captions_per_image > 1 else ""
             self._fingerprint = f"blip({self.model}@{identity},beams={self.num_beams},max={self.max_length}{k})"
         return self._fingerprint
@@ -95,9 +105,12 @@ class BlipCaptioner:
             inputs = processor(images=list(images[start : start + self.batch_size]), return_tensors="pt")
             with torch.no_grad():
                 ids = network.generate(
-                    pixel_values=inputs["pixel_values"].to(self.device), max_length=self.max_length,
-                    num_beams=beams, num_return_sequences=k, do_sample=False,
-                )  # fmt: skip
+                    pixel_values=inputs["pixel_values"].to(self.device),
+                    max_length=self.max_length,
+                    num_beams=beams,
+                    num_return_sequences=k,
+                    do_sample=False,
+                )
             decoded = [c.strip() for c in processor.batch_decode(ids, skip_special_tokens=True)]
             captions += [decoded[i : i + k] for i in range(0, len(decoded), k)]
         return captions

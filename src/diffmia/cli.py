@@ -299,10 +299,12 @@ def data_digits(
     typer.echo(f"wrote 1797 captioned digits to {out} (split: 1197 public, 600 private)")
 
 
-FAMILY_HELP = ("Pipeline family: sd (the Stable Diffusion 1.x layout), sdxl (two text encoders, pooled text and "
-               "size ids, SDXL's UNet layout and scheduler), sd3 (two CLIP and a T5 encoder, a joint-attention "
-               "transformer trained by flow matching) or flux (a CLIP and a T5 encoder, a double- and "
-               "single-stream transformer over 2 x 2 latent patches, trained by flow matching).")  # fmt: skip
+FAMILY_HELP = (
+    "Pipeline family: sd (the Stable Diffusion 1.x layout), sdxl (two text encoders, pooled text and "
+    "size ids, SDXL's UNet layout and scheduler), sd3 (two CLIP and a T5 encoder, a joint-attention "
+    "transformer trained by flow matching) or flux (a CLIP and a T5 encoder, a double- and "
+    "single-stream transformer over 2 x 2 latent patches, trained by flow matching)."
+)
 
 
 @lab_app.command("pretrain")
@@ -338,16 +340,52 @@ def lab_pretrain(
     import shlex
 
     recipe = PretrainConfig(vae_steps=vae_steps, unet_steps=unet_steps, seed=seed)
-    model = TinySDConfig(vae_channels=_channels("--vae-channels", vae_channels), unet_layers_per_block=unet_layers,
-                         unet_channels=_channels("--unet-channels", unet_channels), text_width=text_width,
-                         text_layers=text_layers)  # fmt: skip
-    command = shlex.join(["diffmia", "lab", "pretrain", str(data), str(out_dir), "--split", str(split), "--vae-steps",
-                          str(vae_steps), "--unet-steps", str(unet_steps), "--seed", str(seed), "--vae-channels",
-                          vae_channels, "--unet-channels", unet_channels, "--unet-layers", str(unet_layers),
-                          "--text-width", str(text_width), "--text-layers", str(text_layers),
-                          "--family", family])  # fmt: skip
-    path = pretrain(data, out_dir, split=None if split == "all" else split, recipe=recipe, model=model,
-                    family=family, resume=resume, command=command)  # fmt: skip
+    model = TinySDConfig(
+        vae_channels=_channels("--vae-channels", vae_channels),
+        unet_layers_per_block=unet_layers,
+        unet_channels=_channels("--unet-channels", unet_channels),
+        text_width=text_width,
+        text_layers=text_layers,
+    )
+    command = shlex.join(
+        [
+            "diffmia",
+            "lab",
+            "pretrain",
+            str(data),
+            str(out_dir),
+            "--split",
+            str(split),
+            "--vae-steps",
+            str(vae_steps),
+            "--unet-steps",
+            str(unet_steps),
+            "--seed",
+            str(seed),
+            "--vae-channels",
+            vae_channels,
+            "--unet-channels",
+            unet_channels,
+            "--unet-layers",
+            str(unet_layers),
+            "--text-width",
+            str(text_width),
+            "--text-layers",
+            str(text_layers),
+            "--family",
+            family,
+        ]
+    )
+    path = pretrain(
+        data,
+        out_dir,
+        split=None if split == "all" else split,
+        recipe=recipe,
+        model=model,
+        family=family,
+        resume=resume,
+        command=command,
+    )
     typer.echo(f"base pipeline written to {path}; its card: {out_dir / 'card.json'}")
 
 
@@ -427,16 +465,26 @@ def finetune(
         if method is None:
             resolved["finetune"]["method"] = "lora"
         settings = parse_config(resolved, "options")
-    settings = with_options(settings, "finetune", method=method, lora_rank=rank, max_steps=steps,
-                            learning_rate=learning_rate, batch_size=batch_size, seed=seed)  # fmt: skip
+    settings = with_options(
+        settings,
+        "finetune",
+        method=method,
+        lora_rank=rank,
+        max_steps=steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        seed=seed,
+    )
     result = run_finetune(model, data, out, settings.finetune, resume=resume)
     typer.echo(f"fine-tune written to {result} (card: {result / 'card.json'})")
     card = json.loads((result / "card.json").read_text(encoding="utf-8"))
     if card.get("privacy"):
         p = card["privacy"]
-        typer.echo(f"DP-SGD: epsilon {p['epsilon']:.3g} at delta {p['delta']:g} (noise multiplier "
-                   f"{p['noise_multiplier']:.3g}, clip {p['max_grad_norm']:g}, sampling rate {p['sample_rate']:.3g}, "
-                   f"{p['steps']} steps; {p['accountant']})")  # fmt: skip
+        typer.echo(
+            f"DP-SGD: epsilon {p['epsilon']:.3g} at delta {p['delta']:g} (noise multiplier "
+            f"{p['noise_multiplier']:.3g}, clip {p['max_grad_norm']:g}, sampling rate {p['sample_rate']:.3g}, "
+            f"{p['steps']} steps; {p['accountant']})"
+        )
 
 
 @app.command("finetune-captioner")
@@ -507,13 +555,18 @@ def serve(
         raise DiffmiaError(f"--token-env {token_env}: that environment variable is not set")
     if token_env is None and not is_loopback(host):
         if not insecure:
-            raise DiffmiaError(f"--host {host} is not a loopback address and no --token-env is set: anyone who can "
-                               "reach it could query the model; set --token-env NAME, or pass --insecure")  # fmt: skip
-        typer.echo(f"warning: serving on {host} without a token (--insecure): anyone who can reach it may query the "
-                   "model", err=True)  # fmt: skip
+            raise DiffmiaError(
+                f"--host {host} is not a loopback address and no --token-env is set: anyone who can "
+                "reach it could query the model; set --token-env NAME, or pass --insecure"
+            )
+        typer.echo(
+            f"warning: serving on {host} without a token (--insecure): anyone who can reach it may query the model",
+            err=True,
+        )
     limits = Limits(body_bytes=max_body_mib * 2**20, images=max_images, steps=max_steps, side=max_side)
-    target = DiffusersTarget(model, lora=lora, batch_size=batch_size, device=device, dtype=dtype,
-                             safety_checker=safety_checker)  # fmt: skip
+    target = DiffusersTarget(
+        model, lora=lora, batch_size=batch_size, device=device, dtype=dtype, safety_checker=safety_checker
+    )
     typer.echo(
         f"serving {target.model} on http://{host}:{port} (POST /v1/generate, /sdapi/v1/txt2img, /sdapi/v1/img2img)"
     )
@@ -556,8 +609,9 @@ def _audit(settings: Config, runs_dir: Path | None, name: str | None) -> None:
     from diffmia.audit import run_audit
     from diffmia.config import with_options
 
-    settings = with_options(settings, "audit", "options", runs_dir=None if runs_dir is None else str(runs_dir),
-                            name=name)  # fmt: skip
+    settings = with_options(
+        settings, "audit", "options", runs_dir=None if runs_dir is None else str(runs_dir), name=name
+    )
     result = run_audit(settings, log=lambda line: typer.echo(line, err=True))
     _print_audit(result)
     typer.echo(f"run directory: {result.run_dir} (report.html, result.json, scores.parquet, features.parquet)")
@@ -582,8 +636,11 @@ def _print_audit(run: RunResult) -> None:
     results = run.score_sets
     if results:
         fprs = [t.target_fpr for t in results[0].evaluation.tpr_at_fpr]
-        table = Table(title=f"Audit {run.name}: attacks fitted on shadow models, applied once to the target",
-                      title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+        table = Table(
+            title=f"Audit {run.name}: attacks fitted on shadow models, applied once to the target",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
         for column in ("scenario", "model", "channel", "attack"):
             table.add_column(column, no_wrap=True)
         table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
@@ -597,8 +654,13 @@ def _print_audit(run: RunResult) -> None:
             if previous is not None and previous != r.scenario:
                 table.add_section()
             previous = r.scenario
-            cells = [r.scenario, r.model, r.channel, r.attack,
-                     f"{_num(ev.auc)} [{_num(ev.auc_interval.low)}, {_num(ev.auc_interval.high)}]"]  # fmt: skip
+            cells = [
+                r.scenario,
+                r.model,
+                r.channel,
+                r.attack,
+                f"{_num(ev.auc)} [{_num(ev.auc_interval.low)}, {_num(ev.auc_interval.high)}]",
+            ]
             cells += ["n/a" if math.isnan(t.tpr) else f"{t.tpr:.3f} ({t.achieved_fpr:.3f})" for t in ev.tpr_at_fpr]
             cells += [_num(ev.balanced_accuracy), f"{ev.n_members}/{ev.n_nonmembers}"]
             table.add_row(*cells)
@@ -607,10 +669,13 @@ def _print_audit(run: RunResult) -> None:
             f"{run.queries_per_image} generation(s) per image and channel; models 'base' and 'blind' are controls "
             "(un-fine-tuned base model; query images alone) and should sit near AUC 0.5. n/a: the target FPR is below "
             "1 / number of non-members."
-            + (" Baselines without shadows: channel 'none' gan-leaks (nearest caption-free generation); channel "
-               "'weights' (gray-box, reads the model's weights)." if any(r.channel in ("none", "weights") and
-                                                                         r.model != "blind" for r in results) else "")
-        )  # fmt: skip
+            + (
+                " Baselines without shadows: channel 'none' gan-leaks (nearest caption-free generation); channel "
+                "'weights' (gray-box, reads the model's weights)."
+                if any(r.channel in ("none", "weights") and r.model != "blind" for r in results)
+                else ""
+            )
+        )
     for warning in run.warnings:
         console.print(f"Warning: {warning}")
 
@@ -747,21 +812,26 @@ def set_test_command(
     console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
     where = f"scenario {scores.scenario}, channel {scores.channel}, attack {scores.attack}"
     if "curve" not in result:
-        console.print(f"Set test of {result['k']} candidate(s) ({candidates}) against {result['n_reference']} "
-                      f"reference non-members ({where}): AUC {result['auc']:.3f}, p = {result['p_value']:.3g} "
-                      f"({METHOD})")  # fmt: skip
+        console.print(
+            f"Set test of {result['k']} candidate(s) ({candidates}) against {result['n_reference']} "
+            f"reference non-members ({where}): AUC {result['auc']:.3f}, p = {result['p_value']:.3g} "
+            f"({METHOD})"
+        )
         return
-    table = Table(title=f"Set test against the remaining non-members ({where}); {repeats} seeded sets per row",
-                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
-    for column in ("k", "references", "members: median p", "share p<0.001", "non-members: median p",
-                   "share p>0.05"):  # fmt: skip
+    table = Table(
+        title=f"Set test against the remaining non-members ({where}); {repeats} seeded sets per row",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("k", "references", "members: median p", "share p<0.001", "non-members: median p", "share p>0.05"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in result["curve"]["rows"]:
         values = list(row.values())
         table.add_row(str(values[0]), str(values[1]), *(f"{v:.3g}" for v in values[2:]))
     console.print(table)
-    console.print(f"{METHOD}; a member set is detected at p < 0.001; a non-member set should give p > 0.05 in about "
-                  "95% of draws.")  # fmt: skip
+    console.print(
+        f"{METHOD}; a member set is detected at p < 0.001; a non-member set should give p > 0.05 in about 95% of draws."
+    )
 
 
 @cache_app.command("verify")

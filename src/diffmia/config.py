@@ -48,8 +48,15 @@ class EvaluationConfig(_Section):
 
     def evaluate(self, scores: Any, labels: Any, threshold: float | None = None) -> Evaluation:
         """:func:`diffmia.metrics.evaluate` with these settings."""
-        return evaluate(scores, labels, fprs=self.fprs, threshold=threshold, n_bootstrap=self.n_bootstrap,
-                        confidence=self.confidence, seed=self.seed)  # fmt: skip
+        return evaluate(
+            scores,
+            labels,
+            fprs=self.fprs,
+            threshold=threshold,
+            n_bootstrap=self.n_bootstrap,
+            confidence=self.confidence,
+            seed=self.seed,
+        )
 
 
 def _check_reduce(value: Any) -> Any:
@@ -241,8 +248,19 @@ class CaptionerTrainingConfig(_Section):
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
 
 
-HTTP_KEYS = ("url", "api", "token_env", "timeout", "request_timeout", "retries", "max_retry_wait", "concurrency",
-             "batch_size", "width", "height")  # fmt: skip
+HTTP_KEYS = (
+    "url",
+    "api",
+    "token_env",
+    "timeout",
+    "request_timeout",
+    "retries",
+    "max_retry_wait",
+    "concurrency",
+    "batch_size",
+    "width",
+    "height",
+)
 
 
 class _SecretInput(ValueError):
@@ -259,8 +277,10 @@ def _url_problem(url: str) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must be http:// or https:// and a host"
     if "@" in parts.netloc:
-        return ("carries credentials (user:password@): put the secret in an environment variable and name it in "
-                "target.token_env, so that it is never written to the run directory")  # fmt: skip
+        return (
+            "carries credentials (user:password@): put the secret in an environment variable and name it in "
+            "target.token_env, so that it is never written to the run directory"
+        )
     if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
         return "must be the server's base URL, without a ?query or #fragment (a token belongs in target.token_env)"
     return None
@@ -340,9 +360,13 @@ class GenerationConfig(_Section):
         """The channels as features, attacks and results name them: ``img2img`` is ``img2img@S`` per strength S
         when several are given."""
         several = len(self.strengths) > 1
-        return [name for channel in dict.fromkeys(self.channels)
-                for name in ([f"{channel}@{s:g}" for s in self.strengths] if channel == "img2img" and several
-                             else [channel])]  # fmt: skip
+        return [
+            name
+            for channel in dict.fromkeys(self.channels)
+            for name in (
+                [f"{channel}@{s:g}" for s in self.strengths] if channel == "img2img" and several else [channel]
+            )
+        ]
 
     def for_channel(self, name: str) -> GenerationConfig:
         """These settings narrowed to one of :meth:`query_channels` (one channel, one strength)."""
@@ -477,8 +501,10 @@ class AuditConfig(_Section):
         covered = {s for shadow in self.given_shadows for s in shadow.scenarios}
         uncovered = [s for s in self.scenarios if s not in covered]
         if self.shadows == 0 and uncovered:
-            raise ValueError(f"scenario(s) {', '.join(uncovered)} have no shadow model: set shadows >= 1 "
-                             "or list given_shadows for them")  # fmt: skip
+            raise ValueError(
+                f"scenario(s) {', '.join(uncovered)} have no shadow model: set shadows >= 1 "
+                "or list given_shadows for them"
+            )
         if self.shadows == 0 and self.shadow_base_model is not None:
             raise ValueError("shadow_base_model is set but no shadow is fine-tuned (shadows = 0)")
         if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
@@ -575,8 +601,10 @@ class Config(_Section):
     def _a_query_per_caption(self) -> Config:
         k, m = self.audit.captions_per_image, self.generation.queries_per_image
         if k > m:
-            raise ValueError(f"audit.captions_per_image = {k} needs at least as many queries per image "
-                             f"(generation.queries_per_image = {m}): one query per caption")  # fmt: skip
+            raise ValueError(
+                f"audit.captions_per_image = {k} needs at least as many queries per image "
+                f"(generation.queries_per_image = {m}): one query per caption"
+            )
         return self
 
     @model_validator(mode="after")
@@ -585,20 +613,26 @@ class Config(_Section):
         if not self.features.outsiders:
             return self
         if audit.shadows < 4 or audit.shadows % 2:
-            raise ValueError(f"features.outsiders needs audit.shadows even and at least 4 (got {audit.shadows}): "
-                             "the shadows come in complementary pairs, and a shadow's own candidates need an "
-                             "outsider shadow besides that one")  # fmt: skip
+            raise ValueError(
+                f"features.outsiders needs audit.shadows even and at least 4 (got {audit.shadows}): "
+                "the shadows come in complementary pairs, and a shadow's own candidates need an "
+                "outsider shadow besides that one"
+            )
         if audit.given_shadows:
-            raise ValueError("features.outsiders takes its references from the shadows fine-tuned here, whose splits "
-                             "of D' it plans; drop audit.given_shadows or features.outsiders")  # fmt: skip
+            raise ValueError(
+                "features.outsiders takes its references from the shadows fine-tuned here, whose splits "
+                "of D' it plans; drop audit.given_shadows or features.outsiders"
+            )
         return self
 
     @model_validator(mode="after")
     def _weights_for_graybox(self) -> Config:
         needed = [b for b in self.audit.baselines if b in ("loss", "secmi", "pia")]
         if needed and not (self.audit.finetune_target or self.target.kind == "diffusers"):
-            raise ValueError(f"audit.baselines {', '.join(needed)} read the target's weights, which an "
-                             f"{self.target.kind} target does not give; drop them or audit a local model")  # fmt: skip
+            raise ValueError(
+                f"audit.baselines {', '.join(needed)} read the target's weights, which an "
+                f"{self.target.kind} target does not give; drop them or audit a local model"
+            )
         return self
 
 

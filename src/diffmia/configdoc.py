@@ -32,8 +32,17 @@ from diffmia.files import atomic_path
 
 # the order a reader meets the sections in: what is audited first, the statistics last; sections not listed here
 # (a new one) follow in the model's own order, so none is ever left out
-SECTION_ORDER = ("audit", "data", "target", "generation", "features", "attacks", "finetune", "captioner_training",
-                 "evaluation")  # fmt: skip
+SECTION_ORDER = (
+    "audit",
+    "data",
+    "target",
+    "generation",
+    "features",
+    "attacks",
+    "finetune",
+    "captioner_training",
+    "evaluation",
+)
 UNSET = "unset"
 REQUIRED = "required"
 

@@ -94,8 +94,11 @@ def load_image_folder(root: str | Path, *, require_captions: bool = False) -> Im
     no_name = [str(i + 1) for i, r in enumerate(records) if not str(r.get("file_name") or "").strip()]
     if no_name:
         problems.append(f"records without a file_name: {_listed(no_name)}")
-    not_text = [f"{i + 1} ({json.dumps(r['file_name'])})" for i, r in enumerate(records)
-                if r.get("file_name") and not isinstance(r["file_name"], str)]  # fmt: skip
+    not_text = [
+        f"{i + 1} ({json.dumps(r['file_name'])})"
+        for i, r in enumerate(records)
+        if r.get("file_name") and not isinstance(r["file_name"], str)
+    ]
     if not_text:
         problems.append(f"file_name is not text in records: {_listed(not_text)}")
     named = [r for r in records if isinstance(r.get("file_name"), str) and r["file_name"].strip()]

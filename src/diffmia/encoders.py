@@ -50,8 +50,9 @@ class HFVisionEncoder:
     device : "cpu", "cuda", ...
     """
 
-    def __init__(self, model: str | Path = DEFAULT_ENCODER, *, pooling: str = "cls", batch_size: int = 32,
-                 device: str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self, model: str | Path = DEFAULT_ENCODER, *, pooling: str = "cls", batch_size: int = 32, device: str = "cpu"
+    ) -> None:
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         self.model, self.pooling, self.batch_size, self.device = str(model), pooling, batch_size, device

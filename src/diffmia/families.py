@@ -81,8 +81,10 @@ def family_of_class(name: str | None) -> Family:
         if name in family.pipelines:
             return family
     known = ", ".join(f"{f.name} ({f.pipelines[0]})" for f in FAMILIES)
-    raise ConfigError(f"diffmia fine-tunes and reads the weights of these model families only: {known}; "
-                      f"this model is a {name or 'pipeline of unknown class'}")  # fmt: skip
+    raise ConfigError(
+        f"diffmia fine-tunes and reads the weights of these model families only: {known}; "
+        f"this model is a {name or 'pipeline of unknown class'}"
+    )
 
 
 def family_of(pipe: Any) -> Family:
@@ -123,8 +125,9 @@ class Conditioning:
         if self.family == "flux":
             return _flux_predict(denoiser, x, timesteps, self)
         if self.family == "sd3":
-            return denoiser(hidden_states=x, timestep=timesteps, encoder_hidden_states=self.embeds,
-                            pooled_projections=self.pooled).sample  # fmt: skip
+            return denoiser(
+                hidden_states=x, timestep=timesteps, encoder_hidden_states=self.embeds, pooled_projections=self.pooled
+            ).sample
         if self.added is None:
             return denoiser(x, timesteps, encoder_hidden_states=self.embeds).sample
         return denoiser(x, timesteps, encoder_hidden_states=self.embeds, added_cond_kwargs=self.added).sample
@@ -142,9 +145,15 @@ def _flux_predict(transformer: Any, x: Any, timesteps: Any, context: Conditionin
     image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x.device, x.dtype)
     text_ids = torch.zeros(context.embeds.shape[1], 3, device=x.device, dtype=context.embeds.dtype)
     steps = torch.as_tensor(timesteps, device=x.device).to(x.dtype).expand(b)
-    out = transformer(hidden_states=packed, timestep=steps / 1000, guidance=context.guidance,
-                      encoder_hidden_states=context.embeds, pooled_projections=context.pooled, txt_ids=text_ids,
-                      img_ids=image_ids).sample  # fmt: skip
+    out = transformer(
+        hidden_states=packed,
+        timestep=steps / 1000,
+        guidance=context.guidance,
+        encoder_hidden_states=context.embeds,
+        pooled_projections=context.pooled,
+        txt_ids=text_ids,
+        img_ids=image_ids,
+    ).sample
     return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
@@ -153,8 +162,15 @@ def tokenize(pipe: Any, prompts: Sequence[str]) -> list[Any]:
     family, ids = family_of(pipe), []
     for index, name in enumerate(family.tokenizers):
         tokenizer = getattr(pipe, name)
-        ids.append(tokenizer(list(prompts), padding="max_length", max_length=family.max_length(index, tokenizer),
-                             truncation=True, return_tensors="pt").input_ids)  # fmt: skip
+        ids.append(
+            tokenizer(
+                list(prompts),
+                padding="max_length",
+                max_length=family.max_length(index, tokenizer),
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+        )
     return ids
 
 

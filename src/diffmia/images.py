@@ -21,8 +21,14 @@ from diffmia.errors import DataError, DiffmiaError
 MAX_PIXELS = 50_000_000  # about 7,000 x 7,000: far above any model's resolution, far below a decompression bomb
 
 
-def decode_image(source: str | Path | bytes, *, what: str | None = None, formats: Sequence[str] | None = None,
-                 error: type[DiffmiaError] = DataError, max_pixels: int = MAX_PIXELS) -> Image.Image:  # fmt: skip
+def decode_image(
+    source: str | Path | bytes,
+    *,
+    what: str | None = None,
+    formats: Sequence[str] | None = None,
+    error: type[DiffmiaError] = DataError,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
     """Decode one image completely (a truncated file fails here, not later), in its own mode.
 
     ``source`` is a file or the bytes of one (``what`` names bytes in messages, e.g. "the answer of http://..");

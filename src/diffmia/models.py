@@ -47,13 +47,20 @@ class Model:
         """The model as a target to query, built (and its pipeline loaded) once per audit."""
         return make_target(self.spec)
 
-    def generate(self, queries: Sequence[Query], cache: GenerationCache, settings: GenerationConfig,
-                 show_progress: bool) -> list[Image.Image]:  # fmt: skip
+    def generate(
+        self, queries: Sequence[Query], cache: GenerationCache, settings: GenerationConfig, show_progress: bool
+    ) -> list[Image.Image]:
         """The images of ``queries``, through the cache, on the executor ``settings`` name."""
         if settings.executor == "local":
             return generate(self.target, queries, cache, chunk_size=settings.chunk_size, show_progress=show_progress)
-        return generate_on_ray(self.spec, queries, cache, workers=settings.workers, chunk_size=settings.chunk_size,
-                               show_progress=show_progress)  # fmt: skip
+        return generate_on_ray(
+            self.spec,
+            queries,
+            cache,
+            workers=settings.workers,
+            chunk_size=settings.chunk_size,
+            show_progress=show_progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -103,15 +110,23 @@ def model_identity(model: str) -> str:
     return f"local@{weights_digest(path)}" if model != "builtin" and path.is_dir() else model
 
 
-def finetuned(store: ModelStore, target: TargetConfig, recipe: FinetuneConfig, name: str, base: str,
-              members: Sequence[Sample], feedback: Feedback) -> Model:  # fmt: skip
+def finetuned(
+    store: ModelStore,
+    target: TargetConfig,
+    recipe: FinetuneConfig,
+    name: str,
+    base: str,
+    members: Sequence[Sample],
+    feedback: Feedback,
+) -> Model:
     """``base`` fine-tuned on ``members`` with ``recipe`` (reused when the store already holds it)."""
     from diffmia.lab.finetune import finetune
 
     out = store.folder(name, {"base_model": model_identity(base), "recipe": recipe.model_dump(mode="json")}, members)
     if not (out / "card.json").exists():
-        feedback.log(f"fine-tuning {name} on {len(members)} images ({recipe.method}, "
-                     f"{recipe.total_steps(len(members))} steps)")  # fmt: skip
+        feedback.log(
+            f"fine-tuning {name} on {len(members)} images ({recipe.method}, {recipe.total_steps(len(members))} steps)"
+        )
         folder = write_subset(members, store.run / "splits" / name)
         finetune(base, folder, out, recipe, show_progress=feedback.show_progress)
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
@@ -159,15 +174,24 @@ def given_shadows(config: Config) -> list[GivenShadow]:
         if shadow.lora is not None and not Path(shadow.lora).exists():
             raise TargetError(f"audit.given_shadows[{j}].lora = {shadow.lora!r} does not exist")
         split = MembershipSplit(load_image_folder(shadow.members).samples, load_image_folder(shadow.nonmembers).samples)
-        small = [f"{len(g)} {n}" for n, g in (("members", split.members), ("non-members", split.nonmembers))
-                 if len(g) < MIN_CLASS_SIZE]  # fmt: skip
+        small = [
+            f"{len(g)} {n}"
+            for n, g in (("members", split.members), ("non-members", split.nonmembers))
+            if len(g) < MIN_CLASS_SIZE
+        ]
         if small:
-            raise DataError(f"audit.given_shadows[{j}] has {' and '.join(small)}; a shadow needs at least "
-                            f"{MIN_CLASS_SIZE} of each")  # fmt: skip
+            raise DataError(
+                f"audit.given_shadows[{j}] has {' and '.join(small)}; a shadow needs at least {MIN_CLASS_SIZE} of each"
+            )
         if any(SCENARIOS[s].given_caption for s in shadow.scenarios):
             GivenCaptions().caption(split.samples)  # a DataError naming every sample without a caption
-        regime = {"model": shadow.model, "lora": shadow.lora, "given": True, "members": len(split.members),
-                  "nonmembers": len(split.nonmembers)}  # fmt: skip
+        regime = {
+            "model": shadow.model,
+            "lora": shadow.lora,
+            "given": True,
+            "members": len(split.members),
+            "nonmembers": len(split.nonmembers),
+        }
         model = Model(f"given-shadow-{j}", local_spec(config.target, shadow.model, shadow.lora), regime)
         loaded.append(GivenShadow(model, split, frozenset(shadow.scenarios)))
     return loaded

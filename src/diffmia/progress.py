@@ -11,8 +11,9 @@ from rich.console import Console
 
 
 @contextlib.contextmanager
-def progress(total: int, description: str, *, start: int = 0, unit: str = "steps",
-             enabled: bool = True) -> Iterator[Callable[..., None]]:  # fmt: skip
+def progress(
+    total: int, description: str, *, start: int = 0, unit: str = "steps", enabled: bool = True
+) -> Iterator[Callable[..., None]]:
     """Yields ``advance(count=1, note="")``: ``count`` more units done; ``note`` shows beside the bar."""
     if not enabled or total <= 0:
         yield lambda count=1, note="": None
@@ -29,15 +30,24 @@ def progress(total: int, description: str, *, start: int = 0, unit: str = "steps
                 elapsed = time.perf_counter() - began
                 rate = (state["done"] - start) / elapsed if elapsed > 0 else 0.0
                 extra = f", {note}" if note else ""
-                console.print(f"{description}: {state['done']}/{total} {unit}, {rate:.2f} {unit}/s{extra}",
-                              highlight=False, markup=False)  # fmt: skip
+                console.print(
+                    f"{description}: {state['done']}/{total} {unit}, {rate:.2f} {unit}/s{extra}",
+                    highlight=False,
+                    markup=False,
+                )
 
         yield report
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = [TextColumn(description), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TextColumn("{task.fields[note]}"), TimeRemainingColumn()]  # fmt: skip
+    columns = [
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[note]}"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console) as bar:
         task = bar.add_task(description, total=total, completed=start, rate="", note="")
 

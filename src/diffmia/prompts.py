@@ -25,9 +25,15 @@ PROMPTS_FILE = "prompts.json"
 class Prompts:
     """Prompts by source; captioners are fine-tuned (or reused) when the object is made, captions written lazily."""
 
-    def __init__(self, audit: AuditConfig, training: CaptionerTrainingConfig, store: ModelStore,
-                 scenarios: Sequence[Scenario], auxiliary: dict[str, AuxiliarySet],
-                 feedback: Feedback) -> None:  # fmt: skip
+    def __init__(
+        self,
+        audit: AuditConfig,
+        training: CaptionerTrainingConfig,
+        store: ModelStore,
+        scenarios: Sequence[Scenario],
+        auxiliary: dict[str, AuxiliarySet],
+        feedback: Feedback,
+    ) -> None:
         self.captioners: dict[str, BlipCaptioner] = {}
         self.cards: dict[str, Any] = {}
         self.path = store.run / PROMPTS_FILE
@@ -64,8 +70,14 @@ def _listed(saved: str | list[str]) -> list[str]:
     return [saved] if isinstance(saved, str) else list(saved)
 
 
-def captioner(audit: AuditConfig, training: CaptionerTrainingConfig, store: ModelStore, kind: str,
-              aux: AuxiliarySet, feedback: Feedback) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+def captioner(
+    audit: AuditConfig,
+    training: CaptionerTrainingConfig,
+    store: ModelStore,
+    kind: str,
+    aux: AuxiliarySet,
+    feedback: Feedback,
+) -> tuple[Path, dict[str, Any]]:
     """The captioner fine-tuned on D' of ``kind`` (trained once), or as given (``finetune_captioner = false``)."""
     from diffmia.lab.captioner import finetune_captioner
 
@@ -74,8 +86,10 @@ def captioner(audit: AuditConfig, training: CaptionerTrainingConfig, store: Mode
     recipe = {"captioner": audit.captioner, "recipe": training.model_dump(mode="json")}
     out = store.folder(f"captioner-{kind}", recipe, aux.samples)
     if not (out / "card.json").exists():
-        feedback.log(f"fine-tuning the captioner ({audit.captioner}) on D' of the {kind} scenarios "
-                     f"({len(aux.samples)} images, {training.max_steps} steps)")  # fmt: skip
+        feedback.log(
+            f"fine-tuning the captioner ({audit.captioner}) on D' of the {kind} scenarios "
+            f"({len(aux.samples)} images, {training.max_steps} steps)"
+        )
         folder = write_subset(aux.samples, store.run / "splits" / f"d-prime-{kind}")
         finetune_captioner(audit.captioner, folder, out, training, show_progress=feedback.show_progress)
     return out / "captioner", json.loads((out / "card.json").read_text(encoding="utf-8"))

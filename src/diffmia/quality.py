@@ -23,8 +23,14 @@ from diffmia.records import Sample
 from diffmia.results import Quality
 
 
-def digit_quality(generation: GenerationConfig, digits: Path, models: Sequence[Model], samples: Sequence[Sample],
-                  cache: GenerationCache, show_progress: bool) -> dict[str, Quality]:  # fmt: skip
+def digit_quality(
+    generation: GenerationConfig,
+    digits: Path,
+    models: Sequence[Model],
+    samples: Sequence[Sample],
+    cache: GenerationCache,
+    show_progress: bool,
+) -> dict[str, Quality]:
     """Each model's :class:`Quality` on ``samples`` of the bundled digits folder ``digits``."""
     extra = load_image_folder(digits).extra
     classifier = DigitClassifier.load(CLASSIFIER_PATH)

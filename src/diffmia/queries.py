@@ -20,8 +20,9 @@ def reference_seed(seed: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:reference".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def build_queries(samples: Sequence[Sample], prompts: Sequence[str | Sequence[str]],
-                  settings: GenerationConfig) -> list[Query]:  # fmt: skip
+def build_queries(
+    samples: Sequence[Sample], prompts: Sequence[str | Sequence[str]], settings: GenerationConfig
+) -> list[Query]:
     """The queries of every sample: ``queries_per_image`` per channel (image-to-image: per strength), prompted with
     ``prompts`` (same order): one prompt per sample, or several, query j taking prompt j mod their number. Query j
     has the same seed at every strength, so that strengths differ by the noise level alone."""
@@ -34,10 +35,14 @@ def build_queries(samples: Sequence[Sample], prompts: Sequence[str | Sequence[st
                 for j in range(settings.queries_per_image):
                     queries.append(
                         Query(
-                            prompt=options[j % len(options)], seed=query_seed(settings.seed, sample.id, channel, j),
-                            steps=settings.steps, guidance=settings.guidance, negative_prompt=settings.negative_prompt,
-                            init_image=sample.image_path if image2image else None, strength=strength,
+                            prompt=options[j % len(options)],
+                            seed=query_seed(settings.seed, sample.id, channel, j),
+                            steps=settings.steps,
+                            guidance=settings.guidance,
+                            negative_prompt=settings.negative_prompt,
+                            init_image=sample.image_path if image2image else None,
+                            strength=strength,
                             sample_id=sample.id,
                         )
-                    )  # fmt: skip
+                    )
     return queries

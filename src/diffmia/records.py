@@ -72,8 +72,14 @@ class TprAtFpr:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TprAtFpr:
         threshold = math.inf if data["threshold"] is None else float(data["threshold"])
-        return cls(float(data["target_fpr"]), _from_json_float(data["tpr"]), _from_json_float(data["achieved_fpr"]),
-                   threshold, Interval.from_dict(data["interval"]), data.get("reason"))  # fmt: skip
+        return cls(
+            float(data["target_fpr"]),
+            _from_json_float(data["tpr"]),
+            _from_json_float(data["achieved_fpr"]),
+            threshold,
+            Interval.from_dict(data["interval"]),
+            data.get("reason"),
+        )
 
 
 @dataclass(frozen=True)
@@ -173,10 +179,16 @@ class Query:
         if self.init_image is not None:
             init = hashlib.sha256(Path(self.init_image).read_bytes()).hexdigest()
         return {
-            "prompt": self.prompt, "seed": self.seed, "steps": self.steps, "guidance": self.guidance,
-            "negative_prompt": self.negative_prompt, "width": self.width, "height": self.height,
-            "init_image_sha256": init, "strength": self.strength,
-        }  # fmt: skip
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "init_image_sha256": init,
+            "strength": self.strength,
+        }
 
     def key(self, target_fingerprint: str) -> str:
         """Content address of this query's image on the target with ``target_fingerprint``."""

@@ -38,16 +38,34 @@ HEADLINE_RULE = (
 
 def shadow_headline_rule(fpr: float, folds: int) -> str:
     """The rule of ``[attacks] headline = "shadow"``, in words."""
-    return (f"of the shadow data only, applied before the target is scored: in every scenario, the channel set and "
-            f"attack with the highest out-of-fold TPR at {fpr:.0%} FPR on the shadows (one fold per shadow model "
-            f"where there are several, else {folds} stratified folds; AUC breaks ties, and decides alone where the "
-            "shadows hold too few non-members to resolve that FPR; then the configured order); the first scenario "
-            "leads")  # fmt: skip
+    return (
+        f"of the shadow data only, applied before the target is scored: in every scenario, the channel set and "
+        f"attack with the highest out-of-fold TPR at {fpr:.0%} FPR on the shadows (one fold per shadow model "
+        f"where there are several, else {folds} stratified folds; AUC breaks ties, and decides alone where the "
+        "shadows hold too few non-members to resolve that FPR; then the configured order); the first scenario "
+        "leads"
+    )
 
 
-_REQUIRED = ("name", "finished", "diffmia_version", "data", "queries_per_image", "channels", "scenarios", "results",
-             "warnings", "exposed", "models", "captioners", "seeds", "generation", "images_requested", "versions",
-             "machine")  # fmt: skip
+_REQUIRED = (
+    "name",
+    "finished",
+    "diffmia_version",
+    "data",
+    "queries_per_image",
+    "channels",
+    "scenarios",
+    "results",
+    "warnings",
+    "exposed",
+    "models",
+    "captioners",
+    "seeds",
+    "generation",
+    "images_requested",
+    "versions",
+    "machine",
+)
 
 
 def fixed_headline(channels: Sequence[str], attacks: Sequence[str]) -> tuple[str, str]:
@@ -207,10 +225,15 @@ def _exposure_to_dict(exposure: Exposure | None) -> dict[str, Any]:
     if exposure is None:
         return {}
     images = [
-        {"sample_id": i.sample_id, "image": i.image, "prompt": i.prompt, "score": i.score,
-         "generations": [{"channel": c, "image": path} for c, path in i.generations]}
+        {
+            "sample_id": i.sample_id,
+            "image": i.image,
+            "prompt": i.prompt,
+            "score": i.score,
+            "generations": [{"channel": c, "image": path} for c, path in i.generations],
+        }
         for i in exposure.images
-    ]  # fmt: skip
+    ]
     return {"scenario": exposure.scenario, "channel": exposure.channel, "attack": exposure.attack, "images": images}
 
 
@@ -218,10 +241,15 @@ def _exposure_from_dict(data: Mapping[str, Any]) -> Exposure | None:
     if not data:
         return None
     images = tuple(
-        ExposedImage(i["sample_id"], i["image"], i["prompt"], float(i["score"]),
-                     tuple((g["channel"], g["image"]) for g in i["generations"]))
+        ExposedImage(
+            i["sample_id"],
+            i["image"],
+            i["prompt"],
+            float(i["score"]),
+            tuple((g["channel"], g["image"]) for g in i["generations"]),
+        )
         for i in data["images"]
-    )  # fmt: skip
+    )
     return Exposure(data["scenario"], data["channel"], data["attack"], images)
 
 
@@ -256,9 +284,11 @@ def save_features(run_dir: str | Path, tables: Mapping[tuple[str, str], FeatureT
     parts = []
     for (model, source), table in tables.items():
         columns: dict[str, Any] = {
-            "model": [model] * len(table), "prompts": [source] * len(table), "sample_id": list(table.sample_ids),
+            "model": [model] * len(table),
+            "prompts": [source] * len(table),
+            "sample_id": list(table.sample_ids),
             "member": table.y if table.y is not None else [None] * len(table),
-        }  # fmt: skip
+        }
         columns.update({name: table.X[:, i] for i, name in enumerate(table.names)})
         parts.append(pa.table(columns))
     with atomic_path(Path(run_dir) / FEATURES_FILE) as tmp:
@@ -292,19 +322,24 @@ def load_run(run_dir: str | Path) -> RunResult:
         raise DataError(f"{path} holds a JSON {type(data).__name__}, not a run result; rerun the audit to rewrite it")
     version = data.get("schema_version", 1)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise DataError(f"{path} has schema version {version!r}, written by diffmia {data.get('diffmia_version')}; "
-                        f"this diffmia reads versions up to {SCHEMA_VERSION}: upgrade diffmia to read it")  # fmt: skip
+        raise DataError(
+            f"{path} has schema version {version!r}, written by diffmia {data.get('diffmia_version')}; "
+            f"this diffmia reads versions up to {SCHEMA_VERSION}: upgrade diffmia to read it"
+        )
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
-        raise DataError(f"{path} lacks {', '.join(missing)}: it was edited or is not a diffmia result; rerun the "
-                        "audit to rewrite it")  # fmt: skip
+        raise DataError(
+            f"{path} lacks {', '.join(missing)}: it was edited or is not a diffmia result; rerun the "
+            "audit to rewrite it"
+        )
     try:
         return _from_dict(data, _read_scores(run / SCORES_FILE), run)
     except DataError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path} does not match its schema (version {version}): {exc!r}; rerun the audit to rewrite "
-                        "it") from None  # fmt: skip
+        raise DataError(
+            f"{path} does not match its schema (version {version}): {exc!r}; rerun the audit to rewrite it"
+        ) from None
 
 
 def _read_scores(path: Path) -> dict[tuple[str, str, str, str], tuple[list[str], list[float], list[bool]]]:
@@ -327,9 +362,14 @@ def _read_scores(path: Path) -> dict[tuple[str, str, str, str], tuple[list[str],
 def _validation_row(row: dict[str, Any]) -> dict[str, Any]:
     """One candidate of a shadow-chosen headline, as the audit writes it (a missing or mistyped field is a
     KeyError / TypeError / ValueError, which the loader reports as a schema mismatch)."""
-    return {"channel": str(row["channel"]), "attack": str(row["attack"]), "auc": float(row["auc"]),
-            "tpr": None if row["tpr"] is None else float(row["tpr"]), "fpr": float(row["fpr"]),
-            "folds": int(row["folds"])}  # fmt: skip
+    return {
+        "channel": str(row["channel"]),
+        "attack": str(row["attack"]),
+        "auc": float(row["auc"]),
+        "tpr": None if row["tpr"] is None else float(row["tpr"]),
+        "fpr": float(row["fpr"]),
+        "folds": int(row["folds"]),
+    }
 
 
 def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any], run: Path) -> RunResult:
@@ -339,8 +379,15 @@ def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any
         if key not in scores:
             raise DataError(f"{run / SCORES_FILE} has no scores of {'/'.join(key)}, which {RESULT_FILE} reports")
         ids, values, labels = scores[key]
-        score_sets.append(ScoreSet(*key, tuple(ids), np.array(values, dtype=np.float64), np.array(labels, dtype=bool),
-                                   Evaluation.from_dict(r["evaluation"])))  # fmt: skip
+        score_sets.append(
+            ScoreSet(
+                *key,
+                tuple(ids),
+                np.array(values, dtype=np.float64),
+                np.array(labels, dtype=bool),
+                Evaluation.from_dict(r["evaluation"]),
+            )
+        )
     if "passes" in data:
         passes = tuple(Pass(p["finished"], dict(p["seconds"])) for p in data["passes"])
     else:  # version 1: one block of timings, from the last pass only
@@ -348,17 +395,30 @@ def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any
     attacks = list(dict.fromkeys(s.attack for s in score_sets if s.model == "target")) or ["classifier"]
     recorded = data.get("headline") or {s: fixed_headline(data["channels"], attacks) for s in data["scenarios"]}
     return RunResult(
-        name=data["name"], diffmia_version=data["diffmia_version"], machine=data["machine"],
-        versions=dict(data["versions"]), data=DataSummary(**data["data"]), scenarios=tuple(data["scenarios"]),
-        channels=tuple(data["channels"]), queries_per_image=int(data["queries_per_image"]),
-        generation=dict(data["generation"]), seeds=dict(data["seeds"]), models=dict(data["models"]),
-        captioners=dict(data["captioners"]), images_requested=dict(data["images_requested"]),
+        name=data["name"],
+        diffmia_version=data["diffmia_version"],
+        machine=data["machine"],
+        versions=dict(data["versions"]),
+        data=DataSummary(**data["data"]),
+        scenarios=tuple(data["scenarios"]),
+        channels=tuple(data["channels"]),
+        queries_per_image=int(data["queries_per_image"]),
+        generation=dict(data["generation"]),
+        seeds=dict(data["seeds"]),
+        models=dict(data["models"]),
+        captioners=dict(data["captioners"]),
+        images_requested=dict(data["images_requested"]),
         generation_quality={k: Quality(**q) for k, q in data.get("generation_quality", {}).items()},
-        warnings=tuple(data["warnings"]), exposed=_exposure_from_dict(data["exposed"]),
-        headline={s: (str(c), str(a)) for s, (c, a) in recorded.items()}, passes=passes,
-        score_sets=tuple(score_sets), candidate_images=dict(data.get("candidate_images", {})),
+        warnings=tuple(data["warnings"]),
+        exposed=_exposure_from_dict(data["exposed"]),
+        headline={s: (str(c), str(a)) for s, (c, a) in recorded.items()},
+        passes=passes,
+        score_sets=tuple(score_sets),
+        candidate_images=dict(data.get("candidate_images", {})),
         headline_rule=data.get("headline_rule", HEADLINE_RULE),
-        headline_validation={s: [_validation_row(r) for r in rows]
-                             for s, rows in data.get("headline_validation", {}).items()},
-        schema_version=int(data.get("schema_version", 1)), run_dir=run,
-    )  # fmt: skip
+        headline_validation={
+            s: [_validation_row(r) for r in rows] for s, rows in data.get("headline_validation", {}).items()
+        },
+        schema_version=int(data.get("schema_version", 1)),
+        run_dir=run,
+    )

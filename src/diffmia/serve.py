@@ -213,8 +213,16 @@ async def _respond(send: Send, status: int, payload: dict[str, Any] | list[Any])
     await send({"type": "http.response.body", "body": body})
 
 
-def _int(item: dict[str, Any], key: str, default: int | None, *, name: str | None = None, low: int | None = None,
-         high: int | None = None, limit: str = "the limit") -> int | None:  # fmt: skip
+def _int(
+    item: dict[str, Any],
+    key: str,
+    default: int | None,
+    *,
+    name: str | None = None,
+    low: int | None = None,
+    high: int | None = None,
+    limit: str = "the limit",
+) -> int | None:
     """``item[key]`` as an integer within ``[low, high]`` (422 naming ``name``, the value and the bound)."""
     name = name or key
     value = item.get(key)
@@ -281,14 +289,18 @@ def _job_from_diffmia(body: dict[str, Any], limits: Limits) -> Job:
         strength = _strength(item, "strength", None, at + "strength")
         if (init is None) != (strength is None):
             raise OutOfRange(f"queries[{i}] needs both init_image and strength for image-to-image, or neither")
-        queries.append(Query(
-            prompt=item["prompt"], seed=_int(item, "seed", 0, name=at + "seed", low=0, high=MAX_SEED) or 0,
-            steps=_int(item, "steps", 30, name=at + "steps", low=1, high=limits.steps) or 30,
-            guidance=_float(item, "guidance", 7.5, name=at + "guidance") or 0.0,
-            negative_prompt=str(item.get("negative_prompt") or ""), strength=strength,
-            width=_side(item, "width", at + "width", limits, img2img=strength is not None),
-            height=_side(item, "height", at + "height", limits, img2img=strength is not None),
-        ))  # fmt: skip
+        queries.append(
+            Query(
+                prompt=item["prompt"],
+                seed=_int(item, "seed", 0, name=at + "seed", low=0, high=MAX_SEED) or 0,
+                steps=_int(item, "steps", 30, name=at + "steps", low=1, high=limits.steps) or 30,
+                guidance=_float(item, "guidance", 7.5, name=at + "guidance") or 0.0,
+                negative_prompt=str(item.get("negative_prompt") or ""),
+                strength=strength,
+                width=_side(item, "width", at + "width", limits, img2img=strength is not None),
+                height=_side(item, "height", at + "height", limits, img2img=strength is not None),
+            )
+        )
         inits.append(None if init is None else (f"{at}init_image", init))
     return Job(queries, inits, png_only=True)
 
@@ -308,11 +320,15 @@ def _job_from_a1111(body: dict[str, Any], img2img: bool, limits: Limits) -> Job:
             raise BadRequest("img2img needs 'init_images'")
         init = ("init_images[0]", images[0])
     query = Query(
-        prompt=body["prompt"], seed=seed, steps=_int(body, "steps", 20, low=1, high=limits.steps) or 20,
-        guidance=_float(body, "cfg_scale", 7.0) or 0.0, negative_prompt=str(body.get("negative_prompt") or ""),
-        width=_side(body, "width", "width", limits, img2img), height=_side(body, "height", "height", limits, img2img),
+        prompt=body["prompt"],
+        seed=seed,
+        steps=_int(body, "steps", 20, low=1, high=limits.steps) or 20,
+        guidance=_float(body, "cfg_scale", 7.0) or 0.0,
+        negative_prompt=str(body.get("negative_prompt") or ""),
+        width=_side(body, "width", "width", limits, img2img),
+        height=_side(body, "height", "height", limits, img2img),
         strength=_strength(body, "denoising_strength", 0.75, "denoising_strength") if img2img else None,
-    )  # fmt: skip
+    )
     count = batch_size * n_iter
     queries = [replace(query, seed=seed + i) for i in range(count)]
     return Job(queries, [init] * count, png_only=False)
@@ -341,8 +357,9 @@ def _decode(data: Any, what: str, png_only: bool, limits: Limits) -> Image.Image
         raw = base64.b64decode(data.split(",", 1)[-1], validate=True)
     except (binascii.Error, ValueError):
         raise OutOfRange(f"{what} is not valid base64") from None
-    image = decode_image(raw, what=what, formats=("PNG",) if png_only else None, error=OutOfRange,
-                         max_pixels=limits.side * limits.side)  # fmt: skip
+    image = decode_image(
+        raw, what=what, formats=("PNG",) if png_only else None, error=OutOfRange, max_pixels=limits.side * limits.side
+    )
     if max(image.size) > limits.side:
         raise OutOfRange(f"{what} is {image.width}x{image.height} pixels, over the limit of {limits.side} a side")
     return to_rgb(image, what, error=OutOfRange)

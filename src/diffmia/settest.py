@@ -191,8 +191,9 @@ def read_candidates(candidates: str, scores: RunScores) -> list[str]:
     return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
 
 
-def run_set_test(scores: RunScores, candidates: str | None, ks: Sequence[int] | None, *, repeats: int = 200,
-                 seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def run_set_test(
+    scores: RunScores, candidates: str | None, ks: Sequence[int] | None, *, repeats: int = 200, seed: int = 0
+) -> dict[str, Any]:
     """``candidates`` against the run's non-members that are not candidates; without candidates, the curve of
     :func:`set_test_curve` over ``ks`` (default: 1, 2, 5, 10, 20, 50 where they fit). JSON-ready."""
     chosen = {"scenario": scores.scenario, "channel": scores.channel, "attack": scores.attack, "method": METHOD}

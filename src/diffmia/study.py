@@ -115,11 +115,18 @@ def run_study(study: StudyConfig, *, show_progress: bool = True, log: Callable[[
             done[key] = run_audit(run.config, show_progress=show_progress, log=log)
         result = done[key]
         saved = result.to_dict()
-        records.append({
-            "factor": run.factor, "level": run.label, "value": run.value, "run_dir": str(result.run_dir),
-            "headline": {s: list(result.headline[s]) for s in result.scenarios},
-            "generation_quality": saved["generation_quality"], "passes": saved["passes"], "results": saved["results"],
-        })  # fmt: skip
+        records.append(
+            {
+                "factor": run.factor,
+                "level": run.label,
+                "value": run.value,
+                "run_dir": str(result.run_dir),
+                "headline": {s: list(result.headline[s]) for s in result.scenarios},
+                "generation_quality": saved["generation_quality"],
+                "passes": saved["passes"],
+                "results": saved["results"],
+            }
+        )
     output = {"study": study.model_dump(mode="json"), "runs": records}
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(root / "study.json") as tmp:
@@ -171,21 +178,32 @@ def factor_table(name: str, records: Sequence[dict[str, Any]]) -> str:
         cells.append(" to ".join(dict.fromkeys([span[0], span[-1]])) if span else "-")
         if quality:
             target = record["generation_quality"].get("target", {})
-            cells += [f"{target['digit_accuracy']:.3f}" if target else "-",
-                      f"{target['frechet_distance']:.2f}" if target else "-"]  # fmt: skip
+            cells += [
+                f"{target['digit_accuracy']:.3f}" if target else "-",
+                f"{target['frechet_distance']:.2f}" if target else "-",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
-    bases = {json.dumps(r["generation_quality"]["base"], sort_keys=True) for r in records
-             if r["generation_quality"].get("base")}  # fmt: skip
+    bases = {
+        json.dumps(r["generation_quality"]["base"], sort_keys=True)
+        for r in records
+        if r["generation_quality"].get("base")
+    }
     if quality and len(bases) == 1:
         base = json.loads(bases.pop())
-        lines += ["", f"The un-fine-tuned base model: digit accuracy {base['digit_accuracy']:.3f}, Fréchet distance "
-                  f"{base['frechet_distance']:.2f} ({base['generations']} generations)."]  # fmt: skip
+        lines += [
+            "",
+            f"The un-fine-tuned base model: digit accuracy {base['digit_accuracy']:.3f}, Fréchet distance "
+            f"{base['frechet_distance']:.2f} ({base['generations']} generations).",
+        ]
     for record in records:
         other = record["generation_quality"].get("shadow-base")
         if other:
-            lines += ["", f"The shadows' own base model, not fine-tuned, at level \"{record['level']}\": digit "
-                      f"accuracy {other['digit_accuracy']:.3f}, Fréchet distance {other['frechet_distance']:.2f} "
-                      f"({other['generations']} generations)."]  # fmt: skip
+            lines += [
+                "",
+                f'The shadows\' own base model, not fine-tuned, at level "{record["level"]}": digit '
+                f"accuracy {other['digit_accuracy']:.3f}, Fréchet distance {other['frechet_distance']:.2f} "
+                f"({other['generations']} generations).",
+            ]
     channels = sorted({f"{c}/{a}" for r in records for c, a in r["headline"].values()})
     lines += [
         "",

@@ -197,8 +197,11 @@ def test_classifier_refuses_a_training_that_never_had_a_finite_held_out_loss(mon
     with pytest.raises(ConfigError, match=message):
         ClassifierAttack(max_iter=50, n_iter_no_change=5).fit(X, y)
     calls = []
-    monkeypatch.setattr(classifier.MLP, "decision_function", lambda mlp, X: calls.append(1) or (finite(mlp, X) * (
-        1.0 if len(calls) <= 3 else np.nan)))  # fmt: skip
+    monkeypatch.setattr(
+        classifier.MLP,
+        "decision_function",
+        lambda mlp, X: calls.append(1) or (finite(mlp, X) * (1.0 if len(calls) <= 3 else np.nan)),
+    )
     attack = ClassifierAttack(max_iter=50, n_iter_no_change=5).fit(X, y)
     assert attack.n_iter_ <= 3 and np.isnan(attack.validation_loss_[3:]).all() and len(attack.validation_loss_) <= 8
 
@@ -293,9 +296,11 @@ def test_distribution_full_llr_equals_scipy_with_ledoit_wolf(tied):
     X, y = np.r_[non_members, members], np.r_[np.zeros(12), np.ones(9)]
     attack = DistributionAttack(covariance="full", tied=tied, var_floor=0.05).fit(X, y)
     centred = [non_members - non_members.mean(0), members - members.mean(0)]
-    shrunk = [ledoit_wolf(np.concatenate(centred), assume_centered=True)[0]] * 2 if tied else [
-        ledoit_wolf(c, assume_centered=True)[0] for c in centred
-    ]  # fmt: skip
+    shrunk = (
+        [ledoit_wolf(np.concatenate(centred), assume_centered=True)[0]] * 2
+        if tied
+        else [ledoit_wolf(c, assume_centered=True)[0] for c in centred]
+    )
     floor = 0.05 * np.mean([np.trace(c) for c in shrunk]) / 3
     covariances = [c + floor * np.eye(3) for c in shrunk]
     np.testing.assert_allclose(attack.covariances_, covariances, rtol=1e-12)
@@ -434,8 +439,11 @@ def test_shadow_folds_split_each_class_evenly_or_follow_the_shadow_models():
     groups = np.repeat([0, 1, 2, 3], 5)  # four shadow models: each is one fold, whatever `folds` says
     np.testing.assert_array_equal(shadow_folds(y, groups, folds=4), groups)
     np.testing.assert_array_equal(shadow_folds(y, np.zeros(20), folds=4, seed=3), fold)  # one model: stratified
-    with pytest.raises(DataError, match=r"^cross-validation in 10 folds needs at least 10 shadow members and "
-                                        r"non-members, got 12 and 8$"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"^cross-validation in 10 folds needs at least 10 shadow members and "
+        r"non-members, got 12 and 8$",
+    ):
         shadow_folds(y, folds=10)
 
 
@@ -543,8 +551,10 @@ def test_one_class_is_refused_naming_it(labels, which):
         DistributionAttack().fit(np.eye(4), labels)
 
 
-@pytest.mark.parametrize(("n", "d", "hidden", "batch", "seed"), [(32, 60, (256,), 32, 0), (45, 7, (16, 8), 10, 3),
-                                                                  (70, 30, (64,), 32, "stream")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n", "d", "hidden", "batch", "seed"),
+    [(32, 60, (256,), 32, 0), (45, 7, (16, 8), 10, 3), (70, 30, (64,), 32, "stream")],
+)
 def test_mlp_epochs_are_scikit_learns_partial_fit_bit_for_bit(n, d, hidden, batch, seed):
     """diffmia's MLP is scikit-learn's MLPClassifier(solver="adam") fitted with one partial_fit per epoch, without
     that call's input checks: the same weights to the last bit, after every epoch (one and two hidden layers, a last
@@ -556,8 +566,9 @@ def test_mlp_epochs_are_scikit_learns_partial_fit_bit_for_bit(n, d, hidden, batc
 
     rng = np.random.default_rng(n)
     X, y = rng.normal(size=(n, d)), rng.random(n) < 0.5
-    reference = MLPClassifier(hidden_layer_sizes=hidden, alpha=1e-2, learning_rate_init=1e-3, batch_size=batch,
-                              random_state=state())  # fmt: skip
+    reference = MLPClassifier(
+        hidden_layer_sizes=hidden, alpha=1e-2, learning_rate_init=1e-3, batch_size=batch, random_state=state()
+    )
     ours = MLP(d, hidden, alpha=1e-2, learning_rate_init=1e-3, batch_size=batch, random_state=state())
     for _ in range(25):
         reference.partial_fit(X, y.astype(int), classes=[0, 1])

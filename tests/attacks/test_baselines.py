@@ -52,8 +52,9 @@ def _indexed(i):
 def test_nearest_generation_equals_a_brute_force_minimum():
     """Real-valued embeddings of several shapes (tokens flattened): minus the smallest Euclidean distance."""
     table = np.random.default_rng(4).normal(size=(9, 3, 5)) * [[[1.0], [4.0], [0.5]]]
-    scores = nearest_generation_scores([_indexed(i) for i in range(4)], [_indexed(i) for i in range(4, 9)],
-                                       _TableEncoder(table))  # fmt: skip
+    scores = nearest_generation_scores(
+        [_indexed(i) for i in range(4)], [_indexed(i) for i in range(4, 9)], _TableEncoder(table)
+    )
     flat = table.reshape(9, -1)
     expected = [-min(np.linalg.norm(flat[i] - flat[j]) for j in range(4, 9)) for i in range(4)]
     np.testing.assert_allclose(scores, expected, rtol=1e-12)
@@ -110,8 +111,9 @@ def test_graybox_errors_by_hand_on_a_model_that_predicts_no_noise(silent_pipe):
     np.testing.assert_allclose(graybox_scores(silent_pipe, images, prompts, "pia"), 0.0, atol=1e-12)
     # loss: the error is the seeded noise itself, the same for every image: mean over timesteps of mean(noise^2)
     generator = torch.Generator().manual_seed(0)
-    expected = np.mean([float((torch.randn((4, 8, 8), generator=generator, dtype=torch.float64) ** 2).mean())
-                        for _ in range(4)])  # fmt: skip
+    expected = np.mean(
+        [float((torch.randn((4, 8, 8), generator=generator, dtype=torch.float64) ** 2).mean()) for _ in range(4)]
+    )
     np.testing.assert_allclose(graybox_scores(silent_pipe, images, prompts, "loss"), -expected, rtol=1e-12)
     # images of another size are read at the model's resolution
     mixed = [images[0].resize((48, 48)), images[1].resize((20, 20))]
@@ -129,8 +131,10 @@ def test_graybox_bad_arguments(silent_pipe):
 
 
 def test_graybox_baselines_need_weights():
-    settings = {"audit": {"scenarios": ["III"], "baselines": ["gan-leaks", "secmi"]},
-                "target": {"kind": "http", "url": "http://127.0.0.1:9/"}}  # fmt: skip
+    settings = {
+        "audit": {"scenarios": ["III"], "baselines": ["gan-leaks", "secmi"]},
+        "target": {"kind": "http", "url": "http://127.0.0.1:9/"},
+    }
     with pytest.raises(ConfigError, match=r"audit\.baselines secmi read the target's weights, which an http target"):
         parse_config(settings)
     settings["audit"]["finetune_target"] = True  # a target fine-tuned here is local
@@ -178,15 +182,30 @@ class StableDiffusionPipeline(SimpleNamespace):
 
 def _stub_pipe(prediction: str, dtype=torch.float64, timesteps=_T) -> SimpleNamespace:
     """The pieces of a StableDiffusionPipeline the gray-box attacks read, small enough to follow by hand."""
-    scheduler = DDIMScheduler(num_train_timesteps=timesteps, beta_start=0.001, beta_end=0.05, beta_schedule="linear",
-                              prediction_type=prediction)  # fmt: skip
+    scheduler = DDIMScheduler(
+        num_train_timesteps=timesteps,
+        beta_start=0.001,
+        beta_end=0.05,
+        beta_schedule="linear",
+        prediction_type=prediction,
+    )
     posterior = lambda pixels: SimpleNamespace(mean=F.avg_pool2d(pixels, 2), sample=lambda generator=None: pixels)  # noqa: E731
-    vae = SimpleNamespace(dtype=dtype, config=SimpleNamespace(scaling_factor=_SCALE),
-                          encode=lambda pixels: SimpleNamespace(latent_dist=posterior(pixels)))  # fmt: skip
+    vae = SimpleNamespace(
+        dtype=dtype,
+        config=SimpleNamespace(scaling_factor=_SCALE),
+        encode=lambda pixels: SimpleNamespace(latent_dist=posterior(pixels)),
+    )
     embed = lambda ids: (ids[..., None].to(dtype) / 8,)  # noqa: E731  # (batch, tokens, 1) like CLIP's
-    return StableDiffusionPipeline(unet=_AffineUNet(dtype, timesteps), scheduler=scheduler, vae=vae, vae_scale_factor=2,
-                           image_processor=VaeImageProcessor(vae_scale_factor=2), device=torch.device("cpu"),
-                           tokenizer=_LengthTokenizer(), text_encoder=embed)  # fmt: skip
+    return StableDiffusionPipeline(
+        unet=_AffineUNet(dtype, timesteps),
+        scheduler=scheduler,
+        vae=vae,
+        vae_scale_factor=2,
+        image_processor=VaeImageProcessor(vae_scale_factor=2),
+        device=torch.device("cpu"),
+        tokenizer=_LengthTokenizer(),
+        text_encoder=embed,
+    )
 
 
 _PROMPTS = ["a", "two", "three words"]
@@ -234,8 +253,9 @@ def test_secmi_by_hand(prediction, t, delta, path):
     ahead = _hand_ddim(x, t, t + delta, context, alphas, prediction)
     back = _hand_ddim(ahead, t + delta, t, context, alphas, prediction)
     expected = -((back - x) ** 2).mean(axis=(1, 2, 3))
-    scores = graybox_scores(_stub_pipe(prediction), _IMAGES, _PROMPTS, "secmi", secmi_t=t, secmi_delta=delta,
-                            batch_size=2)  # fmt: skip
+    scores = graybox_scores(
+        _stub_pipe(prediction), _IMAGES, _PROMPTS, "secmi", secmi_t=t, secmi_delta=delta, batch_size=2
+    )
     np.testing.assert_allclose(scores, expected, rtol=1e-9, atol=0)
 
 
@@ -260,8 +280,9 @@ def test_loss_by_hand(prediction):
         noise = torch.randn((3, 2, 2), generator=generator, dtype=torch.float64).numpy()
         xt = np.sqrt(alphas[t]) * x0 + np.sqrt(1 - alphas[t]) * noise
         errors.append(((_hand_eps(xt, t, context, alphas, prediction) - noise) ** 2).mean(axis=(1, 2, 3)))
-    scores = graybox_scores(_stub_pipe(prediction), _IMAGES, _PROMPTS, "loss", loss_timesteps=(3, 17, 30), seed=5,
-                            batch_size=2)  # fmt: skip
+    scores = graybox_scores(
+        _stub_pipe(prediction), _IMAGES, _PROMPTS, "loss", loss_timesteps=(3, 17, 30), seed=5, batch_size=2
+    )
     np.testing.assert_allclose(scores, -np.mean(errors, axis=0), rtol=1e-9, atol=0)
 
 
@@ -279,8 +300,18 @@ def test_graybox_defaults_are_the_papers_timesteps(attack):
     noise seed 0, and batches of 64 (70 images: one full batch and one of 6)."""
     images, prompts = (_IMAGES * 24)[:70], (_PROMPTS * 24)[:70]
     explicit = _stub_pipe("epsilon", timesteps=1000)
-    expected = graybox_scores(explicit, images, prompts, attack, loss_timesteps=(100, 200, 300, 400), secmi_t=100,
-                              secmi_delta=10, pia_t=200, seed=0, batch_size=64)  # fmt: skip
+    expected = graybox_scores(
+        explicit,
+        images,
+        prompts,
+        attack,
+        loss_timesteps=(100, 200, 300, 400),
+        secmi_t=100,
+        secmi_delta=10,
+        pia_t=200,
+        seed=0,
+        batch_size=64,
+    )
     pipe = _stub_pipe("epsilon", timesteps=1000)
     np.testing.assert_array_equal(graybox_scores(pipe, images, prompts, attack), expected)
     assert sorted(set(pipe.unet.batches)) == [6, 64] and pipe.unet.batches == explicit.unet.batches
@@ -302,8 +333,15 @@ def test_graybox_reads_images_at_the_models_resolution(attack):
     """An image of another size is resized (Lanczos, the image processor's default) to the model's 4 x 4 first."""
     large = [im.resize((8, 8), Image.Resampling.NEAREST) for im in _IMAGES]
     mixed = [large[0], _IMAGES[1], large[2].resize((6, 10))]
-    expected = graybox_scores(_stub_pipe("epsilon"), [im.resize((4, 4), Image.Resampling.LANCZOS) for im in mixed],
-                              _PROMPTS, attack, secmi_t=8, pia_t=9, loss_timesteps=(3, 9))  # fmt: skip
+    expected = graybox_scores(
+        _stub_pipe("epsilon"),
+        [im.resize((4, 4), Image.Resampling.LANCZOS) for im in mixed],
+        _PROMPTS,
+        attack,
+        secmi_t=8,
+        pia_t=9,
+        loss_timesteps=(3, 9),
+    )
     scores = graybox_scores(_stub_pipe("epsilon"), mixed, _PROMPTS, attack, secmi_t=8, pia_t=9, loss_timesteps=(3, 9))
     np.testing.assert_allclose(scores, expected, rtol=1e-12)
 

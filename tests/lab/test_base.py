@@ -33,7 +33,12 @@ def test_shipped_base_follows_unseen_prompts():
         chosen += [r for r in records if r["split"] == "private" and r["label"] == digit][:4]
     pipe = load_pipeline("builtin")
     pipe.set_progress_bar_config(disable=True)
-    images = pipe([r["caption"] for r in chosen], num_inference_steps=20, guidance_scale=3.0, output_type="np",
-                  generator=[torch.Generator().manual_seed(i) for i in range(len(chosen))]).images  # fmt: skip
+    images = pipe(
+        [r["caption"] for r in chosen],
+        num_inference_steps=20,
+        guidance_scale=3.0,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(i) for i in range(len(chosen))],
+    ).images
     predicted = DigitClassifier.load(CLASSIFIER_PATH).predict(np.round(images * 255).astype(np.uint8))
     assert np.mean(predicted == np.array([r["label"] for r in chosen])) >= 0.8

@@ -104,8 +104,7 @@ class _Killed(Exception):
     """Stands for a run killed after its first checkpoint."""
 
 
-def test_finetune_captioner_refuses_other_settings_and_a_finished_folder(tmp_path, digit_folder, monkeypatch,
-                                                                          capsys):  # fmt: skip
+def test_finetune_captioner_refuses_other_settings_and_a_finished_folder(tmp_path, digit_folder, monkeypatch, capsys):
     from diffmia.lab import captioner
 
     data = digit_folder(tmp_path / "aux", 8)

@@ -39,9 +39,13 @@ def lab(tmp_path_factory, digit_folder):
 def _generate(pipe, seed, **kwargs):
     generator = torch.Generator().manual_seed(seed)
     return pipe(
-        ["a thin dark upright narrow small handwritten seven, placed high left"] * 2, num_inference_steps=3,
-        guidance_scale=3.0, generator=generator, output_type="np", **kwargs,
-    ).images  # fmt: skip
+        ["a thin dark upright narrow small handwritten seven, placed high left"] * 2,
+        num_inference_steps=3,
+        guidance_scale=3.0,
+        generator=generator,
+        output_type="np",
+        **kwargs,
+    ).images
 
 
 def test_tokenizer_keeps_every_caption_word_whole():
@@ -82,10 +86,12 @@ def test_full_and_lora_fine_tunes_reload_in_stock_pipelines(lab):
     assert np.abs(_generate(tuned, 3) - _generate(base, 3)).max() > 0
 
     lora = finetune(
-        lab["base"], lab["members"], root / "lora",
+        lab["base"],
+        lab["members"],
+        root / "lora",
         FinetuneConfig(method="lora", lora_rank=2, learning_rate=1e-2, random_flip=True, **RECIPE),
         show_progress=False,
-    )  # fmt: skip
+    )
     assert (lora / "lora" / "pytorch_lora_weights.safetensors").is_file()
     with_lora = StableDiffusionPipeline.from_pretrained(lab["base"], local_files_only=True)
     with_lora.load_lora_weights(lora / "lora")
@@ -96,9 +102,27 @@ def test_full_and_lora_fine_tunes_reload_in_stock_pipelines(lab):
 def test_finetune_command_trains_what_the_library_trains(lab, tmp_path, capsys):
     """`diffmia finetune` with its options gives the adapter of the library call with the same recipe, bit for bit,
     and a card that records the options."""
-    args = ["finetune", "--model", str(lab["base"]), "--data", str(lab["members"]), "--out", str(tmp_path / "cli"),
-            "--method", "lora", "--rank", "2", "--steps", "2", "--learning-rate", "0.01", "--batch-size", "8",
-            "--seed", "3"]  # fmt: skip
+    args = [
+        "finetune",
+        "--model",
+        str(lab["base"]),
+        "--data",
+        str(lab["members"]),
+        "--out",
+        str(tmp_path / "cli"),
+        "--method",
+        "lora",
+        "--rank",
+        "2",
+        "--steps",
+        "2",
+        "--learning-rate",
+        "0.01",
+        "--batch-size",
+        "8",
+        "--seed",
+        "3",
+    ]
     assert main(args) == 0
     out = tmp_path / "cli"
     assert capsys.readouterr().out == f"fine-tune written to {out} (card: {out / 'card.json'})\n"
@@ -174,10 +198,32 @@ def test_pretrain_command_builds_another_family_and_refuses_to_mix_checkpoints(l
     from diffusers import UNet2DConditionModel
 
     out = lab["root"] / "other-family"
-    sizes = ["--vae-channels", "16,32,32", "--unet-channels", "16,32,64", "--unet-layers", "1", "--text-width",
-             "32", "--text-layers", "1"]  # fmt: skip
-    args = ["lab", "pretrain", str(lab["members"]), str(out), "--split", "all", "--vae-steps", "1", "--unet-steps",
-            "1", "--seed", "4"]  # fmt: skip
+    sizes = [
+        "--vae-channels",
+        "16,32,32",
+        "--unet-channels",
+        "16,32,64",
+        "--unet-layers",
+        "1",
+        "--text-width",
+        "32",
+        "--text-layers",
+        "1",
+    ]
+    args = [
+        "lab",
+        "pretrain",
+        str(lab["members"]),
+        str(out),
+        "--split",
+        "all",
+        "--vae-steps",
+        "1",
+        "--unet-steps",
+        "1",
+        "--seed",
+        "4",
+    ]
     assert main([*args, *sizes]) == 0
     card = json.loads((out / "card.json").read_text())
     assert (card["model"]["vae_channels"], card["model"]["unet_channels"]) == ([16, 32, 32], [16, 32, 64])

@@ -57,8 +57,17 @@ def test_the_split_is_the_documented_seeded_one():
     assert private == expected
     assert private[:12] == [2, 12, 13, 15, 19, 20, 26, 28, 32, 36, 38, 41] and sum(private) == 557978  # pinned
     assert np.bincount([records[i]["label"] for i in private], minlength=10).tolist() == [
-        51, 65, 56, 66, 55, 69, 54, 59, 64, 61,
-    ]  # fmt: skip
+        51,
+        65,
+        56,
+        66,
+        55,
+        69,
+        54,
+        59,
+        64,
+        61,
+    ]
     assert _private_indices(digits_records()[1]) == expected  # a second call, the same split
 
 

@@ -72,8 +72,12 @@ def _fed_to_unet(pipe, prompts) -> Conditioning:
     finally:
         network.forward = forward
     kwargs = seen[0]
-    return Conditioning(kwargs["encoder_hidden_states"], kwargs.get("added_cond_kwargs"),
-                        kwargs.get("pooled_projections"), family_of(pipe).name)  # fmt: skip
+    return Conditioning(
+        kwargs["encoder_hidden_states"],
+        kwargs.get("added_cond_kwargs"),
+        kwargs.get("pooled_projections"),
+        family_of(pipe).name,
+    )
 
 
 def _images(target: DiffusersTarget, queries: list[Query], inits=None) -> np.ndarray:
@@ -143,8 +147,10 @@ def test_fine_tunes_of_each_family_generate_seeded_and_batch_independent(bases, 
     image-to-image generations (text-to-image at the model's own size); a query gives the same image alone,
     repeated or in a batch."""
     base, members = bases["root"] / family, bases["members"]
-    recipes = {"full": FinetuneConfig(learning_rate=1e-3, **RECIPE),
-               "lora": FinetuneConfig(method="lora", lora_rank=2, learning_rate=1e-2, **RECIPE)}  # fmt: skip
+    recipes = {
+        "full": FinetuneConfig(learning_rate=1e-3, **RECIPE),
+        "lora": FinetuneConfig(method="lora", lora_rank=2, learning_rate=1e-2, **RECIPE),
+    }
     full, lora = (finetune(base, members, tmp_path / k, r, show_progress=False) for k, r in recipes.items())
     for out, method in ((full, "full"), (lora, "lora")):
         card = json.loads((out / "card.json").read_text())
@@ -153,9 +159,11 @@ def test_fine_tunes_of_each_family_generate_seeded_and_batch_independent(bases, 
     init = Image.open(sorted((members / "images").iterdir())[0]).convert("RGB")
     text = [Query(PROMPTS[i % 2], seed=10 + i, steps=3, guidance=2.0) for i in range(3)]
     image = [Query(PROMPTS[0], seed=20 + i, steps=4, guidance=2.0, strength=0.5) for i in range(2)]
-    targets = {"base": DiffusersTarget(base, dtype="float64", batch_size=8),
-               "full": DiffusersTarget(full / "pipeline", dtype="float64", batch_size=8),
-               "lora": DiffusersTarget(base, lora=lora / "lora", dtype="float64", batch_size=8)}  # fmt: skip
+    targets = {
+        "base": DiffusersTarget(base, dtype="float64", batch_size=8),
+        "full": DiffusersTarget(full / "pipeline", dtype="float64", batch_size=8),
+        "lora": DiffusersTarget(base, lora=lora / "lora", dtype="float64", batch_size=8),
+    }
     made = {}
     for name, target in targets.items():
         made[name] = (_images(target, text), _images(target, image, [init] * 2))
@@ -176,8 +184,13 @@ def test_the_first_fine_tuning_loss_is_the_objective_under_the_pipelines_conditi
     shifted flow-matching level s' = 3s / (1 + 2s), s = (1000 - i) / 1000 for a uniform index i, and at s itself
     for Flux (its shift depends on the image size and applies when sampling, not in training)."""
     base, members = bases["root"] / family, bases["members"]
-    out = finetune(base, members, tmp_path / "one", FinetuneConfig(max_steps=1, batch_size=8, checkpoint_every=0),
-                   show_progress=False)  # fmt: skip
+    out = finetune(
+        base,
+        members,
+        tmp_path / "one",
+        FinetuneConfig(max_steps=1, batch_size=8, checkpoint_every=0),
+        show_progress=False,
+    )
     recorded = json.loads((out / "card.json").read_text())["final_loss"]
     pipe = DiffusionPipeline.from_pretrained(base, local_files_only=True)
     data = TrainImages.from_samples(load_image_folder(members).samples, 16)
@@ -296,8 +309,18 @@ def test_pretrain_command_builds_a_base_of_the_family_and_trains_every_text_enco
     from diffmia.lab.pipeline import TinySDConfig
 
     data = digit_folder(tmp_path / "data", 8)
-    sizes = ["--vae-channels", "16,32", "--unet-channels", "16,32", "--unet-layers", "1", "--text-width", "32",
-             "--text-layers", "1"]  # fmt: skip
+    sizes = [
+        "--vae-channels",
+        "16,32",
+        "--unet-channels",
+        "16,32",
+        "--unet-layers",
+        "1",
+        "--text-width",
+        "32",
+        "--text-layers",
+        "1",
+    ]
     args = ["lab", "pretrain", str(data), str(tmp_path / "base"), "--split", "all", "--vae-steps", "1"]
     assert main([*args, "--unet-steps", "2", "--family", family, *sizes]) == 0
     card = json.loads((tmp_path / "base" / "card.json").read_text())
@@ -305,12 +328,19 @@ def test_pretrain_command_builds_a_base_of_the_family_and_trains_every_text_enco
     assert (card["latent_shift_factor"] != 0.0) == (family in FLOW)
     pipeline = tmp_path / "base" / "pipeline"
     vae = json.loads((pipeline / "vae" / "config.json").read_text())  # what generation and fine-tunes will read
-    assert (vae["scaling_factor"], vae["shift_factor"] or 0.0) == (card["latent_scaling_factor"],
-                                                                    card["latent_shift_factor"])  # fmt: skip
+    assert (vae["scaling_factor"], vae["shift_factor"] or 0.0) == (
+        card["latent_scaling_factor"],
+        card["latent_shift_factor"],
+    )
     assert json.loads((pipeline / "model_index.json").read_text())["_class_name"] == FAMILIES[family]
-    fresh = build_pipeline([s.caption or "" for s in load_image_folder(data).samples], TinySDConfig(
-        vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1, text_width=32, text_layers=1), seed=0,
-        family=family)  # fmt: skip
+    fresh = build_pipeline(
+        [s.caption or "" for s in load_image_folder(data).samples],
+        TinySDConfig(
+            vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1, text_width=32, text_layers=1
+        ),
+        seed=0,
+        family=family,
+    )
     trained_parts = (*family_of(fresh).text_encoders, family_of(fresh).denoiser)
     for part in trained_parts:
         (file,) = (pipeline / part).glob("*.safetensors")
@@ -328,8 +358,11 @@ def test_flow_models_refuse_the_ddim_attacks(bases, family):
     pipe = DiffusionPipeline.from_pretrained(bases["root"] / family, local_files_only=True)
     image = [Image.new("RGB", (16, 16))]
     for attack in ("secmi", "pia"):
-        with pytest.raises(ConfigError, match=f"^{attack} is derived for DDIM .* {family} models are trained by "
-                                              "flow matching: use the loss attack$"):  # fmt: skip
+        with pytest.raises(
+            ConfigError,
+            match=f"^{attack} is derived for DDIM .* {family} models are trained by "
+            "flow matching: use the loss attack$",
+        ):
             graybox_scores(pipe, image, ["x"], attack)
 
 

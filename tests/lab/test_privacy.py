@@ -27,14 +27,18 @@ def lora_unet():
     for name, p in unet.named_parameters():  # LoRA B starts at zero; make every per-sample gradient non-zero
         if p.requires_grad and "lora_B" in name:
             p.data = 0.1 * torch.randn(p.shape, generator=generator)
-    batch = (torch.randn(6, 4, 8, 8, generator=generator), torch.arange(6) * 150,
-             torch.randn(6, 77, 64, generator=generator))  # fmt: skip
+    batch = (
+        torch.randn(6, 4, 8, 8, generator=generator),
+        torch.arange(6) * 150,
+        torch.randn(6, 77, 64, generator=generator),
+    )
     return unet, batch
 
 
 def _plan(sigma: float, clip: float, batch: int = 6) -> PrivacyPlan:
-    return PrivacyPlan(sigma, clip, sample_rate=0.1, expected_batch_size=batch, delta=1e-5, steps=10,
-                       target_epsilon=None)  # fmt: skip
+    return PrivacyPlan(
+        sigma, clip, sample_rate=0.1, expected_batch_size=batch, delta=1e-5, steps=10, target_epsilon=None
+    )
 
 
 def _per_sample_gradients(unet, batch):
@@ -135,11 +139,29 @@ def test_privacy_config_errors(tmp_path, digit_folder, capsys):
     data = digit_folder(tmp_path / "data", 12)
     assert main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "o"), "--dp"]) == 2
     assert "--dp needs a privacy budget: --epsilon or --noise-multiplier" in capsys.readouterr().err
-    assert main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "o"), "--epsilon",
-                 "2"]) == 2  # fmt: skip
+    assert (
+        main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "o"), "--epsilon", "2"])
+        == 2
+    )
     assert "need --dp" in capsys.readouterr().err
-    code = main(["finetune", "--model", "builtin", "--data", str(data), "--out", str(tmp_path / "out"), "--dp",
-                 "--epsilon", "4", "--batch-size", "16", "--steps", "2"])  # fmt: skip
+    code = main(
+        [
+            "finetune",
+            "--model",
+            "builtin",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "out"),
+            "--dp",
+            "--epsilon",
+            "4",
+            "--batch-size",
+            "16",
+            "--steps",
+            "2",
+        ]
+    )
     assert code == 2
     assert "batch_size 16 must be below the 12 training images" in capsys.readouterr().err
     assert not (tmp_path / "out" / "card.json").exists()
@@ -148,8 +170,14 @@ def test_privacy_config_errors(tmp_path, digit_folder, capsys):
 @pytest.mark.slow
 def test_dp_fine_tune_card_and_determinism(tmp_path, digit_folder):
     data = digit_folder(tmp_path / "data", 20)
-    recipe = FinetuneConfig(method="lora", batch_size=5, max_steps=3, checkpoint_every=0, learning_rate=1e-3,
-                            dp=PrivacyConfig(noise_multiplier=1.1, max_grad_norm=0.5))  # fmt: skip
+    recipe = FinetuneConfig(
+        method="lora",
+        batch_size=5,
+        max_steps=3,
+        checkpoint_every=0,
+        learning_rate=1e-3,
+        dp=PrivacyConfig(noise_multiplier=1.1, max_grad_norm=0.5),
+    )
     out = [finetune("builtin", data, tmp_path / f"dp{i}", recipe, show_progress=False) for i in range(2)]
     card = json.loads((out[0] / "card.json").read_text())
     privacy = card["privacy"]
@@ -172,9 +200,16 @@ def test_dp_fine_tune_card_and_determinism(tmp_path, digit_folder):
 @pytest.mark.slow
 def test_early_stopping_holds_out_images_and_stops_by_its_rule(tmp_path, digit_folder):
     data = digit_folder(tmp_path / "data", 20)
-    recipe = FinetuneConfig(method="lora", batch_size=6, max_steps=60, checkpoint_every=0, learning_rate=3e-2,
-                            early_stopping_patience=2, validate_every=3,
-                            dp=PrivacyConfig(noise_multiplier=0.7))  # fmt: skip
+    recipe = FinetuneConfig(
+        method="lora",
+        batch_size=6,
+        max_steps=60,
+        checkpoint_every=0,
+        learning_rate=3e-2,
+        early_stopping_patience=2,
+        validate_every=3,
+        dp=PrivacyConfig(noise_multiplier=0.7),
+    )
     out = [finetune("builtin", data, tmp_path / f"es{i}", recipe, show_progress=False) for i in range(2)]
     cards = [json.loads((o / "card.json").read_text()) for o in out]
     stop = cards[0]["early_stopping"]

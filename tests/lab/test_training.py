@@ -35,8 +35,10 @@ def test_centre_crop_random_crop_and_flip(tmp_path):
     centre = TrainImages.from_samples(samples, 8, center_crop=True)
     np.testing.assert_array_equal(centre.batch(np.array([0]), step_rng(0, 0))[0], centre.images[0][:, 2:10])
     random = TrainImages.from_samples(samples, 8, center_crop=False)
-    lefts = {int(np.argwhere((random.images[0] == random.batch(np.array([0]), step_rng(0, m))[0][0, 0]).all(-1))[0][1])
-             for m in range(40)}  # fmt: skip
+    lefts = {
+        int(np.argwhere((random.images[0] == random.batch(np.array([0]), step_rng(0, m))[0][0, 0]).all(-1))[0][1])
+        for m in range(40)
+    }
     assert lefts == {0, 1, 2, 3, 4}  # every horizontal offset occurs
     flip = TrainImages.from_samples(samples, 8, center_crop=True, random_flip=True)
     flipped = [
@@ -63,8 +65,16 @@ def _train(trainer, model, data, out):
     if trainer == "finetune":
         return finetune(model, data, out, FinetuneConfig(max_steps=1, batch_size=2), show_progress=False)
     if trainer == "pretrain":
-        tiny = TinySDConfig(resolution=16, vae_channels=(16, 32), unet_channels=(16, 32), unet_layers_per_block=1,
-                            text_width=32, text_layers=1, text_heads=2, max_length=16)  # fmt: skip
+        tiny = TinySDConfig(
+            resolution=16,
+            vae_channels=(16, 32),
+            unet_channels=(16, 32),
+            unet_layers_per_block=1,
+            text_width=32,
+            text_layers=1,
+            text_heads=2,
+            max_length=16,
+        )
         recipe = PretrainConfig(vae_steps=1, unet_steps=1, batch_size=2, checkpoint_every=0)
         return pretrain(data, out, split=None, recipe=recipe, model=tiny, show_progress=False)
     return finetune_captioner("tiny", data, out, CaptionerTrainingConfig(max_steps=1), show_progress=False)

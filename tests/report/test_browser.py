@@ -48,11 +48,26 @@ def chromium(tmp_path):
 
     def run(page: Path, *args: str) -> str:
         return subprocess.run(
-            [found, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800", *args, page.as_uri()],
-            capture_output=True, text=True, timeout=120, check=True,
-        ).stdout  # fmt: skip
+            [
+                found,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--window-size=1280,800",
+                *args,
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
 
     return run
 
@@ -79,8 +94,9 @@ def test_the_page_renders_and_never_runs_a_caption(run_dir, tmp_path, chromium, 
     assert hostile not in text and "&lt;script&gt;window.injected = 1&lt;/script&gt;" in text
     # the check runs with that policy removed: escaping alone must keep the caption inert
     checked = tmp_path / "checked.html"
-    checked.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text).replace(
-        "</body>", CHECK + "</body>"))  # fmt: skip
+    checked.write_text(
+        re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text).replace("</body>", CHECK + "</body>")
+    )
     dom = chromium(checked, "--virtual-time-budget=10000", "--dump-dom")
     found = re.search(r'<pre id="diffmia-check">(.*?)</pre>', dom, re.DOTALL)
     assert found, dom[-2000:]

@@ -56,8 +56,13 @@ def test_the_verdict_leads_with_the_numbers_of_the_run(run_dir, fixture_result, 
 def test_a_resolved_tpr_is_quoted_in_the_verdict_and_tables(run_dir, edit_result, headline):
     def resolve(result):
         first = headline(result, "I")["tpr_at_fpr"][0]
-        first.update(tpr=0.8537, achieved_fpr=0.0, threshold=1.25, reason=None,
-                     interval={"low": 0.61234, "high": 0.95, "confidence": 0.95})  # fmt: skip
+        first.update(
+            tpr=0.8537,
+            achieved_fpr=0.0,
+            threshold=1.25,
+            reason=None,
+            interval={"low": 0.61234, "high": 0.95, "confidence": 0.95},
+        )
 
     edit_result(run_dir, resolve)
     page = render_report(run_dir).read_text()
@@ -82,8 +87,13 @@ def test_missing_images_say_so_and_present_ones_are_inline(run_dir, edit_result,
 def test_an_image_that_cannot_be_decoded_is_missing_not_a_crash(run_dir, edit_result, tmp_path, bomb_png):
     bomb_png(tmp_path / "bomb.png")
     (tmp_path / "text.png").write_text("not an image")
-    edit_result(run_dir, lambda r: [r["exposed"]["images"][0].update(image=str(tmp_path / "bomb.png")),
-                                    r["exposed"]["images"][1].update(image=str(tmp_path / "text.png"))])  # fmt: skip
+    edit_result(
+        run_dir,
+        lambda r: [
+            r["exposed"]["images"][0].update(image=str(tmp_path / "bomb.png")),
+            r["exposed"]["images"][1].update(image=str(tmp_path / "text.png")),
+        ],
+    )
     page = render_report(run_dir).read_text()
     exposed = page[page.index("Most exposed members") : page.index("Every candidate")]
     assert exposed.count("(image missing)") == 2 * (1 + 4)
@@ -91,9 +101,11 @@ def test_an_image_that_cannot_be_decoded_is_missing_not_a_crash(run_dir, edit_re
 
 def test_every_candidate_is_listed_with_rank_truth_and_decision(run_dir, fixture_result, headline):
     page = render_report(run_dir).read_text()
-    rows = re.findall(r'<tr id="candidate-([^"]+)"><td class="l">([^<]+)</td>\s*<td class="l">(.*?)</td>\s*'
-                      r"<td>([^<]+)</td><td>(\d+)</td><td class=\"l\">([^<]+)</td><td class=\"l[^\"]*\">([^<]+)</td>",
-                      page)  # fmt: skip
+    rows = re.findall(
+        r'<tr id="candidate-([^"]+)"><td class="l">([^<]+)</td>\s*<td class="l">(.*?)</td>\s*'
+        r"<td>([^<]+)</td><td>(\d+)</td><td class=\"l\">([^<]+)</td><td class=\"l[^\"]*\">([^<]+)</td>",
+        page,
+    )
     assert len(rows) == 40
     ids = [r[1] for r in rows]
     assert ids == sorted(ids) and [r[0] for r in rows] == ids

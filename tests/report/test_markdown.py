@@ -60,8 +60,9 @@ def test_markdown_holds_the_verdict_headlines_exposed_members_and_regimes(run_di
         "| base model (control) | combined | classifier | 0.565 [0.404, 0.743] | n/a | n/a | 0.525 | 20 / 20 |" in text
     )
     assert "| blind (control) | none | classifier | 0.562 [0.362, 0.728] | n/a | n/a | 0.625 | 20 / 20 |" in text
-    assert ("| 1 | digit-0118 | 2.584 | a medium inky tilted broad large handwritten seven, placed middle centre |"
-            in text)  # fmt: skip
+    assert (
+        "| 1 | digit-0118 | 2.584 | a medium inky tilted broad large handwritten seven, placed middle centre |" in text
+    )
     assert "data:image" not in text and "<img" not in text
     tables = _tables(text)
     (full,) = [t for t in tables if t[0][0] == "scenario"]
@@ -104,8 +105,14 @@ def test_hostile_text_stays_text_and_tables_stay_whole(run_dir, edit_result, ren
     ]
     assert r"- careful \<script\>alert(1)\</script\> second line" in text
     scheduler = next(line for line in text.splitlines() if line.startswith("| recipe.lr_scheduler |"))
-    assert _cells(scheduler) == ["recipe.lr_scheduler", r'"\>\<img src=x onerror=alert(1)\> \| x', "-", "constant",
-                                 "constant", "-"]  # fmt: skip
+    assert _cells(scheduler) == [
+        "recipe.lr_scheduler",
+        r'"\>\<img src=x onerror=alert(1)\> \| x',
+        "-",
+        "constant",
+        "constant",
+        "-",
+    ]
     assert r'| setting | target | base | shadow-overlap-0 | shadow-disjoint-0 | shadow "\>\<img src=x' in text
     _whole(text)
 
@@ -115,14 +122,22 @@ def test_both_reports_say_how_a_shadow_chosen_headline_was_chosen(run_dir, edit_
 
     def chosen(result):
         result["headline"] = {"I": ["combined", "classifier"], "III": ["combined", "classifier"]}
-        rows = [("combined", "classifier", 0.9512, 0.4), ("combined", "threshold", 0.99, 0.35),
-                ("text2img", "threshold", 0.7, None)]  # fmt: skip
-        result["headline_validation"] = {"I": [{"channel": c, "attack": a, "auc": auc, "tpr": tpr, "fpr": 0.01,
-                                                "folds": 5} for c, a, auc, tpr in rows]}  # fmt: skip
+        rows = [
+            ("combined", "classifier", 0.9512, 0.4),
+            ("combined", "threshold", 0.99, 0.35),
+            ("text2img", "threshold", 0.7, None),
+        ]
+        result["headline_validation"] = {
+            "I": [
+                {"channel": c, "attack": a, "auc": auc, "tpr": tpr, "fpr": 0.01, "folds": 5} for c, a, auc, tpr in rows
+            ]
+        }
 
     edit_result(run_dir, chosen)
-    sentence = ("The headline was chosen on the shadows before the target was scored: out-of-fold TPR 0.40 at 1% FPR, "
-                "AUC 0.951, the best of 3 candidates (all in result.json).")  # fmt: skip
+    sentence = (
+        "The headline was chosen on the shadows before the target was scored: out-of-fold TPR 0.40 at 1% FPR, "
+        "AUC 0.951, the best of 3 candidates (all in result.json)."
+    )
     markdown = render_markdown(run_dir).read_text()
     assert markdown.count(sentence) == 1  # scenario I only: III has no record of a choice (the fixed rule)
     assert markdown.index("### Scenario I ") < markdown.index(sentence) < markdown.index("### Scenario III ")

@@ -25,15 +25,23 @@ NAN = math.nan
 def evaluation(auc: float, low: float, high: float, tpr: float = 0.89, n_nonmembers: int = 200) -> Evaluation:
     reason = None if not math.isnan(tpr) else f"target FPR 0.01 is below 1/{n_nonmembers}"
     return Evaluation(
-        auc=auc, auc_interval=Interval(low, high, 0.95),
-        tpr_at_fpr=(TprAtFpr(0.01, tpr, 0.01 if not math.isnan(tpr) else NAN, 1.5, Interval(NAN, NAN, 0.95), reason),
-                    TprAtFpr(0.001, 0.5, 0.0, 2.0, Interval(NAN, NAN, 0.95))),
-        n_members=200, n_nonmembers=n_nonmembers, n_bootstrap=200, seed=0,
-    )  # fmt: skip
+        auc=auc,
+        auc_interval=Interval(low, high, 0.95),
+        tpr_at_fpr=(
+            TprAtFpr(0.01, tpr, 0.01 if not math.isnan(tpr) else NAN, 1.5, Interval(NAN, NAN, 0.95), reason),
+            TprAtFpr(0.001, 0.5, 0.0, 2.0, Interval(NAN, NAN, 0.95)),
+        ),
+        n_members=200,
+        n_nonmembers=n_nonmembers,
+        n_bootstrap=200,
+        seed=0,
+    )
 
 
-CHANCE = (Control("base model (combined classifier)", evaluation(0.52, 0.41, 0.63)),
-          Control("blind classifier (query images alone)", evaluation(0.48, 0.37, 0.59)))  # fmt: skip
+CHANCE = (
+    Control("base model (combined classifier)", evaluation(0.52, 0.41, 0.63)),
+    Control("blind classifier (query images alone)", evaluation(0.48, 0.37, 0.59)),
+)
 
 
 @pytest.mark.parametrize(

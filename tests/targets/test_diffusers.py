@@ -142,8 +142,13 @@ def test_fingerprint_is_the_weights_not_the_folder(tiny_model, tmp_path):
 def test_img2img_output_follows_its_init_image_and_strength(builtin, tmp_path):
     ONE.save(tmp_path / "one.png")
     SEVEN.save(tmp_path / "seven.png")
-    queries = [Query("a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png",
-                     strength=strength) for strength in (0.25, 0.75) for name in ("one", "seven")]  # fmt: skip
+    queries = [
+        Query(
+            "a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png", strength=strength
+        )
+        for strength in (0.25, 0.75)
+        for name in ("one", "seven")
+    ]
     low_one, low_seven, high_one, high_seven = builtin.generate(queries)
     assert rms(low_one, low_seven) > 20  # another init image, another output, all else equal
     assert rms(low_one, ONE) + 15 < rms(low_one, SEVEN)  # each stays nearer its own init than the other's
@@ -196,8 +201,7 @@ def _finetune_lora(model, root, seed=0):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"data/img/{i}.png")
     lines = [json.dumps({"file_name": f"img/{i}.png", "caption": CAPTIONS[1]}) + "\n" for i in range(2)]
     (root / "data" / "metadata.jsonl").write_text("".join(lines))
-    recipe = FinetuneConfig(method="lora", max_steps=2, batch_size=2, learning_rate=0.1, checkpoint_every=0,
-                            seed=seed)  # fmt: skip
+    recipe = FinetuneConfig(method="lora", max_steps=2, batch_size=2, learning_rate=0.1, checkpoint_every=0, seed=seed)
     return finetune(model, root / "data", root / "out", recipe, show_progress=False) / "lora"
 
 
@@ -210,8 +214,10 @@ def test_lora_weights_change_the_images_and_scale_zero_is_the_base(tiny_model, l
     assert [p.name for p in lora.iterdir()] == ["pytorch_lora_weights.safetensors"]
     queries = _queries(2)
     base = _pixels(DiffusersTarget(tiny_model, device="cpu").generate(queries)).astype(float)
-    scaled = {scale: _pixels(DiffusersTarget(tiny_model, lora=lora, lora_scale=scale, device="cpu").generate(queries))
-              for scale in (1.0, 0.5, 0.0)}  # fmt: skip
+    scaled = {
+        scale: _pixels(DiffusersTarget(tiny_model, lora=lora, lora_scale=scale, device="cpu").generate(queries))
+        for scale in (1.0, 0.5, 0.0)
+    }
     full, half = (np.sqrt(((scaled[s] - base) ** 2).mean()) for s in (1.0, 0.5))
     assert full > 3 and np.abs(scaled[1.0] - base).max() > 20  # the adapter shows in the images
     assert 0 < half < full  # half the strength, a smaller change

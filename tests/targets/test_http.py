@@ -88,8 +88,13 @@ def test_img2img_in_both_wire_formats_gives_the_local_images(builtin, tmp_path, 
     follow their init image and strength."""
     ONE.save(tmp_path / "one.png")
     SEVEN.save(tmp_path / "seven.png")
-    queries = [Query("a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png",
-                     strength=strength) for strength in (0.25, 0.75) for name in ("one", "seven")]  # fmt: skip
+    queries = [
+        Query(
+            "a handwritten digit", seed=5, steps=4, guidance=3.0, init_image=tmp_path / f"{name}.png", strength=strength
+        )
+        for strength in (0.25, 0.75)
+        for name in ("one", "seven")
+    ]
     expected = _pixels(builtin.generate(queries))
     with serving(make_app(builtin)) as url:
         remote = HTTPTarget(url, api=api, batch_size=4, concurrency=1)
@@ -111,8 +116,9 @@ def test_faults_are_retried_to_the_same_images(local):
         assert remote.requests == 3  # the hang timed out without an answer
 
 
-@pytest.mark.parametrize(("fault", "message"), [("count", "returned 0 images for 3 queries"),
-                                                ("garbage", "cannot be decoded")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fault", "message"), [("count", "returned 0 images for 3 queries"), ("garbage", "cannot be decoded")]
+)
 def test_bad_answers_are_named(local, fault, message):
     target, _ = local
     with serving(faulty(make_app(target), [fault])) as url, pytest.raises(TargetError, match=message):
@@ -157,8 +163,19 @@ def test_against_the_serve_command(local, tiny_model, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "diffmia", "serve", str(tiny_model), "--port", str(port), "--device", "cpu",
-               "--dtype", "float64"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "diffmia",
+        "serve",
+        str(tiny_model),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float64",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -284,16 +301,19 @@ def _no_wait(target):
 # --- 3: bad answers are TargetErrors that name the endpoint; transient ones are retried ----------------------
 
 
-@pytest.mark.parametrize(("answer", "message"), [
-    (_json({"images": [123]}), r"answer 0 of http://127\.0\.0\.1:\d+/v1/generate is not a base64 string but int"),
-    (_json({"images": [_png(3, 700, "JPEG")]}), r"answer 0 of http://127.*/v1/generate is JPEG, expected PNG"),
-    (_json({"images": ["%%% not base64"]}), "answer 0 of .* is not valid base64"),
-    (_json(["not", "a", "dict"]), "answered without an 'images' list"),
-    ((200, [], b"<html>proxy error</html>"), "answered with something that is not JSON"),
-    (_json({"detail": "Not Found"}, 404), r"HTTP 404: no such route: is this a `diffmia serve` endpoint"),
-    (_json({"error": "prompt too long"}, 400), r"HTTP 400: .*\(the server said: \{\"error\": \"prompt too long"),
-    (_json({}, 307, [(b"location", b"https://elsewhere.example/v1/generate")]), "a redirect to https://elsewhere"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (_json({"images": [123]}), r"answer 0 of http://127\.0\.0\.1:\d+/v1/generate is not a base64 string but int"),
+        (_json({"images": [_png(3, 700, "JPEG")]}), r"answer 0 of http://127.*/v1/generate is JPEG, expected PNG"),
+        (_json({"images": ["%%% not base64"]}), "answer 0 of .* is not valid base64"),
+        (_json(["not", "a", "dict"]), "answered without an 'images' list"),
+        ((200, [], b"<html>proxy error</html>"), "answered with something that is not JSON"),
+        (_json({"detail": "Not Found"}, 404), r"HTTP 404: no such route: is this a `diffmia serve` endpoint"),
+        (_json({"error": "prompt too long"}, 400), r"HTTP 400: .*\(the server said: \{\"error\": \"prompt too long"),
+        (_json({}, 307, [(b"location", b"https://elsewhere.example/v1/generate")]), "a redirect to https://elsewhere"),
+    ],
+)
 def test_a_bad_answer_fails_at_once_naming_the_endpoint(answer, message):
     requests = []
     with serving(scripted(answer, requests=requests)) as url, pytest.raises(TargetError, match=message):
@@ -338,8 +358,11 @@ def test_retry_after_is_capped_and_a_long_wait_is_said(monkeypatch):
         remote.generate(_queries(1))
     assert waits == [60.0]
     assert len(lines) == 1
-    assert re.search(r"/v1/generate: HTTP 429 with Retry-After: 999999, capped by target.max_retry_wait; "
-                     r"waiting 60 s before attempt 2 of 5", lines[0])  # fmt: skip
+    assert re.search(
+        r"/v1/generate: HTTP 429 with Retry-After: 999999, capped by target.max_retry_wait; "
+        r"waiting 60 s before attempt 2 of 5",
+        lines[0],
+    )
     with serving(scripted(busy, _json({"images": [_png()]}))) as url:
         remote = HTTPTarget(url, backoff=0.0, max_retry_wait=2.0, log=lines.append)
         waits = _no_wait(remote)
@@ -369,8 +392,11 @@ def test_a_server_that_trickles_its_answer_meets_the_deadline():
     with serving(scripted(trickle)) as url:
         remote = HTTPTarget(url, timeout=5.0, request_timeout=0.4, retries=1, backoff=0.0)
         began = time.monotonic()
-        with pytest.raises(TargetError, match=r"2 attempts \(last: no complete answer within "
-                                              r"target.request_timeout = 0.4 s\)"):  # fmt: skip
+        with pytest.raises(
+            TargetError,
+            match=r"2 attempts \(last: no complete answer within "
+            r"target.request_timeout = 0.4 s\)",
+        ):
             remote.generate(_queries(1))
         assert time.monotonic() - began < 2.0
 
@@ -378,8 +404,12 @@ def test_a_server_that_trickles_its_answer_meets_the_deadline():
 # --- 9: secrets come from the environment only and are written nowhere -------------------------------------------
 
 
-SECRET_URLS = ["http://me:hunter2@127.0.0.1:7860", "http://hunter2@127.0.0.1:7860",
-               "http://127.0.0.1:7860/?api_key=hunter2", "http://127.0.0.1:7860#hunter2"]  # fmt: skip
+SECRET_URLS = [
+    "http://me:hunter2@127.0.0.1:7860",
+    "http://hunter2@127.0.0.1:7860",
+    "http://127.0.0.1:7860/?api_key=hunter2",
+    "http://127.0.0.1:7860#hunter2",
+]
 
 
 @pytest.mark.parametrize("url", SECRET_URLS)
@@ -401,8 +431,9 @@ def test_the_token_reaches_no_file_and_no_message(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     messages = []
     with serving(fake_a1111(token=TOKEN)) as url:
-        config = parse_config({"target": {"kind": "http", "url": url, "api": "a1111", "token_env": TOKEN_ENV,
-                                          "width": 16, "height": 16}})  # fmt: skip
+        config = parse_config(
+            {"target": {"kind": "http", "url": url, "api": "a1111", "token_env": TOKEN_ENV, "width": 16, "height": 16}}
+        )
         probe_target(config.target.spec())
         target = make_target(config.target.spec())
         generate(target, _queries(), GenerationCache(tmp_path / "cache"), show_progress=True)
@@ -469,9 +500,13 @@ def test_an_audit_probes_its_http_target_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(HTTPTarget, "probe", lambda self: probed.append(self.url))
     probe_target({"kind": "diffusers", "model": "nowhere"})  # a local target: nothing to ask
     assert probed == []
-    config = parse_config({"audit": {"runs_dir": str(tmp_path), "shadows": 1, "scenarios": ["III"]},
-                           "data": {"builtin_members": 10, "builtin_nonmembers": 10},
-                           "target": {"kind": "http", "url": "http://127.0.0.1:9"}})  # fmt: skip
+    config = parse_config(
+        {
+            "audit": {"runs_dir": str(tmp_path), "shadows": 1, "scenarios": ["III"]},
+            "data": {"builtin_members": 10, "builtin_nonmembers": 10},
+            "target": {"kind": "http", "url": "http://127.0.0.1:9"},
+        }
+    )
     monkeypatch.setattr(HTTPTarget, "probe", lambda self: (_ for _ in ()).throw(TargetError("probed: unreachable")))
     with pytest.raises(TargetError, match="probed: unreachable"):
         run_audit(config, log=lambda _: None)
@@ -484,9 +519,12 @@ def test_an_audit_probes_its_http_target_before_any_work(tmp_path, monkeypatch):
 def test_a1111_requests_carry_width_and_height(tmp_path):
     init = tmp_path / "init.png"
     Image.new("RGB", (24, 40), (200, 10, 10)).save(init)
-    queries = [Query("a", seed=1), Query("b", seed=2, width=32, height=48),
-               Query("c", seed=3, init_image=init, strength=0.5),
-               Query("d", seed=4, width=16, height=16, init_image=init, strength=0.5)]  # fmt: skip
+    queries = [
+        Query("a", seed=1),
+        Query("b", seed=2, width=32, height=48),
+        Query("c", seed=3, init_image=init, strength=0.5),
+        Query("d", seed=4, width=16, height=16, init_image=init, strength=0.5),
+    ]
     bodies = []
     with serving(fake_a1111(bodies=bodies)) as url:
         images = HTTPTarget(url, api="a1111", concurrency=1).generate(queries)
@@ -508,8 +546,16 @@ def test_a_flaky_endpoint_gives_the_images_of_a_reliable_one(tmp_path):
     with Retry-After: 1, a hang past the deadline), seeded: the pixels are those of a run without faults."""
     init = tmp_path / "init.png"
     Image.new("RGB", (16, 16), (10, 120, 240)).save(init)
-    queries = [Query(CAPTIONS[i % 2], seed=100 + i, steps=2, init_image=init if i % 3 == 0 else None,
-                     strength=0.6 if i % 3 == 0 else None) for i in range(30)]  # fmt: skip
+    queries = [
+        Query(
+            CAPTIONS[i % 2],
+            seed=100 + i,
+            steps=2,
+            init_image=init if i % 3 == 0 else None,
+            strength=0.6 if i % 3 == 0 else None,
+        )
+        for i in range(30)
+    ]
     attempts, faults = {}, []
 
     def flaky(body):

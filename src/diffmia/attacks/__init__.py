@@ -93,8 +93,10 @@ def shadow_folds(labels: Any, groups: Any = None, *, folds: int = 5, seed: int =
     if groups is not None and len(np.unique(groups)) > 1:
         return np.unique(np.asarray(groups), return_inverse=True)[1]
     if min(y.sum(), (~y).sum()) < folds:
-        raise DataError(f"cross-validation in {folds} folds needs at least {folds} shadow members and non-members, "
-                        f"got {int(y.sum())} and {int((~y).sum())}")  # fmt: skip
+        raise DataError(
+            f"cross-validation in {folds} folds needs at least {folds} shadow members and non-members, "
+            f"got {int(y.sum())} and {int((~y).sum())}"
+        )
     fold = np.empty(len(y), dtype=int)
     rng = np.random.default_rng([seed, 11])
     for cls in (True, False):
@@ -103,8 +105,15 @@ def shadow_folds(labels: Any, groups: Any = None, *, folds: int = 5, seed: int =
     return fold
 
 
-def cross_validate(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable, *, groups: Any = None,
-                   folds: int = 5, seed: int = 0, fpr: float = 0.01) -> dict[str, ShadowValidation]:  # fmt: skip
+def cross_validate(
+    attacks: Mapping[str, MembershipAttack],
+    shadow: FeatureTable,
+    *,
+    groups: Any = None,
+    folds: int = 5,
+    seed: int = 0,
+    fpr: float = 0.01,
+) -> dict[str, ShadowValidation]:
     """Each attack's out-of-fold AUC and TPR at ``fpr`` on the labelled shadow table (folds by :func:`shadow_folds`):
     a measure of the attack that never looks at the target."""
     if shadow.y is None:
@@ -118,8 +127,10 @@ def cross_validate(attacks: Mapping[str, MembershipAttack], shadow: FeatureTable
         held_out = FeatureTable(tuple(ids[held]), shadow.X[held], shadow.names)
         for name, s in score_with(fit_attacks(attacks, part), shadow.names, held_out).items():
             scores[name][held] = s
-    return {name: ShadowValidation(roc_auc(s, shadow.y), tpr_at_fpr(s, shadow.y, fpr).tpr, fpr, len(ks))
-            for name, s in scores.items()}  # fmt: skip
+    return {
+        name: ShadowValidation(roc_auc(s, shadow.y), tpr_at_fpr(s, shadow.y, fpr).tpr, fpr, len(ks))
+        for name, s in scores.items()
+    }
 
 
 __all__ = [

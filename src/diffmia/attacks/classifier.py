@@ -34,8 +34,16 @@ class MLP:
     that loop's per-call input checks, which cost several times the arithmetic on shadow-sized data.
     """
 
-    def __init__(self, n_features: int, hidden_layer_sizes: Sequence[int], *, alpha: float,
-                 learning_rate_init: float, batch_size: int, random_state: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        n_features: int,
+        hidden_layer_sizes: Sequence[int],
+        *,
+        alpha: float,
+        learning_rate_init: float,
+        batch_size: int,
+        random_state: Any,
+    ) -> None:
         self.alpha, self.learning_rate_init, self.batch_size = alpha, learning_rate_init, batch_size
         self.random_state = random_state
         units = [n_features, *hidden_layer_sizes, 1]
@@ -206,15 +214,22 @@ class ClassifierAttack(MembershipAttack):
             X, target, test_size=self.validation_fraction, stratify=target, random_state=self.random_state
         )
         sign = np.where(y_held == 1, -1.0, 1.0)
-        mlp = MLP(X.shape[1], tuple(self.hidden_layer_sizes), alpha=self.alpha,
-                  learning_rate_init=self.learning_rate_init, batch_size=min(self.batch_size, len(X_train)),
-                  random_state=self.random_state)  # fmt: skip
+        mlp = MLP(
+            X.shape[1],
+            tuple(self.hidden_layer_sizes),
+            alpha=self.alpha,
+            learning_rate_init=self.learning_rate_init,
+            batch_size=min(self.batch_size, len(X_train)),
+            random_state=self.random_state,
+        )
         member = y_train == 1
         best_loss, best_epoch = np.inf, 0
         best_weights: tuple[list[FloatArray], list[FloatArray]] = ([], [])
         self.validation_loss_ = []
-        diverged = ConfigError("the classifier attack's training diverged (no finite held-out loss): lower "
-                               "attacks.classifier.learning_rate_init or standardize the features")  # fmt: skip
+        diverged = ConfigError(
+            "the classifier attack's training diverged (no finite held-out loss): lower "
+            "attacks.classifier.learning_rate_init or standardize the features"
+        )
         for epoch in range(1, self.max_iter + 1):
             if not mlp.epoch(X_train, member):
                 if best_epoch:

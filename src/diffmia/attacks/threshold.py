@@ -66,8 +66,10 @@ class ThresholdAttack(MembershipAttack):
                 return names.index(reduce)
             known = f"; the columns are {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else ""
             raise ConfigError(f"reduce={reduce!r} is neither one of {', '.join(REDUCTIONS)} nor a column name{known}")
-        raise ConfigError(f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or name, or a list of them; "
-                          f"got {self.reduce!r}")  # fmt: skip
+        raise ConfigError(
+            f"reduce must be one of {', '.join(REDUCTIONS)}, a column index or name, or a list of them; "
+            f"got {self.reduce!r}"
+        )
 
     def _orient(self, X: FloatArray, member: np.ndarray) -> None:
         d = X.shape[1]

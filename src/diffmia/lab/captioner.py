@@ -49,7 +49,7 @@ def build_tiny_blip(
         BlipConfig,
         BlipForConditionalGeneration,
         BlipImageProcessorPil,
-        BlipProcessor,  # fmt: skip
+        BlipProcessor,
         BlipTextConfig,
         BlipVisionConfig,
     )
@@ -61,15 +61,29 @@ def build_tiny_blip(
     )
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     text = BlipTextConfig(
-        vocab_size=len(vocab), hidden_size=96, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-        encoder_hidden_size=96, max_position_embeddings=32, bos_token_id=vocab["[DEC]"], eos_token_id=vocab["[SEP]"],
-        sep_token_id=vocab["[SEP]"], pad_token_id=vocab["[PAD]"], hidden_dropout_prob=dropout,
+        vocab_size=len(vocab),
+        hidden_size=96,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        encoder_hidden_size=96,
+        max_position_embeddings=32,
+        bos_token_id=vocab["[DEC]"],
+        eos_token_id=vocab["[SEP]"],
+        sep_token_id=vocab["[SEP]"],
+        pad_token_id=vocab["[PAD]"],
+        hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
-    )  # fmt: skip
+    )
     vision = BlipVisionConfig(
-        hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, image_size=image_size,
-        patch_size=8, attention_dropout=dropout,
-    )  # fmt: skip
+        hidden_size=96,
+        intermediate_size=384,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=8,
+        attention_dropout=dropout,
+    )
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
     return model, processor
@@ -102,8 +116,9 @@ def finetune_captioner(
     if recipe.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        network = get_peft_model(network, LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_rank,
-                                                     target_modules=["query", "value"]))  # fmt: skip
+        network = get_peft_model(
+            network, LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_rank, target_modules=["query", "value"])
+        )
     began = time.perf_counter()
     images = [load_rgb(s.image_path) for s in samples]
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
@@ -125,16 +140,25 @@ def finetune_captioner(
                 pixels = torch.stack(
                     [torch.roll(p, (int(dy), int(dx)), dims=(1, 2)) for p, (dy, dx) in zip(pixels, shifts, strict=True)]
                 )
-            output = captioner(pixel_values=pixels, input_ids=input_ids[index],
-                               attention_mask=attention[index], labels=labels[index])  # fmt: skip
+            output = captioner(
+                pixel_values=pixels, input_ids=input_ids[index], attention_mask=attention[index], labels=labels[index]
+            )
             return output.loss
 
         log = train(
-            modules=[network], loss_fn=loss_fn, max_steps=recipe.max_steps, learning_rate=recipe.learning_rate,
-            seed=recipe.seed, checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
-            lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps, resume=resume,
-            description="fine-tune captioner", show_progress=show_progress,
-        )  # fmt: skip
+            modules=[network],
+            loss_fn=loss_fn,
+            max_steps=recipe.max_steps,
+            learning_rate=recipe.learning_rate,
+            seed=recipe.seed,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=recipe.checkpoint_every,
+            lr_scheduler=recipe.lr_scheduler,
+            lr_warmup_steps=recipe.lr_warmup_steps,
+            resume=resume,
+            description="fine-tune captioner",
+            show_progress=show_progress,
+        )
         if recipe.method == "lora":
             network = network.merge_and_unload()
         network.eval()

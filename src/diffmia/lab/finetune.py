@@ -118,21 +118,38 @@ def finetune(
         plan = plan_privacy(recipe.dp, n, recipe.batch_size, steps) if recipe.dp is not None else None
         stopper = _early_stopping(inputs, recipe, out, noise_scheduler, device, dtype)
         loss_fn = _FinetuneLoss(
-            vae=pipe.vae, data=inputs.data, noise_scheduler=noise_scheduler,
-            scaling=float(pipe.vae.config.scaling_factor), shift=latent_shift(pipe.vae), posterior=posterior,
-            context=context, recipe=recipe,
-            plan=plan, device=device, dtype=dtype,
-        )  # fmt: skip
+            vae=pipe.vae,
+            data=inputs.data,
+            noise_scheduler=noise_scheduler,
+            scaling=float(pipe.vae.config.scaling_factor),
+            shift=latent_shift(pipe.vae),
+            posterior=posterior,
+            context=context,
+            recipe=recipe,
+            plan=plan,
+            device=device,
+            dtype=dtype,
+        )
         # 4. the training
         log = train(
-            modules=[denoiser], loss_fn=loss_fn, max_steps=steps, learning_rate=recipe.learning_rate,
-            seed=recipe.seed, checkpoint_dir=out / "checkpoints", checkpoint_every=recipe.checkpoint_every,
-            lr_scheduler=recipe.lr_scheduler, lr_warmup_steps=recipe.lr_warmup_steps,
-            gradient_accumulation_steps=recipe.gradient_accumulation_steps, mixed_precision=recipe.mixed_precision,
-            resume=resume, description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
-            show_progress=show_progress, accelerator=accelerator, privacy=plan,
+            modules=[denoiser],
+            loss_fn=loss_fn,
+            max_steps=steps,
+            learning_rate=recipe.learning_rate,
+            seed=recipe.seed,
+            checkpoint_dir=out / "checkpoints",
+            checkpoint_every=recipe.checkpoint_every,
+            lr_scheduler=recipe.lr_scheduler,
+            lr_warmup_steps=recipe.lr_warmup_steps,
+            gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+            mixed_precision=recipe.mixed_precision,
+            resume=resume,
+            description=f"fine-tune ({recipe.method}{', DP-SGD' if plan else ''})",
+            show_progress=show_progress,
+            accelerator=accelerator,
+            privacy=plan,
             should_stop=stopper.should_stop if stopper is not None else None,
-        )  # fmt: skip
+        )
         # 5. the weights and the card: the result, so the checkpoints go
         if recipe.method == "lora":
             _save_lora(pipe, accelerator.unwrap_model(denoiser), out / "lora")
@@ -236,9 +253,17 @@ class _FinetuneLoss:
                 mean, std = dist.mean, dist.std
         context = self.context[index]
         return weight * denoising_loss(
-            unet, self.noise_scheduler, mean, std, self.scaling, context, generator, self.device, self.dtype,
+            unet,
+            self.noise_scheduler,
+            mean,
+            std,
+            self.scaling,
+            context,
+            generator,
+            self.device,
+            self.dtype,
             self.shift,
-        )  # fmt: skip
+        )
 
     def _batch(self, micro: int) -> tuple[np.ndarray, float]:
         """The images of micro-batch ``micro``, and the weight of their loss."""
@@ -258,14 +283,21 @@ def _early_stopping(
     if not inputs.held_out:
         return None
     validation = TrainImages.from_samples(inputs.held_out, inputs.data.resolution)
-    return _EarlyStopping(recipe, out / "checkpoints" / "validation.json", validation, inputs.pipe, noise_scheduler,
-                          device, dtype)  # fmt: skip
+    return _EarlyStopping(
+        recipe, out / "checkpoints" / "validation.json", validation, inputs.pipe, noise_scheduler, device, dtype
+    )
 
 
 def _card(
-    inputs: _Inputs, recipe: FinetuneConfig, log: TrainingLog, trained: int, plan: PrivacyPlan | None,
-    stopper: _EarlyStopping | None, began: float, device: Any,
-) -> dict[str, Any]:  # fmt: skip
+    inputs: _Inputs,
+    recipe: FinetuneConfig,
+    log: TrainingLog,
+    trained: int,
+    plan: PrivacyPlan | None,
+    stopper: _EarlyStopping | None,
+    began: float,
+    device: Any,
+) -> dict[str, Any]:
     """The fine-tune's card: the whole regime, from the base model and images to the privacy spent."""
     import torch
 
@@ -304,8 +336,10 @@ def _hold_out(samples: Sequence[Any], recipe: FinetuneConfig) -> tuple[tuple[Any
     if len(samples) - n_out < 1:
         raise DataError(f"early stopping holds out {n_out} of {len(samples)} images and leaves none to train on")
     chosen = set(np.random.default_rng([recipe.seed, 31]).permutation(len(samples))[:n_out].tolist())
-    return (tuple(s for i, s in enumerate(samples) if i not in chosen),
-            tuple(s for i, s in enumerate(samples) if i in chosen))  # fmt: skip
+    return (
+        tuple(s for i, s in enumerate(samples) if i not in chosen),
+        tuple(s for i, s in enumerate(samples) if i in chosen),
+    )
 
 
 class _EarlyStopping:
@@ -313,8 +347,16 @@ class _EarlyStopping:
     posterior draws each time, so the numbers compare) and stops after ``patience`` measurements without a new
     best. The measurements are kept beside the checkpoints, so a resumed run decides exactly as the whole would."""
 
-    def __init__(self, recipe: FinetuneConfig, path: Path, images: TrainImages, pipe: Any, noise_scheduler: Any,
-                 device: Any, dtype: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        recipe: FinetuneConfig,
+        path: Path,
+        images: TrainImages,
+        pipe: Any,
+        noise_scheduler: Any,
+        device: Any,
+        dtype: Any,
+    ) -> None:
         import torch
 
         self.recipe, self.path, self.noise_scheduler = recipe, path, noise_scheduler

@@ -68,17 +68,22 @@ class TinySDConfig:
             if not channels or channels[0] < 1:
                 problems.append(f"{name} {list(channels)} must be a list of positive channel counts")
             elif any(c % min(32, channels[0]) for c in channels):
-                problems.append(f"{name} {list(channels)} must be multiples of {min(32, channels[0])} "
-                                "(the group-norm groups)")  # fmt: skip
+                problems.append(
+                    f"{name} {list(channels)} must be multiples of {min(32, channels[0])} (the group-norm groups)"
+                )
         if any(c % self.attention_head_dim for c in self.unet_channels):
-            problems.append(f"unet_channels {list(self.unet_channels)} must be multiples of the attention head "
-                            f"size {self.attention_head_dim}")  # fmt: skip
+            problems.append(
+                f"unet_channels {list(self.unet_channels)} must be multiples of the attention head "
+                f"size {self.attention_head_dim}"
+            )
         if self.text_width % self.text_heads:
             problems.append(f"text_width {self.text_width} must be a multiple of text_heads {self.text_heads}")
         latent = self.resolution // 2 ** (len(self.vae_channels) - 1)
         if self.resolution % 2 ** (len(self.vae_channels) - 1) or latent % 2 ** (len(self.unet_channels) - 1):
-            problems.append(f"{len(self.vae_channels)} VAE levels and {len(self.unet_channels)} UNet levels do not "
-                            f"divide the {self.resolution}px resolution evenly")  # fmt: skip
+            problems.append(
+                f"{len(self.vae_channels)} VAE levels and {len(self.unet_channels)} UNet levels do not "
+                f"divide the {self.resolution}px resolution evenly"
+            )
         if min(self.vae_layers_per_block, self.unet_layers_per_block, self.text_layers) < 1:
             problems.append("layer counts must be at least 1")
         if problems:
@@ -123,8 +128,13 @@ def build_t5_tokenizer(captions: Iterable[str], max_length: int = 512) -> Any:
     unigram = Tokenizer(models.Unigram())
     unigram.normalizer = normalizers.Lowercase()
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=8000, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-                                      initial_alphabet=list(ALPHABET), show_progress=False)  # fmt: skip
+    trainer = trainers.UnigramTrainer(
+        vocab_size=8000,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        initial_alphabet=list(ALPHABET),
+        show_progress=False,
+    )
     unigram.train_from_iterator(captions, trainer)
     vocab = [(piece, score) for piece, score in json.loads(unigram.to_str())["model"]["vocab"]]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
@@ -211,8 +221,13 @@ def _unet_sizes(config: TinySDConfig) -> dict[str, Any]:
 
 def _sd_schedule(config: TinySDConfig) -> dict[str, Any]:
     """Stable Diffusion's noise schedule (SD 1.x and SDXL alike): scaled-linear betas 0.00085 to 0.012."""
-    return {"num_train_timesteps": config.train_timesteps, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-            "beta_end": 0.012, "steps_offset": 1}  # fmt: skip
+    return {
+        "num_train_timesteps": config.train_timesteps,
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "steps_offset": 1,
+    }
 
 
 def _build_sdxl(config: TinySDConfig, vae: Any, tokenizer: CLIPTokenizer, text_config: CLIPTextConfig) -> Any:
@@ -288,10 +303,19 @@ def _build_t5(config: TinySDConfig, captions: Iterable[str]) -> tuple[Any, Any]:
     from transformers import T5Config, T5EncoderModel
 
     width, tokenizer = 4 * config.text_width, build_t5_tokenizer(captions)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // config.text_heads,
-                                 d_ff=2 * width, num_layers=config.text_layers, num_heads=config.text_heads,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 decoder_start_token_id=tokenizer.pad_token_id))  # fmt: skip
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=width // config.text_heads,
+            d_ff=2 * width,
+            num_layers=config.text_layers,
+            num_heads=config.text_heads,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
     return t5, tokenizer
 
 
@@ -304,8 +328,10 @@ def _build_flux(
 
     latent, head = config.resolution // 2 ** (len(config.vae_channels) - 1), config.attention_head_dim
     if latent % 2 or head % 2:
-        raise ConfigError(f"a Flux model packs its latents in 2 x 2 patches and splits its heads over rotary axes: "
-                          f"the {latent}px latents and the attention head size {head} must be even")  # fmt: skip
+        raise ConfigError(
+            f"a Flux model packs its latents in 2 x 2 patches and splits its heads over rotary axes: "
+            f"the {latent}px latents and the attention head size {head} must be even"
+        )
     t5, t5_tokenizer = _build_t5(config, captions)
     axis = 2 * (head * 7 // 32)  # Flux splits its 128-wide heads 16 / 56 / 56 over (id kind, row, column)
     transformer = FluxTransformer2DModel(
@@ -319,9 +345,15 @@ def _build_flux(
         pooled_projection_dim=config.text_width,
         axes_dims_rope=(head - 2 * axis, axis, axis),
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.train_timesteps, shift=3.0,
-                                                use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=config.train_timesteps,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
     return FluxPipeline(
         scheduler=scheduler,
         vae=vae,

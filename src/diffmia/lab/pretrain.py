@@ -90,8 +90,13 @@ def pretrain(
     folder = load_image_folder(data_dir, require_captions=True)
     samples = select_split(folder.samples, folder.extra, split)
     data = TrainImages.from_samples(samples, model.resolution)
-    stamp = {"recipe": recipe.__dict__, "model": model.to_dict(), "data": str(Path(data_dir).resolve()),
-             "split": split, "family": family}  # fmt: skip
+    stamp = {
+        "recipe": recipe.__dict__,
+        "model": model.to_dict(),
+        "data": str(Path(data_dir).resolve()),
+        "split": split,
+        "family": family,
+    }
     with exclusive_lock(out, "pretraining folder"):  # one run at a time: they would share checkpoints
         check_resumable(out / "checkpoints", json.loads(json.dumps(stamp)), resume)  # tuples as the stamp reads back
         # 2. a fresh pipeline and the images as one tensor (centre crop, no flip: fixed images)
@@ -183,21 +188,32 @@ class _UnetLoss:
             batch_ids.append(batch)
         context = encode(self.family, encoders, batch_ids, self.resolution)  # the text encoders train too
         mean, std = latents.mean[index], latents.std[index]
-        return denoising_loss(unet, self.noise_scheduler, mean, std, latents.scaling, context, generator,
-                              shift=latents.shift)  # fmt: skip
+        return denoising_loss(
+            unet, self.noise_scheduler, mean, std, latents.scaling, context, generator, shift=latents.shift
+        )
 
 
 def _train_vae(
-    pipe: DiffusionPipeline, images: Any, recipe: PretrainConfig, checkpoints: Path, resume: bool,
+    pipe: DiffusionPipeline,
+    images: Any,
+    recipe: PretrainConfig,
+    checkpoints: Path,
+    resume: bool,
     show_progress: bool,
-) -> TrainingLog:  # fmt: skip
+) -> TrainingLog:
     """Train the VAE alone, then freeze it: the UNet learns on its latents."""
     log = train(
-        modules=[pipe.vae], loss_fn=_VaeLoss(images, recipe), max_steps=recipe.vae_steps,
-        learning_rate=recipe.vae_learning_rate, seed=recipe.seed, checkpoint_dir=checkpoints,
-        checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain VAE",
+        modules=[pipe.vae],
+        loss_fn=_VaeLoss(images, recipe),
+        max_steps=recipe.vae_steps,
+        learning_rate=recipe.vae_learning_rate,
+        seed=recipe.seed,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=recipe.checkpoint_every,
+        resume=resume,
+        description="pretrain VAE",
         show_progress=show_progress,
-    )  # fmt: skip
+    )
     pipe.vae.requires_grad_(False).eval()
     return log
 
@@ -221,21 +237,31 @@ def _fixed_latents(pipe: DiffusionPipeline, images: Any) -> _Latents:
 
 
 def _train_unet(
-    pipe: Any, data: TrainImages, latents: _Latents, recipe: PretrainConfig, checkpoints: Path, resume: bool,
+    pipe: Any,
+    data: TrainImages,
+    latents: _Latents,
+    recipe: PretrainConfig,
+    checkpoints: Path,
+    resume: bool,
     show_progress: bool,
-) -> TrainingLog:  # fmt: skip
+) -> TrainingLog:
     """Train the UNet together with the text encoders on the fixed latents."""
     family = family_of(pipe)
     ids, empty = tokenize(pipe, data.captions), [i[0] for i in tokenize(pipe, [""])]
     scheduler = training_scheduler(pipe)
     loss = _UnetLoss(family, ids, empty, data.resolution, scheduler, latents, recipe)
     return train(
-        modules=[getattr(pipe, name) for name in (family.denoiser, *family.text_encoders)], loss_fn=loss,
+        modules=[getattr(pipe, name) for name in (family.denoiser, *family.text_encoders)],
+        loss_fn=loss,
         max_steps=recipe.unet_steps,
-        learning_rate=recipe.unet_learning_rate, seed=recipe.seed, checkpoint_dir=checkpoints,
-        checkpoint_every=recipe.checkpoint_every, resume=resume, description="pretrain UNet + text encoder",
+        learning_rate=recipe.unet_learning_rate,
+        seed=recipe.seed,
+        checkpoint_dir=checkpoints,
+        checkpoint_every=recipe.checkpoint_every,
+        resume=resume,
+        description="pretrain UNet + text encoder",
         show_progress=show_progress,
-    )  # fmt: skip
+    )
 
 
 def _stage_card(steps: int, log: TrainingLog) -> dict[str, Any]:

@@ -76,9 +76,12 @@ def plan_privacy(config: PrivacyConfig, n_images: int, batch_size: int, steps: i
         assert config.epsilon is not None  # PrivacyConfig requires one of the two
         try:
             sigma = get_noise_multiplier(
-                target_epsilon=config.epsilon, target_delta=config.delta, sample_rate=rate, steps=steps,
+                target_epsilon=config.epsilon,
+                target_delta=config.delta,
+                sample_rate=rate,
+                steps=steps,
                 accountant=ACCOUNTANT,
-            )  # fmt: skip
+            )
         except ValueError as exc:
             raise ConfigError(f"finetune.dp: no noise multiplier reaches epsilon {config.epsilon}: {exc}") from None
     return PrivacyPlan(float(sigma), config.max_grad_norm, rate, batch_size, config.delta, steps, config.epsilon)
@@ -100,9 +103,12 @@ def make_private(module: Any, optimizer: Any, plan: PrivacyPlan) -> tuple[Any, A
     warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
     wrapped = GradSampleModule(module, loss_reduction="mean")
     private = DPOptimizer(
-        optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-        expected_batch_size=plan.expected_batch_size, loss_reduction="mean",
-    )  # fmt: skip
+        optimizer,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        expected_batch_size=plan.expected_batch_size,
+        loss_reduction="mean",
+    )
     return wrapped, private
 
 

@@ -289,12 +289,22 @@ def train(
     # 2. prepared by accelerate, and restored from the newest checkpoint when resuming
     prepared = accelerator.prepare(*modules, optimizer, scheduler)
     run = _Run(
-        accelerator=accelerator, models=list(prepared[:-2]), optimizer=prepared[-2], scheduler=prepared[-1],
-        params=params, private_optimizer=private_optimizer, loss_fn=loss_fn, seed=seed,
-        accumulation=gradient_accumulation_steps, max_grad_norm=max_grad_norm, max_steps=max_steps,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        accelerator=accelerator,
+        models=list(prepared[:-2]),
+        optimizer=prepared[-2],
+        scheduler=prepared[-1],
+        params=params,
+        private_optimizer=private_optimizer,
+        loss_fn=loss_fn,
+        seed=seed,
+        accumulation=gradient_accumulation_steps,
+        max_grad_norm=max_grad_norm,
+        max_steps=max_steps,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
         should_stop=should_stop,
-    )  # fmt: skip
+    )
     log = TrainingLog()
     start = _resume(accelerator, checkpoint_dir, log) if resume else 0
     # 3. the remaining steps, in a fork of torch's random state so that the caller's is left as it was

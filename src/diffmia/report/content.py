@@ -62,13 +62,24 @@ def evaluation_row(score_set: ScoreSet, headline: bool, notes: dict[str, None] |
                 notes[t.reason or "undefined"] = None
             tprs.append(Cell("n/a"))
         else:
-            tprs.append(Cell(number(t.tpr), f"FPR {number(t.achieved_fpr, 4)}; "
-                                             f"[{number(t.interval.low)}, {number(t.interval.high)}]"))  # fmt: skip
+            tprs.append(
+                Cell(
+                    number(t.tpr),
+                    f"FPR {number(t.achieved_fpr, 4)}; [{number(t.interval.low)}, {number(t.interval.high)}]",
+                )
+            )
     return EvaluationRow(
-        score_set.scenario, MODEL_NAMES.get(score_set.model, score_set.model), score_set.model != "target", headline,
-        score_set.channel, score_set.attack, Cell(number(ev.auc), interval(ev)), tuple(tprs),
-        number(ev.balanced_accuracy), f"{ev.n_members} / {ev.n_nonmembers}",
-    )  # fmt: skip
+        score_set.scenario,
+        MODEL_NAMES.get(score_set.model, score_set.model),
+        score_set.model != "target",
+        headline,
+        score_set.channel,
+        score_set.attack,
+        Cell(number(ev.auc), interval(ev)),
+        tuple(tprs),
+        number(ev.balanced_accuracy),
+        f"{ev.n_members} / {ev.n_nonmembers}",
+    )
 
 
 def evaluation_rows(run: RunResult) -> tuple[list[EvaluationRow], list[str]]:
@@ -95,8 +106,10 @@ def headline_choice(run: RunResult, scenario: str) -> str | None:
         return None
     (row,) = chosen
     tpr = "not resolved" if row["tpr"] is None else number(row["tpr"], 2)
-    return (f"chosen on the shadows before the target was scored: out-of-fold TPR {tpr} at {row['fpr']:.0%} FPR, "
-            f"AUC {number(row['auc'])}, the best of {len(rows)} candidates (all in result.json)")  # fmt: skip
+    return (
+        f"chosen on the shadows before the target was scored: out-of-fold TPR {tpr} at {row['fpr']:.0%} FPR, "
+        f"AUC {number(row['auc'])}, the best of {len(rows)} candidates (all in result.json)"
+    )
 
 
 @dataclass(frozen=True)
@@ -127,10 +140,15 @@ def candidates(score_set: ScoreSet) -> list[Candidate]:
     ranks = {i: r + 1 for r, i in enumerate(order)}
     threshold = score_set.evaluation.threshold
     rows = [
-        Candidate(ids[i], scores[i], ranks[i], bool(score_set.labels[i]),
-                  None if threshold is None else bool(scores[i] >= threshold))
+        Candidate(
+            ids[i],
+            scores[i],
+            ranks[i],
+            bool(score_set.labels[i]),
+            None if threshold is None else bool(scores[i] >= threshold),
+        )
         for i in range(len(ids))
-    ]  # fmt: skip
+    ]
     return sorted(rows, key=lambda c: c.sample_id)
 
 
@@ -163,20 +181,27 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 def environment(run: RunResult) -> list[tuple[str, str]]:
     """Seeds, generation settings, versions, the machine and the images requested, as (key, text) pairs."""
-    return flatten({
-        "seeds": run.seeds, "generation": run.generation, "versions": run.versions, "machine": run.machine,
-        "images requested (identical queries are generated once)": run.images_requested,
-        "generation quality": {k: vars(q) for k, q in run.generation_quality.items()},
-        "diffmia": run.diffmia_version, "result schema version": run.schema_version,
-    })  # fmt: skip
+    return flatten(
+        {
+            "seeds": run.seeds,
+            "generation": run.generation,
+            "versions": run.versions,
+            "machine": run.machine,
+            "images requested (identical queries are generated once)": run.images_requested,
+            "generation quality": {k: vars(q) for k, q in run.generation_quality.items()},
+            "diffmia": run.diffmia_version,
+            "result schema version": run.schema_version,
+        }
+    )
 
 
 def timings(run: RunResult) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """The seconds of every stage in every pass: column headers (one per pass) and (stage, seconds...) rows."""
     headers = [f"pass {k + 1} ({p.finished})" for k, p in enumerate(run.passes)]
     stages = list(dict.fromkeys(stage for p in run.passes for stage in p.seconds))
-    rows = [(stage, [number(p.seconds[stage], 1) if stage in p.seconds else "-" for p in run.passes])
-            for stage in stages]  # fmt: skip
+    rows = [
+        (stage, [number(p.seconds[stage], 1) if stage in p.seconds else "-" for p in run.passes]) for stage in stages
+    ]
     return headers, rows
 
 

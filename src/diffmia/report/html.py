@@ -59,8 +59,9 @@ def _figures(run: RunResult) -> list[dict[str, Any]]:
         roc = None
         if target is not None:
             curves = {"target": (target.scores, target.labels)}
-            curves.update({content.MODEL_NAMES.get(s.model, s.model): (s.scores, s.labels)
-                           for s in run.controls(scenario)})  # fmt: skip
+            curves.update(
+                {content.MODEL_NAMES.get(s.model, s.model): (s.scores, s.labels) for s in run.controls(scenario)}
+            )
             title = f"Scenario {scenario}: {target.channel} {target.attack}"
             roc = _data_uri(loglog_roc_figure(curves, title, first_fpr))
         channel = run.headline[scenario][0] if scenario in run.headline else None
@@ -77,11 +78,15 @@ def _exposed(run: RunResult) -> list[dict[str, Any]]:
     if run.exposed is None:
         return []
     return [
-        {"sample_id": i.sample_id, "prompt": i.prompt, "score": content.number(i.score),
-         "uri": _image_uri(i.image, EXPOSED_SIDE),
-         "generations": [{"channel": c, "uri": _image_uri(path, EXPOSED_SIDE)} for c, path in i.generations]}
+        {
+            "sample_id": i.sample_id,
+            "prompt": i.prompt,
+            "score": content.number(i.score),
+            "uri": _image_uri(i.image, EXPOSED_SIDE),
+            "generations": [{"channel": c, "uri": _image_uri(path, EXPOSED_SIDE)} for c, path in i.generations],
+        }
         for i in run.exposed.images
-    ]  # fmt: skip
+    ]
 
 
 def _candidates(run: RunResult) -> dict[str, Any] | None:
@@ -94,12 +99,19 @@ def _candidates(run: RunResult) -> dict[str, Any] | None:
     images = {i.sample_id: i.image for i in run.exposed.images} if run.exposed else {}
     images.update(run.candidate_images)
     rows = [
-        {"id": c.sample_id, "anchor": _anchor(c.sample_id), "score": content.number(c.score), "rank": c.rank,
-         "truth": c.truth, "called": c.called, "wrong": c.decision is not None and c.decision != c.member,
-         "known": c.sample_id in images, "uri": _image_uri(images[c.sample_id], THUMBNAIL_SIDE)
-         if c.sample_id in images else None}
+        {
+            "id": c.sample_id,
+            "anchor": _anchor(c.sample_id),
+            "score": content.number(c.score),
+            "rank": c.rank,
+            "truth": c.truth,
+            "called": c.called,
+            "wrong": c.decision is not None and c.decision != c.member,
+            "known": c.sample_id in images,
+            "uri": _image_uri(images[c.sample_id], THUMBNAIL_SIDE) if c.sample_id in images else None,
+        }
         for c in content.candidates(chosen)
-    ]  # fmt: skip
+    ]
     return {"set": chosen, "rows": rows, "threshold": chosen.evaluation.threshold}
 
 
@@ -115,15 +127,30 @@ def render_page(run: RunResult) -> str:
     timing_headers, timing_rows = content.timings(run)
     confidence = run.score_sets[0].evaluation.auc_interval.confidence if run.score_sets else 0.95
     return environment.get_template(TEMPLATE).render(
-        run=run, verdicts=judged, rules=RULES, colours=COLOURS, control_rule=CONTROL_RULE, rows=rows, notes=notes,
-        fprs=content.fprs(run), percent=lambda v: f"{v * 100:g}%", confidence=round(confidence * 100),
-        figures=_figures(run), exposed=_exposed(run), candidates=_candidates(run),
+        run=run,
+        verdicts=judged,
+        rules=RULES,
+        colours=COLOURS,
+        control_rule=CONTROL_RULE,
+        rows=rows,
+        notes=notes,
+        fprs=content.fprs(run),
+        percent=lambda v: f"{v * 100:g}%",
+        confidence=round(confidence * 100),
+        figures=_figures(run),
+        exposed=_exposed(run),
+        candidates=_candidates(run),
         headlines={s: content.headline_rows(run, s) for s in run.scenarios},
         choices={s: content.headline_choice(run, s) for s in run.scenarios},
-        cards=[(title, *content.side_by_side(group)) for title, group in
-               (("Training regimes", run.models), ("Captioners", run.captioners)) if group],
-        environment=content.environment(run), timing_headers=timing_headers, timing_rows=timing_rows,
-    )  # fmt: skip
+        cards=[
+            (title, *content.side_by_side(group))
+            for title, group in (("Training regimes", run.models), ("Captioners", run.captioners))
+            if group
+        ],
+        environment=content.environment(run),
+        timing_headers=timing_headers,
+        timing_rows=timing_rows,
+    )
 
 
 def render_report(run_dir: str | Path) -> Path:

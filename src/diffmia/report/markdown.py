@@ -30,20 +30,36 @@ def escape(text: object) -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: Sequence[str] | None = None) -> str:
     """A GitHub-flavoured Markdown table; every cell escaped (``align``: "l" or "r" per column)."""
     align = align or ["l"] * len(header)
-    lines = ["| " + " | ".join(escape(h) for h in header) + " |",
-             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]  # fmt: skip
+    lines = [
+        "| " + " | ".join(escape(h) for h in header) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+    ]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _evaluation_table(rows: Sequence[content.EvaluationRow], fprs: Sequence[float], scenario: bool) -> str:
-    header = [*(["scenario"] if scenario else []), "model", "channel", "attack", "AUC [CI]",
-              *(f"TPR @ {f * 100:g}% FPR" for f in fprs), "balanced accuracy", "members / non-members"]  # fmt: skip
+    header = [
+        *(["scenario"] if scenario else []),
+        "model",
+        "channel",
+        "attack",
+        "AUC [CI]",
+        *(f"TPR @ {f * 100:g}% FPR" for f in fprs),
+        "balanced accuracy",
+        "members / non-members",
+    ]
     body = []
     for r in rows:
-        cells = [r.model, r.channel, r.attack, f"{r.auc.value} {r.auc.detail}",
-                 *(f"{t.value} ({t.detail})" if t.detail else t.value for t in r.tprs), r.balanced_accuracy,
-                 r.counts]  # fmt: skip
+        cells = [
+            r.model,
+            r.channel,
+            r.attack,
+            f"{r.auc.value} {r.auc.detail}",
+            *(f"{t.value} ({t.detail})" if t.detail else t.value for t in r.tprs),
+            r.balanced_accuracy,
+            r.counts,
+        ]
         if r.headline:
             cells[0] = f"{cells[0]} (headline)"
         body.append([r.scenario, *cells] if scenario else cells)
@@ -55,16 +71,31 @@ def render_text(run: RunResult) -> str:
     """The Markdown report of ``run``."""
     judged = verdicts(run)
     fprs = content.fprs(run)
-    out = [f"# Membership audit: {escape(run.name)}", "",
-           f"Does the fine-tuned target leak which images it was trained on? A black-box membership-inference audit of "
-           f"{escape(run.data.source)}, finished {escape(run.finished)} with diffmia {escape(run.diffmia_version)}.",
-           "", "## Verdict", "", f"**{escape(judged.overall)}**", ""]  # fmt: skip
-    out += [table(["tag", "scenario", "verdict"], [[v.tag.upper(), v.scenario, v.sentence] for v in judged.scenarios]),
-            "", f"{escape(judged.budget)}.", "", "How to read the tags:", ""]  # fmt: skip
+    out = [
+        f"# Membership audit: {escape(run.name)}",
+        "",
+        f"Does the fine-tuned target leak which images it was trained on? A black-box membership-inference audit of "
+        f"{escape(run.data.source)}, finished {escape(run.finished)} with diffmia {escape(run.diffmia_version)}.",
+        "",
+        "## Verdict",
+        "",
+        f"**{escape(judged.overall)}**",
+        "",
+    ]
+    out += [
+        table(["tag", "scenario", "verdict"], [[v.tag.upper(), v.scenario, v.sentence] for v in judged.scenarios]),
+        "",
+        f"{escape(judged.budget)}.",
+        "",
+        "How to read the tags:",
+        "",
+    ]
     out += [f"- **{name.upper()}**: {rule}." for name, rule in RULES]  # the rules are ours: no escaping
-    out += [f"- Controls: {CONTROL_RULE}.",
-            f"- Each scenario is read on its headline attack on the target, by a rule {escape(run.headline_rule)}.",
-            ""]  # fmt: skip
+    out += [
+        f"- Controls: {CONTROL_RULE}.",
+        f"- Each scenario is read on its headline attack on the target, by a rule {escape(run.headline_rule)}.",
+        "",
+    ]
     if run.warnings:
         out += ["## Warnings", "", *(f"- {escape(w)}" for w in run.warnings), ""]
     out += ["## Headline results", ""]
@@ -79,12 +110,19 @@ def render_text(run: RunResult) -> str:
         out += [_evaluation_table(rows, fprs, scenario=False) if rows else "No headline score set.", ""]
     if run.exposed is not None and run.exposed.images:
         e = run.exposed
-        out += ["## Most exposed members", "",
-                f"Ranked by the {escape(e.attack)} attack of scenario {escape(e.scenario)} ({escape(e.channel)} "
-                "features), the first scenario's headline, fixed before the target was scored.", "",
-                table(["rank", "id", "score", "prompt"],
-                      [[k + 1, i.sample_id, content.number(i.score), i.prompt] for k, i in enumerate(e.images)],
-                      ["r", "l", "r", "l"]), ""]  # fmt: skip
+        out += [
+            "## Most exposed members",
+            "",
+            f"Ranked by the {escape(e.attack)} attack of scenario {escape(e.scenario)} ({escape(e.channel)} "
+            "features), the first scenario's headline, fixed before the target was scored.",
+            "",
+            table(
+                ["rank", "id", "score", "prompt"],
+                [[k + 1, i.sample_id, content.number(i.score), i.prompt] for k, i in enumerate(e.images)],
+                ["r", "l", "r", "l"],
+            ),
+            "",
+        ]
     rows, notes = content.evaluation_rows(run)
     out += ["## Full evaluation", "", _evaluation_table(rows, fprs, scenario=True), ""]
     out += [f"- n/a: {escape(note)}" for note in notes] + ([""] if notes else [])
@@ -94,9 +132,12 @@ def render_text(run: RunResult) -> str:
             out += [f"## {title}", "", table(["setting", *names], [[key, *values] for key, values in pairs]), ""]
     out += ["## Seeds, versions, machine", "", table(["setting", "value"], content.environment(run)), ""]
     headers, timing_rows = content.timings(run)
-    out += ["## Timings of every pass (seconds)", "",
-            table(["stage", *headers], [[stage, *values] for stage, values in timing_rows],
-                  ["l"] + ["r"] * len(headers)), ""]  # fmt: skip
+    out += [
+        "## Timings of every pass (seconds)",
+        "",
+        table(["stage", *headers], [[stage, *values] for stage, values in timing_rows], ["l"] + ["r"] * len(headers)),
+        "",
+    ]
     return "\n".join(out)
 
 

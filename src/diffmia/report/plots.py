@@ -39,8 +39,9 @@ def roc_figure(curves: Mapping[str, tuple[FloatArray, BoolArray]], title: str) -
         linear.plot(fpr, tpr, label=name, drawstyle="steps-post", linestyle=style)
         n_neg = int(np.count_nonzero(~labels))
         floor = min(floor, 1.0 / max(n_neg, 1))
-        loglog.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), label=name, drawstyle="steps-post",
-                    linestyle=style)  # fmt: skip
+        loglog.plot(
+            np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), label=name, drawstyle="steps-post", linestyle=style
+        )
     linear.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     for axis in (linear, loglog):
         axis.set_xlabel("false positive rate")
@@ -76,9 +77,15 @@ def loglog_roc_figure(
     colours = ("#b71c1c", "#555555", "#1e88e5", "#8e24aa")  # not the red of the LEAK tag (#c62828)
     for k, (name, (scores, labels)) in enumerate(curves.items()):
         curve = roc_curve(scores, labels)
-        axis.plot(np.maximum(curve.fpr, floor / 2), np.maximum(curve.tpr, floor / 2), label=name,
-                  drawstyle="steps-post", linestyle="-" if k == 0 else "--", linewidth=2 if k == 0 else 1.2,
-                  color=colours[k % len(colours)])  # fmt: skip
+        axis.plot(
+            np.maximum(curve.fpr, floor / 2),
+            np.maximum(curve.tpr, floor / 2),
+            label=name,
+            drawstyle="steps-post",
+            linestyle="-" if k == 0 else "--",
+            linewidth=2 if k == 0 else 1.2,
+            color=colours[k % len(colours)],
+        )
     axis.plot([floor / 2, 1], [floor / 2, 1], color="grey", linestyle=":", linewidth=1, label="chance")
     if mark_fpr is not None and mark_fpr >= floor:
         axis.axvline(mark_fpr, color="grey", linewidth=0.8, alpha=0.6)

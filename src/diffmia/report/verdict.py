@@ -107,8 +107,10 @@ class Verdicts:
     @property
     def budget(self) -> str:
         plural = "" if self.queries_per_image == 1 else "s"
-        return (f"{self.members} members and {self.nonmembers} non-members; query budget: {self.queries_per_image} "
-                f"generation{plural} per image and channel ({', '.join(self.channels)})")  # fmt: skip
+        return (
+            f"{self.members} members and {self.nonmembers} non-members; query budget: {self.queries_per_image} "
+            f"generation{plural} per image and channel ({', '.join(self.channels)})"
+        )
 
 
 def percent(value: float) -> str:
@@ -147,8 +149,9 @@ def _controls_text(controls: Sequence[Control]) -> str:
     return f"but {subject} ({which}): the member/non-member split itself may be separable"
 
 
-def judge(scenario: str, evaluation: Evaluation | None, controls: Sequence[Control], *, channel: str = "",
-          attack: str = "") -> Verdict:  # fmt: skip
+def judge(
+    scenario: str, evaluation: Evaluation | None, controls: Sequence[Control], *, channel: str = "", attack: str = ""
+) -> Verdict:
     """The verdict of one scenario from its headline evaluation on the target and its controls."""
     description = SCENARIOS[scenario].description if scenario in SCENARIOS else ""
     head = f"Scenario {scenario}" + (f" ({description})" if description else "")
@@ -159,8 +162,11 @@ def judge(scenario: str, evaluation: Evaluation | None, controls: Sequence[Contr
         counts = f"{evaluation.n_members} members, {evaluation.n_nonmembers} non-members"
         sentence = f"{head}: not measured — the AUC is undefined ({counts})."
     else:
-        finding = {LEAK: "members are identified", WEAK_LEAK: "members are weakly identified",
-                   NO_LEAK: "no membership leak measured"}[found]  # fmt: skip
+        finding = {
+            LEAK: "members are identified",
+            WEAK_LEAK: "members are weakly identified",
+            NO_LEAK: "no membership leak measured",
+        }[found]
         tpr = _tpr_text(evaluation)
         figures = f"{tpr} ({auc_text(evaluation)})" if tpr else auc_text(evaluation)
         sentence = f"{head}: {finding} — {figures}; {_controls_text(controls)}."
@@ -210,7 +216,9 @@ def verdicts(run: RunResult) -> Verdicts:
         channel, attack = run.headline.get(scenario, ("", ""))
         target = run.headline_set(scenario) if scenario in run.headline else None
         controls = [Control(control_name(s), s.evaluation) for s in run.controls(scenario)] if target else []
-        found.append(judge(scenario, None if target is None else target.evaluation, controls, channel=channel,
-                           attack=attack))  # fmt: skip
-    return Verdicts(overall(found), tuple(found), run.data.members, run.data.nonmembers, run.queries_per_image,
-                    run.channels)  # fmt: skip
+        found.append(
+            judge(scenario, None if target is None else target.evaluation, controls, channel=channel, attack=attack)
+        )
+    return Verdicts(
+        overall(found), tuple(found), run.data.members, run.data.nonmembers, run.queries_per_image, run.channels
+    )

@@ -70,9 +70,18 @@ class DiffusersTarget:
         not replace real generations in an audit)
     """
 
-    def __init__(self, model: str | Path = "builtin", *, lora: str | Path | None = None, lora_scale: float = 1.0,
-                 scheduler: str | None = None, dtype: str = "auto", device: str = "auto",
-                 batch_size: int = 8, safety_checker: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | Path = "builtin",
+        *,
+        lora: str | Path | None = None,
+        lora_scale: float = 1.0,
+        scheduler: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        batch_size: int = 8,
+        safety_checker: bool = True,
+    ) -> None:
         problems = []
         if scheduler is not None and scheduler not in SCHEDULERS:
             problems.append(f"unknown scheduler {scheduler!r} (valid: {', '.join(SCHEDULERS)})")
@@ -135,8 +144,9 @@ class DiffusersTarget:
                 path = Path(self.lora)
                 where = {"weight_name": path.name} if path.is_file() else {}
                 try:
-                    text2img.load_lora_weights(str(path.parent if path.is_file() else path), adapter_name="target",
-                                               **where)  # fmt: skip
+                    text2img.load_lora_weights(
+                        str(path.parent if path.is_file() else path), adapter_name="target", **where
+                    )
                 except (OSError, ValueError) as exc:
                     raise TargetError(f"cannot load LoRA weights {self.lora}: {exc}") from None
                 # merged into the weights they adapt: the same model, queried at the base model's speed
@@ -158,8 +168,9 @@ class DiffusersTarget:
         """The loaded text-to-image pipeline (LoRA and scheduler applied): its weights, for gray-box baselines."""
         return self._load()[0]
 
-    def generate(self, queries: Sequence[Query],
-                 init_images: Sequence[Image.Image | None] | None = None) -> list[Image.Image]:  # fmt: skip
+    def generate(
+        self, queries: Sequence[Query], init_images: Sequence[Image.Image | None] | None = None
+    ) -> list[Image.Image]:
         """One image per query, in order; batched by identical settings.
 
         ``init_images``, one per query (None for a text-to-image query), are 8-bit RGB init images already in
@@ -174,8 +185,10 @@ class DiffusersTarget:
             if query.strength is not None and not 0.0 < query.strength <= 1.0:
                 raise ConfigError(f"strength must lie in (0, 1], got {query.strength}")
             if query.strength is not None and int(query.steps * query.strength) < 1:  # diffusers would crash
-                raise ConfigError(f"image-to-image runs steps x strength denoising steps, and {query.steps} x "
-                                  f"{query.strength} is less than one: raise steps or strength")  # fmt: skip
+                raise ConfigError(
+                    f"image-to-image runs steps x strength denoising steps, and {query.steps} x "
+                    f"{query.strength} is less than one: raise steps or strength"
+                )
             if query.init_image is not None and init is not None:
                 raise ConfigError("a query has both an init_image file and an init image in memory")
             if (query.init_image is None and init is None) != (query.strength is None):

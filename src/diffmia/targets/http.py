@@ -97,11 +97,15 @@ def url_problems(url: str) -> list[str]:
     elif not parts.hostname:
         problems.append(f"url {shown!r} names no host")
     if "@" in parts.netloc:
-        problems.append(f"url {shown!r} carries credentials: put the secret in an environment variable and name "
-                        "it in target.token_env (sent as a bearer token, never written anywhere)")  # fmt: skip
+        problems.append(
+            f"url {shown!r} carries credentials: put the secret in an environment variable and name "
+            "it in target.token_env (sent as a bearer token, never written anywhere)"
+        )
     if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
-        problems.append(f"url {shown!r} must be the server's base URL, without a ?query or #fragment (a token "
-                        "belongs in the environment variable named by target.token_env)")  # fmt: skip
+        problems.append(
+            f"url {shown!r} must be the server's base URL, without a ?query or #fragment (a token "
+            "belongs in the environment variable named by target.token_env)"
+        )
     return problems
 
 
@@ -161,11 +165,25 @@ class HTTPTarget:
     log : where a long wait is said, one line at a time (default: standard error)
     """
 
-    def __init__(self, url: str, *, api: str = "diffmia", token_env: str | None = None, timeout: float = 120.0,
-                 request_timeout: float = 300.0, retries: int = 4, backoff: float = 1.0,
-                 max_retry_wait: float = 60.0, concurrency: int = 2, batch_size: int = 8, width: int | None = None,
-                 height: int | None = None, sampler: str | None = None, name: str | None = None,
-                 log: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        *,
+        api: str = "diffmia",
+        token_env: str | None = None,
+        timeout: float = 120.0,
+        request_timeout: float = 300.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        max_retry_wait: float = 60.0,
+        concurrency: int = 2,
+        batch_size: int = 8,
+        width: int | None = None,
+        height: int | None = None,
+        sampler: str | None = None,
+        name: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         problems = url_problems(url)
         if api not in FORMATS:
             problems.append(f"unknown api {api!r} (valid: {', '.join(FORMATS)})")
@@ -203,8 +221,9 @@ class HTTPTarget:
         token = os.environ.get(self.token_env, "") if self.token_env else ""
         return text.replace(token, "***") if token else text
 
-    async def _exchange(self, client: httpx.AsyncClient, method: str, url: str,
-                        body: dict[str, Any] | None) -> tuple[int, httpx.Headers, bytes]:  # fmt: skip
+    async def _exchange(
+        self, client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None
+    ) -> tuple[int, httpx.Headers, bytes]:
         async with client.stream(method, url, json=body, headers=self._headers()) as response:
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
@@ -214,8 +233,15 @@ class HTTPTarget:
                 chunks.append(chunk)
             return response.status_code, response.headers, b"".join(chunks)
 
-    async def _request(self, client: httpx.AsyncClient, method: str, path: str, body: dict[str, Any] | None = None,
-                       *, retries: int | None = None) -> Any:  # fmt: skip
+    async def _request(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        retries: int | None = None,
+    ) -> Any:
         """The JSON answer of one request, retried while its faults are transient."""
         retries = self.retries if retries is None else retries
         where = self.url + path
@@ -252,8 +278,9 @@ class HTTPTarget:
                 capped = (
                     f" with Retry-After: {asked:.0f}, capped by target.max_retry_wait" if (asked or 0) > wait else ""
                 )
-                self.log(f"{where}: {problem}{capped}; waiting {wait:.0f} s before attempt {attempt + 2} of "
-                         f"{retries + 1}")  # fmt: skip
+                self.log(
+                    f"{where}: {problem}{capped}; waiting {wait:.0f} s before attempt {attempt + 2} of {retries + 1}"
+                )
             await self.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -266,8 +293,10 @@ class HTTPTarget:
         elif status in (404, 405):
             hint = f"no such route: is this {DESCRIBED[self.api]} (target.api = {self.api!r})?"
         elif 300 <= status < 400:
-            hint = (f"a redirect to {redact(headers.get('location', '?'))}; set target.url to where it points "
-                    "(a token is never sent on to another address)")  # fmt: skip
+            hint = (
+                f"a redirect to {redact(headers.get('location', '?'))}; set target.url to where it points "
+                "(a token is never sent on to another address)"
+            )
         else:
             hint = "a refusal that retrying does not mend"
         text = " ".join(self._scrub(content.decode("utf-8", "replace")).split())[:200]
@@ -294,9 +323,14 @@ class HTTPTarget:
 
     async def _a1111(self, client: httpx.AsyncClient, query: Query) -> list[Image.Image]:
         body: dict[str, Any] = {
-            "prompt": query.prompt, "negative_prompt": query.negative_prompt, "seed": query.seed,
-            "steps": query.steps, "cfg_scale": query.guidance, "batch_size": 1, "n_iter": 1,
-        }  # fmt: skip
+            "prompt": query.prompt,
+            "negative_prompt": query.negative_prompt,
+            "seed": query.seed,
+            "steps": query.steps,
+            "cfg_scale": query.guidance,
+            "batch_size": 1,
+            "n_iter": 1,
+        }
         if self.sampler:
             body["sampler_name"] = self.sampler
         path = "/sdapi/v1/txt2img"
@@ -358,8 +392,12 @@ class HTTPTarget:
             (payload,) = _run(self._with_client([ask]))
         except TargetError as exc:
             raise TargetError(f"the target does not answer as it should: {exc}") from None
-        fits = isinstance(payload, list) if self.api == "a1111" else (
-            isinstance(payload, dict) and payload.get("status") == "ok")  # fmt: skip
+        fits = (
+            isinstance(payload, list)
+            if self.api == "a1111"
+            else (isinstance(payload, dict) and payload.get("status") == "ok")
+        )
         if not fits:
-            raise TargetError(f"{self.url}{path} answered, but not as {DESCRIBED[self.api]} does: is target.api "
-                              f"= {self.api!r} right?")  # fmt: skip
+            raise TargetError(
+                f"{self.url}{path} answered, but not as {DESCRIBED[self.api]} does: is target.api = {self.api!r} right?"
+            )

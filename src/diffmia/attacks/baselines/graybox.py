@@ -106,8 +106,10 @@ def graybox_scores(
         raise ConfigError(f"{len(images)} images but {len(prompts)} prompts")
     model = _Denoiser(pipe)
     if model.family.objective == "flow" and attack != "loss":
-        raise ConfigError(f"{attack} is derived for DDIM on noise- or v-predicting models, and {model.family.name} "
-                          "models are trained by flow matching: use the loss attack")  # fmt: skip
+        raise ConfigError(
+            f"{attack} is derived for DDIM on noise- or v-predicting models, and {model.family.name} "
+            "models are trained by flow matching: use the loss attack"
+        )
     horizon = model.horizon
     needed = {"loss": max(loss_timesteps), "secmi": secmi_t + secmi_delta, "pia": pia_t}[attack]
     if needed >= horizon:
