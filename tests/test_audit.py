@@ -189,7 +189,7 @@ def test_a_shadow_folder_that_is_not_a_pipeline_fails_before_any_query(tmp_path)
     given = {"model": str(not_a_pipeline), "members": str(tmp_path / "members"), "nonmembers": str(tmp_path / "non")}
     config = parse_config(_folders_config(tmp_path, shadows=0, scenarios=["III"], given_shadows=[given]))
     with pytest.raises(TargetError, match=r"given_shadows\[0\]\.model = .*shadow' is not a diffusers pipeline folder"):
-        run_audit(config, log=lambda _: None)
+        run_audit(config)
     assert not (tmp_path / "runs" / "bad" / "config.toml").exists()  # a fixed config may use the folder
     assert not (tmp_path / "runs" / "bad" / "cache").exists()  # nothing was generated
     assert not (tmp_path / "runs" / "bad" / "models").exists()  # nothing was trained
@@ -198,7 +198,7 @@ def test_a_shadow_folder_that_is_not_a_pipeline_fails_before_any_query(tmp_path)
 def test_a_missing_shadow_base_model_fails_before_anything_is_written(tmp_path):
     config = parse_config(_folders_config(tmp_path, scenarios=["III"], shadow_base_model=str(tmp_path / "nowhere")))
     with pytest.raises(TargetError, match=r"audit.shadow_base_model = .*nowhere': no such folder"):
-        run_audit(config, log=lambda _: None)
+        run_audit(config)
     assert not (tmp_path / "runs" / "bad" / "config.toml").exists()
     with pytest.raises(ConfigError, match="shadow_base_model is set but no shadow is fine-tuned"):
         parse_config(
@@ -216,7 +216,7 @@ def test_a_missing_shadow_base_model_fails_before_anything_is_written(tmp_path):
 def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
     """`[attacks.threshold] reduce` naming a feature must name one the audit computes, without its channel; a column
     index (a different feature per channel's table) is refused; all before anything is written."""
-    from diffmia.audit import check_threshold_feature
+    from diffmia.audit.plan import check_threshold_feature
 
     features = {
         "encoders": ["pixels", "hub/deit-tiny"],
@@ -274,13 +274,13 @@ def test_a_threshold_feature_is_checked_before_anything_runs(tmp_path):
     parse_config({"attacks": {"use": ["classifier"], "threshold": {"reduce": 3}}})  # unused: not checked
     config = parse_config(_folders_config(tmp_path, scenarios=["III"]) | {"attacks": {"threshold": {"reduce": "x"}}})
     with pytest.raises(ConfigError, match=r"^attacks\.threshold\.reduce 'x' is none of the features"):
-        run_audit(config, log=lambda _: None)
+        run_audit(config)
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_the_combined_table():
     from diffmia.attacks import fit_attacks
-    from diffmia.audit import channel_attacks, channel_sets
+    from diffmia.audit.scoring import channel_attacks, channel_sets
     from diffmia.records import FeatureTable
 
     config = parse_config(
@@ -307,7 +307,7 @@ def test_a_threshold_feature_takes_its_column_in_each_channel_and_their_mean_in_
 
 def test_the_headline_is_the_best_shadow_validated_attack_or_the_fixed_rule():
     from diffmia.attacks import ShadowValidation
-    from diffmia.audit import choose_headline
+    from diffmia.audit.scoring import choose_headline
 
     def v(auc, tpr):
         return ShadowValidation(auc, tpr, 0.01, 5)
@@ -349,9 +349,8 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     """features.calibrate: beside each feature, the feature minus the base model's for the same candidates and
     prompts at the reference seeds (by hand here); the base model's own control is not zero by design, since its
     audited queries use the run's seeds; the reference queries run once per candidate set."""
-    from diffmia.audit import Queries
+    from diffmia.audit.measure import Queries
     from diffmia.encoders import PixelEncoder
-    from diffmia.progress import Feedback
     from diffmia.queries import query_seed, reference_seed
 
     samples = load_image_folder(_folder(tmp_path / "data", [10, 60, 200])).samples
@@ -363,7 +362,7 @@ def test_calibrated_features_subtract_the_base_models_at_independent_seeds(tmp_p
     )
     prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     target, base = _SeedGrey("target", {s.id: s.image_path for s in samples}), _SeedGrey("base")
-    queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None), base)
+    queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, False, base)
     table = queries.features(target, samples, "given")
     assert table.names == ("text2img/pixels/l2/pooled/mean", "text2img/pixels/l2/pooled/mean-minus-base")
     grey = np.array([10, 60, 200])[:, None] / 255.0  # each candidate is one grey level
@@ -382,7 +381,7 @@ def test_distance_from_outsider_shadows_by_hand():
     so one outsider reference per row (4 / 2 - 1); a shadow's own rows never take that shadow as reference; the
     target's candidate outside D' (t) is queried under the first shadow, the member a in D' is not queried again.
     One feature, f_j(x) = 10 j + position of x; the calibrated column is left out of the references."""
-    from diffmia.audit import with_outsiders
+    from diffmia.audit.measure import with_outsiders
     from diffmia.records import FeatureTable
 
     ids = ("a", "b", "c", "d")
@@ -448,9 +447,8 @@ def test_shadows_are_planned_in_complementary_pairs():
 def test_outsider_references_query_with_the_run_seeds_once(tmp_path):
     """A shadow queried with the target's candidates (features.outsiders) uses the run's seeds, as for its own
     candidates (a candidate of D' is a cache hit), is counted among the images it was asked for, and is asked once."""
-    from diffmia.audit import Queries
+    from diffmia.audit.measure import Queries
     from diffmia.encoders import PixelEncoder
-    from diffmia.progress import Feedback
     from diffmia.queries import query_seed
 
     samples = load_image_folder(_folder(tmp_path / "data", [10, 60])).samples
@@ -463,7 +461,7 @@ def test_outsider_references_query_with_the_run_seeds_once(tmp_path):
     )
     prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     shadow = _SeedGrey("shadow-disjoint-0")
-    queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None))
+    queries = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, show_progress=False)
     table = queries.outside(shadow, samples, "given")
     assert queries.outside(shadow, samples, "given") is table and queries.tables == {}  # once; not saved
     assert shadow.seeds == [query_seed(3, s.id, "img2img", j) for s in samples for j in range(3)]
@@ -477,9 +475,9 @@ def test_several_strengths_make_one_channel_each_with_its_own_features_and_attac
     """generation.strength = [0.2, 0.6]: each candidate queried m times per strength; the features of each strength
     are a channel of their own (img2img@S/...), computed from that strength's images alone (by hand: a stand-in
     model whose image is the grey level of the strength); the attacks see each channel and both together."""
-    from diffmia.audit import Queries, channel_sets, choose_headline
+    from diffmia.audit.measure import Queries
+    from diffmia.audit.scoring import channel_sets, choose_headline
     from diffmia.encoders import PixelEncoder
-    from diffmia.progress import Feedback
 
     class StrengthGrey:
         name, strengths = "target", []
@@ -498,7 +496,7 @@ def test_several_strengths_make_one_channel_each_with_its_own_features_and_attac
     )
     prompts = SimpleNamespace(get_all=lambda source, samples: [[s.caption] for s in samples])
     model = StrengthGrey()
-    table = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, Feedback(lambda _: None)).features(
+    table = Queries(config, tmp_path / "run", prompts, {"pixels": PixelEncoder(8)}, show_progress=False).features(
         model, samples, "given"
     )
     assert table.names == ("img2img@0.2/pixels/l2/pooled/mean", "img2img@0.6/pixels/l2/pooled/mean")
@@ -517,7 +515,7 @@ def test_several_strengths_make_one_channel_each_with_its_own_features_and_attac
 
 def test_several_shadows_pool_into_one_training_table():
     """Two shadows' features stacked in order, labels kept with their rows, ids told apart by the shadow."""
-    from diffmia.audit import pool_tables
+    from diffmia.audit.measure import pool_tables
     from diffmia.records import FeatureTable
 
     first = FeatureTable(("a", "b"), np.array([[1.0, 2.0], [3.0, 4.0]]), ("f", "g"), np.array([True, False]))
@@ -542,7 +540,7 @@ def test_a_run_directory_of_another_config_is_not_reused(tmp_path):
     run.mkdir(parents=True)
     (run / "config.toml").write_text('[audit]\nname = "other"\n')
     with pytest.raises(ConfigError, match="holds a run of a different configuration"):
-        run_audit(config, log=lambda _: None)
+        run_audit(config)
 
 
 # --- end to end ---------------------------------------------------------------------------------------------
@@ -696,7 +694,7 @@ def test_a_given_shadow_gives_the_numbers_of_the_same_shadow_trained_here(tiny_r
     )
     settings["target"]["model"] = str(run / "models" / "target" / "pipeline")
     settings["generation"]["cache"] = str(run / "cache")
-    result = run_audit(parse_config(settings), show_progress=False, log=lambda _: None)
+    result = run_audit(parse_config(settings), show_progress=False)
     assert result.models["given-shadow-0"]["given"] is True
     before = pq.read_table(run / "scores.parquet").to_pylist()
     after = pq.read_table(result.run_dir / "scores.parquet").to_pylist()
@@ -776,7 +774,7 @@ def test_an_audit_of_a_server_failing_15_percent_of_requests_equals_the_fault_fr
                 "request_timeout": 2.0,
                 "retries": 8,
             }
-            result = run_audit(parse_config(settings), show_progress=False, log=lambda _: None)
+            result = run_audit(parse_config(settings), show_progress=False)
         scores[name] = pq.read_table(result.run_dir / "scores.parquet").to_pylist()
         assert result.images_requested["target"] == 80  # 40 images x 2 queries
     # 80 queries, one answered request each; the seeded draws failed 6 of the 86 requests, every kind of fault twice
@@ -869,9 +867,9 @@ def test_the_realistic_preset_is_a_lora_audit_of_200_members_that_leaves_a_disjo
 
 
 def test_controls_warn_only_when_clearly_separable():
-    from diffmia.audit import control_warnings
     from diffmia.metrics import evaluate
     from diffmia.records import ScoreSet
+    from diffmia.report.verdict import control_warnings
 
     labels = np.r_[np.ones(100, bool), np.zeros(100, bool)]
     rng = np.random.default_rng(0)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
+import tomli_w
 
 from diffmia.attacks import ClassifierAttack, DistributionAttack, ThresholdAttack
 from diffmia.config import Config, dump_config, load_config, parse_config
@@ -95,3 +98,46 @@ def test_audit_sections_are_validated_together():
     with pytest.raises(ConfigError, match="audit: name must be a plain folder name"):
         parse_config({"audit": {"name": ".."}})
     assert parse_config({}).data.builtin and parse_config({}).audit.captioner == "builtin"
+
+
+def test_a_target_is_validated_by_its_kinds_model_and_a_key_of_another_kind_names_that_kind():
+    from diffmia.targets.diffusers import DiffusersTargetConfig
+    from diffmia.targets.http import HTTPTargetConfig
+
+    assert isinstance(parse_config({}).target, DiffusersTargetConfig)  # no [target], or no kind: a local pipeline
+    assert isinstance(parse_config({"target": {"model": "m"}}).target, DiffusersTargetConfig)
+    http = parse_config({"target": {"kind": "http", "url": "http://127.0.0.1:7860", "api": "a1111"}})
+    assert isinstance(http.target, HTTPTargetConfig) and http.target.api == "a1111"
+    assert parse_config(tomllib.loads(dump_config(http))) == http  # the kind's keys, and only those, round-trip
+    assert set(tomllib.loads(dump_config(http))["target"]) == set(HTTPTargetConfig.model_fields) - {
+        "token_env",
+        "width",
+        "height",
+    }  # unset: left out
+    with pytest.raises(ConfigError) as error:
+        parse_config({"target": {"url": "http://h", "device": "cpu", "dtype": "float9"}})
+    assert str(error.value) == (
+        "config: 2 problems: target.dtype: input should be 'auto', 'float64', 'float32', 'float16' or 'bfloat16' "
+        "(got 'float9'); target.url: unknown key for kind 'diffusers' (it belongs to kind 'http')"
+    )
+    with pytest.raises(ConfigError, match=r"target\.device: unknown key for kind 'http' \(it belongs to kind 'diffus"):
+        parse_config({"target": {"kind": "http", "url": "http://h", "device": "cpu"}})
+    with pytest.raises(ConfigError, match=r"target\.modle: unknown key \(did you mean 'model'\?\)"):
+        parse_config({"target": {"modle": "m"}})
+    with pytest.raises(ConfigError, match=r"^config: 1 problem: target\.kind: input should be 'diffusers' or 'http'"):
+        parse_config({"target": {"kind": "comfy"}})
+
+
+def test_a_run_directory_of_diffmia_0_1_resumes_although_its_target_held_every_kinds_keys(tmp_path):
+    """diffmia 0.1 wrote one flat [target] with the keys of both kinds; such a config.toml still matches."""
+    from diffmia.audit.plan import check_run_dir
+
+    config = parse_config({"audit": {"runs_dir": str(tmp_path), "name": "old"}})
+    legacy = tomllib.loads(dump_config(config))
+    legacy["target"] |= {"api": "diffmia", "timeout": 120.0, "retries": 4, "concurrency": 2}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.toml").write_text(tomli_w.dumps(legacy))
+    check_run_dir(tmp_path / "old", config)  # the same configuration: no error
+    changed = parse_config({"audit": {"runs_dir": str(tmp_path), "name": "old", "seed": 1}})
+    with pytest.raises(ConfigError, match="holds a run of a different configuration"):
+        check_run_dir(tmp_path / "old", changed)

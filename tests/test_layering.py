@@ -44,6 +44,8 @@ HEAVY = frozenset(
 )
 GROUND = (
     "diffmia.errors",
+    "diffmia.registry",
+    "diffmia.names",
     "diffmia.files",
     "diffmia.images",
     "diffmia.versions",
@@ -57,9 +59,10 @@ GROUND_MAY_IMPORT = frozenset({"diffmia.errors"})
 UPPER = frozenset(
     {
         "diffmia.audit",
-        "diffmia.models",
-        "diffmia.prompts",
-        "diffmia.quality",
+        "diffmia.audit.plan",
+        "diffmia.audit.models",
+        "diffmia.audit.prompts",
+        "diffmia.audit.quality",
         "diffmia.cli",
         "diffmia.study",
         "diffmia.serve",

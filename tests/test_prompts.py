@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from diffmia.assets import resolve_captioner
+from diffmia.audit.models import ModelStore
+from diffmia.audit.prompts import captioner
 from diffmia.config import AuditConfig, CaptionerTrainingConfig, parse_config
 from diffmia.data import AuxiliarySet
-from diffmia.models import ModelStore
-from diffmia.progress import Feedback
-from diffmia.prompts import captioner
 from diffmia.records import Sample
 
 
-def test_a_captioner_not_fine_tuned_is_the_shipped_one_and_trains_nothing(tmp_path):
+def test_a_captioner_not_fine_tuned_is_the_shipped_one_and_trains_nothing(tmp_path, caplog):
     """``finetune_captioner = false``: the captioner as given, recorded as not fine-tuned; no model folder, no log."""
     aux = AuxiliarySet("disjoint", (Sample("a", Path("a.png"), "a seven"),), (), 0)
-    lines: list[str] = []
+    caplog.set_level(logging.INFO, logger="diffmia")
     audit = AuditConfig(finetune_captioner=False)
-    path, card = captioner(
-        audit,
-        CaptionerTrainingConfig(),
-        ModelStore(tmp_path),
-        "disjoint",
-        aux,
-        Feedback(lines.append, show_progress=False),
-    )
+    path, card = captioner(audit, CaptionerTrainingConfig(), ModelStore(tmp_path), "disjoint", aux, show_progress=False)
     assert path == Path(resolve_captioner(audit.captioner)) and (path / "config.json").is_file()
     assert card == {"captioner": audit.captioner, "fine-tuned": False}
-    assert lines == [] and list(tmp_path.iterdir()) == []
+    assert caplog.records == [] and list(tmp_path.iterdir()) == []
 
 
 def test_several_prompts_per_image_take_turns_over_its_queries(tmp_path):
@@ -117,7 +110,7 @@ def test_several_captions_are_saved_as_lists_and_read_back(tmp_path):
     best, ``get_all`` every one; a second run reads them instead of captioning again."""
     import json
 
-    from diffmia.prompts import Prompts
+    from diffmia.audit.prompts import Prompts
 
     class Beams:
         calls = 0
@@ -129,7 +122,7 @@ def test_several_captions_are_saved_as_lists_and_read_back(tmp_path):
     samples = [Sample(i, tmp_path / f"{i}.png") for i in "abc"]
 
     def prompts():
-        made = Prompts(AuditConfig(), CaptionerTrainingConfig(), ModelStore(tmp_path), [], {}, Feedback(print))
+        made = Prompts(tmp_path)
         made.captioners["captioner-disjoint"] = Beams()
         return made
 

@@ -168,7 +168,7 @@ def test_a_missing_model_folder_stops_the_study_before_its_first_level(tmp_path)
         match=rf"fine-tuning steps = {re.escape(str(missing))}: audit.shadow_base_model "
         r"= .*: no such folder",
     ):
-        run_study(load_study(_write(tmp_path, study)), show_progress=False, log=lambda _: None)
+        run_study(load_study(_write(tmp_path, study)), show_progress=False)
     assert not (tmp_path / "studies").exists()
 
 

@@ -7,39 +7,35 @@ status 2; any other exception is a bug in diffmia and shows its traceback.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from diffmia.assets import DEMO_PRESETS
 from diffmia.cache import GenerationCache
 from diffmia.captioners import GivenCaptions
 from diffmia.data import load_image_folder
-from diffmia.errors import ConfigError, DiffmiaError
+from diffmia.errors import ConfigError, DiffmiaError, optional
 from diffmia.execution import generate, generate_on_ray
 from diffmia.files import write_json
 from diffmia.lab.classifier import train_digit_classifier
 from diffmia.lab.data import write_digits
 from diffmia.lab.pipeline import TinySDConfig
 from diffmia.lab.pretrain import PretrainConfig, pretrain
+from diffmia.queries import build_queries
 from diffmia.quiet import quiet_third_parties
-from diffmia.settest import METHOD, load_run_scores, run_set_test
+from diffmia.settest import load_run_scores, run_set_test
 from diffmia.targets import make_target, probe_target
 from diffmia.targets.diffusers import DiffusersTarget
 from diffmia.versions import __version__
 
 if TYPE_CHECKING:
     from diffmia.config import Config
-    from diffmia.records import Evaluation, Interval
-    from diffmia.results import RunResult
 
 app = typer.Typer(
     name="diffmia",
@@ -96,56 +92,23 @@ def _root(
     """Measure how much a fine-tuned text-to-image diffusion model leaks its training images."""
     if not verbose:
         quiet_third_parties()
+    _log_to_stderr()
 
 
-def _pct(fpr: float) -> str:
-    return f"{fpr * 100:g}%"
+class _Stderr(logging.Handler):
+    """diffmia's log lines on standard error, one a line (the stream looked up at each line, as tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        typer.echo(prefix + record.getMessage(), err=True)
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _ci(interval: Interval | None) -> str:
-    if interval is None or math.isnan(interval.low):
-        return ""
-    return f"\n{interval.low:.3f}-{interval.high:.3f}"
-
-
-def _print_evaluations(evaluations: Mapping[str, Evaluation], title: str) -> None:
-    """One row per score column: each number with its interval beneath it; reasons for any n/a below."""
-    first = next(iter(evaluations.values()))
-    table = Table(title=title, title_justify="left", show_lines=True)
-    table.add_column("scores")
-    table.add_column("AUC", justify="right", no_wrap=True)
-    for record in first.tpr_at_fpr:
-        table.add_column(f"TPR@{_pct(record.target_fpr)} FPR", justify="right", no_wrap=True)
-    threshold = "" if first.threshold is None else f"\n(score >= {first.threshold:g})"
-    table.add_column(f"balanced\naccuracy{threshold}", justify="right", no_wrap=True)
-    table.add_column("members /\nnon-members", justify="right")
-    notes: dict[str, None] = {}
-    for name, ev in evaluations.items():
-        cells = [name, _num(ev.auc) + _ci(ev.auc_interval)]
-        for record in ev.tpr_at_fpr:
-            if record.reason:
-                notes[record.reason] = None
-                cells.append("n/a")
-            else:
-                cells.append(f"{record.tpr:.3f}{_ci(record.interval)}\nFPR {record.achieved_fpr:.4f}")
-        cells.append(_num(ev.balanced_accuracy) + _ci(ev.balanced_accuracy_interval))
-        cells.append(f"{ev.n_members} / {ev.n_nonmembers}")
-        table.add_row(*cells)
-    console = Console(width=None if sys.stdout.isatty() else 110, markup=False, highlight=False)
-    console.print(table)
-    console.print(
-        f"low-high: {first.auc_interval.confidence:.0%} intervals, stratified bootstrap with "
-        f"{first.n_bootstrap} resamples, seed {first.seed}. TPR@FPR: the best ROC point whose FPR does not "
-        "exceed the target, with the FPR it achieves.",
-    )
-    for note in notes:
-        console.print(f"n/a: {note}")
-    if first.threshold is None:
-        console.print("n/a: balanced accuracy needs --threshold, chosen without these labels.")
+def _log_to_stderr() -> None:
+    """What the stages log (``logging.getLogger("diffmia...")``, level INFO) goes to standard error."""
+    logger = logging.getLogger("diffmia")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
 
 
 @app.command()
@@ -174,6 +137,7 @@ def evaluate(
 ) -> None:
     """Evaluate membership scores: AUC, TPR at low FPR with the FPR achieved, intervals, counts."""
     from diffmia.config import load_config
+    from diffmia.report.terminal import print_evaluations
     from diffmia.tables import read_scores
 
     settings = load_config(config).evaluation
@@ -182,7 +146,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps({"file": str(scores), "evaluations": {k: v.to_dict() for k, v in evaluations.items()}}))
     else:
-        _print_evaluations(evaluations, f"Membership evaluation of {scores}")
+        print_evaluations(evaluations, f"Membership evaluation of {scores}")
 
 
 @app.command()
@@ -216,8 +180,8 @@ def attack(
         typer.Option(
             "--attack",
             "-a",
-            help="Attack to run: threshold, distribution or classifier; repeat for several. "
-            "[default: the config's attacks.use, all three]",
+            help="Attack to run, by its registered name (a wrong one is answered with the valid ones); repeat for "
+            "several. [default: the config's attacks.use: every attack]",
         ),
     ] = None,
     config: ConfigOption = None,
@@ -226,6 +190,7 @@ def attack(
     """Fit attack models on shadow features, score the target once, and evaluate where labels exist."""
     from diffmia.attacks import fit_and_score
     from diffmia.config import load_config, with_options
+    from diffmia.report.terminal import print_evaluations
     from diffmia.tables import read_feature_table, write_scores
 
     settings = with_options(load_config(config), "attacks", "--attack", use=use or None)
@@ -257,7 +222,7 @@ def attack(
         f"scored {len(target_table)} target samples -> {out}"
     )
     if evaluations:
-        _print_evaluations(evaluations, f"Attacks fitted on {shadow}, evaluated on {target}")
+        print_evaluations(evaluations, f"Attacks fitted on {shadow}, evaluated on {target}")
 
 
 @config_app.command("show")
@@ -547,9 +512,9 @@ def serve(
     A --host other than loopback needs --token-env (or --insecure). The server speaks plain HTTP: beyond one
     machine, put a TLS proxy in front of it so that the token does not travel in clear.
     """
-    import uvicorn
-
     from diffmia.serve import Limits, is_loopback, make_app
+
+    uvicorn = optional("uvicorn", extra="serve", purpose="diffmia serve")
 
     if token_env is not None and not os.environ.get(token_env):
         raise DiffmiaError(f"--token-env {token_env}: that environment variable is not set")
@@ -579,7 +544,6 @@ def generate_command(
 ) -> None:
     """Run only the generation stage into the cache, so a large generation can run first and be audited later."""
     from diffmia.config import load_config
-    from diffmia.queries import build_queries
 
     settings = load_config(config)
     plan = settings.generation
@@ -605,79 +569,25 @@ RunsDirOption = Annotated[
 NameOption = Annotated[str | None, typer.Option(help="Run directory name. [default: the config's audit.name]")]
 
 
-def _audit(settings: Config, runs_dir: Path | None, name: str | None) -> None:
-    from diffmia.audit import run_audit
+TableOption = Annotated[
+    bool, typer.Option("--table", help="Also print every score set (the full evaluation table) after the verdict.")
+]
+
+
+def _audit(settings: Config, runs_dir: Path | None, name: str | None, table: bool) -> None:
+    from diffmia.audit import run_audit, run_dir_of
     from diffmia.config import with_options
+    from diffmia.report.terminal import print_run
 
     settings = with_options(
         settings, "audit", "options", runs_dir=None if runs_dir is None else str(runs_dir), name=name
     )
-    result = run_audit(settings, log=lambda line: typer.echo(line, err=True))
-    _print_audit(result)
-    typer.echo(f"run directory: {result.run_dir} (report.html, result.json, scores.parquet, features.parquet)")
-
-
-def _print_audit(run: RunResult) -> None:
-    """The verdict (a sentence per scenario, by the rules of ``diffmia.report.verdict``), then scenario x model x
-    channel x attack: AUC [CI], TPR at each FPR with the FPR achieved, counts; then the run's warnings."""
-    import textwrap
-
-    from diffmia.report.verdict import verdicts
-
-    console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
-    judged = verdicts(run)
-    wrap = textwrap.TextWrapper(width=min(console.width, 120), break_on_hyphens=False, subsequent_indent="    ")
-    console.print(wrap.fill(f"Verdict: {judged.overall}"), soft_wrap=True)
-    for verdict in judged.scenarios:
-        wrap.initial_indent = f"  [{verdict.tag.upper()}] "
-        console.print(wrap.fill(verdict.sentence), soft_wrap=True)
-    wrap.initial_indent = "  "
-    console.print(wrap.fill(f"{judged.budget}."), soft_wrap=True)
-    results = run.score_sets
-    if results:
-        fprs = [t.target_fpr for t in results[0].evaluation.tpr_at_fpr]
-        table = Table(
-            title=f"Audit {run.name}: attacks fitted on shadow models, applied once to the target",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-        )
-        for column in ("scenario", "model", "channel", "attack"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("AUC [95% CI]", justify="right", no_wrap=True)
-        for fpr in fprs:
-            table.add_column(f"TPR@{_pct(fpr)}FPR (FPR)", justify="right", no_wrap=True)
-        table.add_column("bal.acc.", justify="right", no_wrap=True)
-        table.add_column("mem/non", justify="right", no_wrap=True)
-        previous = None
-        for r in results:
-            ev = r.evaluation
-            if previous is not None and previous != r.scenario:
-                table.add_section()
-            previous = r.scenario
-            cells = [
-                r.scenario,
-                r.model,
-                r.channel,
-                r.attack,
-                f"{_num(ev.auc)} [{_num(ev.auc_interval.low)}, {_num(ev.auc_interval.high)}]",
-            ]
-            cells += ["n/a" if math.isnan(t.tpr) else f"{t.tpr:.3f} ({t.achieved_fpr:.3f})" for t in ev.tpr_at_fpr]
-            cells += [_num(ev.balanced_accuracy), f"{ev.n_members}/{ev.n_nonmembers}"]
-            table.add_row(*cells)
-        console.print(table)
-        console.print(
-            f"{run.queries_per_image} generation(s) per image and channel; models 'base' and 'blind' are controls "
-            "(un-fine-tuned base model; query images alone) and should sit near AUC 0.5. n/a: the target FPR is below "
-            "1 / number of non-members."
-            + (
-                " Baselines without shadows: channel 'none' gan-leaks (nearest caption-free generation); channel "
-                "'weights' (gray-box, reads the model's weights)."
-                if any(r.channel in ("none", "weights") and r.model != "blind" for r in results)
-                else ""
-            )
-        )
-    for warning in run.warnings:
-        console.print(f"Warning: {warning}")
+    print_run(run_audit(settings), table=table)
+    run = run_dir_of(settings)
+    typer.echo(
+        f"report: {run / 'report.html'} (beside result.json, scores.parquet and features.parquet; the full table: "
+        f"--table, or `diffmia report {run} --format md`)"
+    )
 
 
 @app.command("run")
@@ -687,14 +597,16 @@ def run_command(
     ],
     runs_dir: RunsDirOption = None,
     name: NameOption = None,
+    table: TableOption = False,
 ) -> None:
     """Run a membership audit: shadows, queries, features, attacks, evaluation and report, into a run directory.
 
-    A rerun of the same configuration resumes: finished models, cached generations and embeddings are reused.
+    Ends with the verdict and where the report is. A rerun of the same configuration resumes: finished models,
+    cached generations and embeddings are reused.
     """
     from diffmia.config import load_config
 
-    _audit(load_config(config), runs_dir, name)
+    _audit(load_config(config), runs_dir, name, table)
 
 
 @app.command()
@@ -711,6 +623,7 @@ def demo(
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Print the demo's configuration (a starting point) and exit.")
     ] = False,
+    table: TableOption = False,
 ) -> None:
     """The built-in demo audit: bundled digits, the shipped tiny base, a target fine-tuned here.
 
@@ -723,7 +636,7 @@ def demo(
     if print_config:
         typer.echo(dump_config(config), nl=False)
         return
-    _audit(config, runs_dir, name)
+    _audit(config, runs_dir, name, table)
 
 
 @app.command()
@@ -764,7 +677,7 @@ def study(
         for run in runs:
             typer.echo(f"{run.factor} = {run.label}: {Path(run.config.audit.runs_dir) / run.config.audit.name}")
         return
-    run_study(settings, log=lambda line: typer.echo(line, err=True))
+    run_study(settings)
     root = study_dir(settings)
     for factor in settings.study.factors:
         typer.echo((root / f"{slug(factor.name)}.md").read_text(encoding="utf-8"))
@@ -803,35 +716,15 @@ def set_test_command(
     non-members and reports a p-value. Results are saved to RUN_DIR/set-test.json.
     """
 
+    from diffmia.report.terminal import print_set_test
+
     scores = load_run_scores(run_dir, scenario, channel, attack)
-    result = run_set_test(scores, candidates, k, repeats=repeats, seed=seed)
-    write_json(Path(run_dir) / "set-test.json", result)
+    report = run_set_test(scores, candidates, k, repeats=repeats, seed=seed)
+    write_json(Path(run_dir) / "set-test.json", report.to_dict())
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json.dumps(report.to_dict()))
         return
-    console = Console(width=None if sys.stdout.isatty() else 140, markup=False, highlight=False)
-    where = f"scenario {scores.scenario}, channel {scores.channel}, attack {scores.attack}"
-    if "curve" not in result:
-        console.print(
-            f"Set test of {result['k']} candidate(s) ({candidates}) against {result['n_reference']} "
-            f"reference non-members ({where}): AUC {result['auc']:.3f}, p = {result['p_value']:.3g} "
-            f"({METHOD})"
-        )
-        return
-    table = Table(
-        title=f"Set test against the remaining non-members ({where}); {repeats} seeded sets per row",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-    )
-    for column in ("k", "references", "members: median p", "share p<0.001", "non-members: median p", "share p>0.05"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for row in result["curve"]["rows"]:
-        values = list(row.values())
-        table.add_row(str(values[0]), str(values[1]), *(f"{v:.3g}" for v in values[2:]))
-    console.print(table)
-    console.print(
-        f"{METHOD}; a member set is detected at p < 0.001; a non-member set should give p > 0.05 in about 95% of draws."
-    )
+    print_set_test(report)
 
 
 @cache_app.command("verify")

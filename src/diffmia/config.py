@@ -7,38 +7,41 @@ is written back as TOML beside every result.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
-import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, model_validator
 
-from diffmia.attacks import ClassifierAttack, DistributionAttack, MembershipAttack, ThresholdAttack
+from diffmia.attacks import ATTACKS, ClassifierAttack, DistributionAttack, MembershipAttack, ThresholdAttack
+from diffmia.attacks.baselines import BASELINES
+from diffmia.distances import AGGREGATIONS, similarity_names
 from diffmia.errors import ConfigError
 from diffmia.files import read_text
 from diffmia.metrics import DEFAULT_FPRS, evaluate
+from diffmia.names import WEIGHTS, Channel, Mode
 from diffmia.records import Evaluation
+from diffmia.scenarios import SCENARIOS
+from diffmia.sections import ByKind, OneOf, Section, validated
+from diffmia.targets import TARGETS, TargetSection
+from diffmia.targets.diffusers import DiffusersTargetConfig
 
-AttackName = Literal["threshold", "distribution", "classifier"]
-ALL_ATTACKS: tuple[AttackName, ...] = ("threshold", "distribution", "classifier")
 DEFAULT_FINETUNE_STEPS = 500
-_Model = TypeVar("_Model", bound=BaseModel)
-Channel = Literal["text2img", "img2img"]
+ModeName = Literal["text2img", "img2img"]
 Strength = Annotated[float, Field(gt=0.0, le=1.0)]
-DEFAULT_CHANNELS: tuple[Channel, ...] = ("text2img",)
+DEFAULT_CHANNELS: tuple[ModeName, ...] = ("text2img",)
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+# names checked against their registries when a file is read, so a registered extension is accepted as it is
+AttackName = Annotated[str, OneOf(lambda: ATTACKS)]
+BaselineName = Annotated[str, OneOf(lambda: BASELINES)]
+ScenarioName = Annotated[str, OneOf(lambda: SCENARIOS)]
+SimilarityName = Annotated[str, OneOf(similarity_names)]
+AggregationName = Annotated[str, OneOf(lambda: AGGREGATIONS)]
 
 
-class _Section(BaseModel):
-    # strict: TOML values are typed, so "100" for a number is a mistake to report, not to coerce
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """How scores are evaluated: FPRs for TPR@FPR, bootstrap size, interval confidence, seed."""
 
     fprs: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: list(DEFAULT_FPRS))
@@ -77,7 +80,7 @@ def _check_strength(value: Any) -> Any:
     raise ValueError("should be a strength in (0, 1] or a non-empty list of them, e.g. [0.3, 0.5, 0.7]")
 
 
-class ThresholdConfig(_Section):
+class ThresholdConfig(Section):
     """See :class:`~diffmia.attacks.ThresholdAttack`."""
 
     # "mean", "max", or one feature without its channel (e.g. "pixels/l2/pooled/mean"): in an audit, that column of
@@ -91,7 +94,7 @@ class ThresholdConfig(_Section):
         return ThresholdAttack(reduce=self.reduce, standardize=self.standardize)
 
 
-class DistributionConfig(_Section):
+class DistributionConfig(Section):
     """See :class:`~diffmia.attacks.DistributionAttack`."""
 
     covariance: Literal["scalar", "diagonal", "full"] = "diagonal"
@@ -102,7 +105,7 @@ class DistributionConfig(_Section):
         return DistributionAttack(covariance=self.covariance, tied=self.tied, var_floor=self.var_floor)
 
 
-class ClassifierConfig(_Section):
+class ClassifierConfig(Section):
     """See :class:`~diffmia.attacks.ClassifierAttack` (the built-in MLP)."""
 
     hidden_layer_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256])
@@ -127,10 +130,10 @@ class ClassifierConfig(_Section):
         )
 
 
-class AttacksConfig(_Section):
+class AttacksConfig(Section):
     """Which attack models to fit on shadow data, and their parameters."""
 
-    use: list[AttackName] = Field(default_factory=lambda: list(ALL_ATTACKS), min_length=1)
+    use: list[AttackName] = Field(default_factory=lambda: list(ATTACKS), min_length=1)
     # how an audit picks each scenario's headline (the channel set and attack it is read on), before the target is
     # scored: "shadow" = the highest out-of-fold TPR at headline_fpr on the shadow data (AUC breaks ties; one fold
     # per shadow model with several, else headline_folds stratified folds), "fixed" = all channels and the classifier
@@ -142,16 +145,18 @@ class AttacksConfig(_Section):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
     def build(self) -> dict[str, MembershipAttack]:
-        """A fresh, unfitted attack for each name in ``use``, in that order."""
-        sections: dict[str, ThresholdConfig | DistributionConfig | ClassifierConfig] = {
-            "threshold": self.threshold,
-            "distribution": self.distribution,
-            "classifier": self.classifier,
-        }
-        return {name: sections[name].build() for name in dict.fromkeys(self.use)}
+        """A fresh, unfitted attack for each name in ``use``, in that order: built from its section of settings
+        where it has one (the built-in attacks), else with its estimator's defaults (a registered extension)."""
+        return {name: self._build(name) for name in dict.fromkeys(self.use)}
+
+    def _build(self, name: str) -> MembershipAttack:
+        section = getattr(self, name, None)
+        if isinstance(section, ThresholdConfig | DistributionConfig | ClassifierConfig):
+            return section.build()
+        return ATTACKS.lookup(name)()
 
 
-class PrivacyConfig(_Section):
+class PrivacyConfig(Section):
     """DP-SGD for a fine-tune (``[finetune.dp]``; ``diffmia finetune --dp``): Poisson-sampled batches of expected
     size ``finetune.batch_size``, every per-sample gradient clipped to ``max_grad_norm``, Gaussian noise of std
     ``noise_multiplier x max_grad_norm`` added to their sum; privacy accounted by Opacus's RDP accountant.
@@ -172,7 +177,7 @@ class PrivacyConfig(_Section):
         return self
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(Section):
     """A fine-tuning recipe (``diffmia finetune``): what trains the targets and shadows.
 
     The defaults are the built-in model's recipe: a full UNet fine-tune. For Stable Diffusion practice set
@@ -226,7 +231,7 @@ class FinetuneConfig(_Section):
         return self.max_steps or DEFAULT_FINETUNE_STEPS
 
 
-class CaptionerTrainingConfig(_Section):
+class CaptionerTrainingConfig(Section):
     """How ``diffmia finetune-captioner`` (and an audit, for scenarios II and IV) trains a captioner on the
     attacker's auxiliary images.
 
@@ -248,97 +253,11 @@ class CaptionerTrainingConfig(_Section):
     checkpoint_every: Annotated[int, Field(ge=0)] = 500
 
 
-HTTP_KEYS = (
-    "url",
-    "api",
-    "token_env",
-    "timeout",
-    "request_timeout",
-    "retries",
-    "max_retry_wait",
-    "concurrency",
-    "batch_size",
-    "width",
-    "height",
-)
-
-
-class _SecretInput(ValueError):
-    """A bad value that may hold a secret: its message is reported without the value itself."""
-
-
-def _url_problem(url: str) -> str | None:
-    """What makes ``url`` unfit as an endpoint's base URL, naming it without any secret it holds."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError on a bad port
-    except ValueError as exc:
-        return f"not a valid URL ({exc})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "must be http:// or https:// and a host"
-    if "@" in parts.netloc:
-        return (
-            "carries credentials (user:password@): put the secret in an environment variable and name it in "
-            "target.token_env, so that it is never written to the run directory"
-        )
-    if parts.query or parts.fragment or url.rstrip().endswith(("?", "#")):
-        return "must be the server's base URL, without a ?query or #fragment (a token belongs in target.token_env)"
-    return None
-
-
-class TargetConfig(_Section):
-    """The model under audit: a local diffusers pipeline or an HTTP endpoint (see diffmia.targets)."""
-
-    kind: Literal["diffusers", "http"] = "diffusers"
-    model: str = "builtin"
-    lora: str | None = None  # a diffusers LoRA folder, or one .safetensors file (diffusers, kohya or civitai keys)
-    lora_scale: float = 1.0
-    scheduler: str | None = None
-    dtype: Literal["auto", "float64", "float32", "float16", "bfloat16"] = "auto"
-    device: str = "auto"
-    batch_size: Annotated[int, Field(ge=1)] = 8
-    safety_checker: bool = False  # off for audits: a filtered image is not the model's generation
-    url: str | None = None  # an HTTP endpoint's base URL, without credentials or ?query (a token goes in token_env)
-    api: Literal["a1111", "diffmia"] = "diffmia"
-    token_env: str | None = None  # the environment variable holding the endpoint's bearer token (never written)
-    timeout: Annotated[float, Field(gt=0.0)] = 120.0  # seconds an HTTP request may stall in any one phase
-    request_timeout: Annotated[float, Field(gt=0.0)] = 300.0  # seconds one HTTP request may take in all
-    retries: Annotated[int, Field(ge=0)] = 4
-    max_retry_wait: Annotated[float, Field(ge=0.0)] = 60.0  # the longest wait before a retry, whatever Retry-After asks
-    concurrency: Annotated[int, Field(ge=1)] = 2
-    # size of HTTP text-to-image answers where the query has none; unset: 512 x 512 for a1111 (AUTOMATIC1111's
-    # default: set your model's native size), the served model's own for diffmia
-    width: Annotated[int, Field(ge=8)] | None = None
-    height: Annotated[int, Field(ge=8)] | None = None  # see target.width
-
-    @field_validator("url")
-    @classmethod
-    def _base_url(cls, url: str | None) -> str | None:
-        if url is not None and (problem := _url_problem(url)):
-            raise _SecretInput(problem)
-        return url
-
-    @model_validator(mode="after")
-    def _http_needs_url(self) -> TargetConfig:
-        if self.kind == "http" and not self.url:
-            raise ValueError("an http target needs a url")
-        return self
-
-    def spec(self) -> dict[str, Any]:
-        """The constructor arguments of the target, as :func:`diffmia.targets.make_target` takes them."""
-        keys: tuple[str, ...] = (
-            HTTP_KEYS
-            if self.kind == "http"
-            else ("model", "lora", "lora_scale", "scheduler", "dtype", "device", "batch_size", "safety_checker")
-        )
-        return {"kind": self.kind, **{k: getattr(self, k) for k in keys}}
-
-
-class GenerationConfig(_Section):
+class GenerationConfig(Section):
     """Which queries to send: m per image and channel, their sampler settings, where the cache lives."""
 
     data: str | None = None
-    channels: list[Channel] = Field(default_factory=lambda: list(DEFAULT_CHANNELS), min_length=1)
+    channels: list[ModeName] = Field(default_factory=lambda: list(DEFAULT_CHANNELS), min_length=1)
     queries_per_image: Annotated[int, Field(ge=1)] = 3
     steps: Annotated[int, Field(ge=1)] = 30
     guidance: Annotated[float, Field(ge=0.0)] = 7.5
@@ -357,31 +276,27 @@ class GenerationConfig(_Section):
         return tuple(self.strength) if isinstance(self.strength, list) else (self.strength,)
 
     def query_channels(self) -> list[str]:
-        """The channels as features, attacks and results name them: ``img2img`` is ``img2img@S`` per strength S
-        when several are given."""
+        """The channels as features, attacks and results name them (:class:`~diffmia.names.Channel`): image-to-image
+        once per strength when several are given (``img2img@0.3``, ...), else once (``img2img``)."""
         several = len(self.strengths) > 1
         return [
-            name
-            for channel in dict.fromkeys(self.channels)
-            for name in (
-                [f"{channel}@{s:g}" for s in self.strengths] if channel == "img2img" and several else [channel]
+            str(channel)
+            for mode in map(Mode, dict.fromkeys(self.channels))
+            for channel in (
+                [Channel(mode, s) for s in self.strengths] if mode is Mode.IMG2IMG and several else [Channel(mode)]
             )
         ]
 
-    def for_channel(self, name: str) -> GenerationConfig:
+    def for_channel(self, channel: Channel | str) -> GenerationConfig:
         """These settings narrowed to one of :meth:`query_channels` (one channel, one strength)."""
-        channel, _, strength = name.partition("@")
-        update: dict[str, Any] = {"channels": [channel]}
-        if strength:
-            update["strength"] = next(s for s in self.strengths if f"{s:g}" == strength)
+        chosen = Channel.parse(channel) if isinstance(channel, str) else channel
+        update: dict[str, Any] = {"channels": [str(chosen.mode)]}
+        if chosen.strength is not None:
+            update["strength"] = next(s for s in self.strengths if str(Channel(chosen.mode, s)) == str(chosen))
         return self.model_copy(update=update)
 
 
-Scenario = Literal["I", "II", "III", "IV"]
-ALL_SCENARIOS: tuple[Scenario, ...] = ("I", "II", "III", "IV")
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """The audit's images: the target's members and non-members, and the attacker's auxiliary pool.
 
     Leave all three folders unset for the bundled digits: ``builtin_members`` members and ``builtin_nonmembers``
@@ -408,15 +323,13 @@ class DataConfig(_Section):
         return self.members is None
 
 
-DistanceName = Literal["cosine", "l1", "l2", "hamming", "ssim"]
 Granularity = Literal["pooled", "token", "unit"]
-Aggregation = Literal["mean", "max", "min", "std"]
-DEFAULT_DISTANCES: tuple[DistanceName, ...] = ("cosine", "l2", "ssim")
+DEFAULT_DISTANCES = ("cosine", "l2", "ssim")
 DEFAULT_GRANULARITIES: tuple[Granularity, ...] = ("pooled",)
-DEFAULT_AGGREGATIONS: tuple[Aggregation, ...] = ("mean", "max", "std")
+DEFAULT_AGGREGATIONS = ("mean", "max", "std")
 
 
-class FeaturesConfig(_Section):
+class FeaturesConfig(Section):
     """How a query image is compared with its generations (see diffmia.features).
 
     ``encoders``: ``pixels`` (resized pixels) or a transformers vision model by hub id or folder (DeiT
@@ -425,9 +338,9 @@ class FeaturesConfig(_Section):
 
     encoders: list[str] = Field(default_factory=lambda: ["pixels"], min_length=1)
     pixel_size: Annotated[int, Field(ge=4)] = 32
-    distances: list[DistanceName] = Field(default_factory=lambda: list(DEFAULT_DISTANCES), min_length=1)
+    distances: list[SimilarityName] = Field(default_factory=lambda: list(DEFAULT_DISTANCES), min_length=1)
     granularities: list[Granularity] = Field(default_factory=lambda: list(DEFAULT_GRANULARITIES), min_length=1)
-    aggregations: list[Aggregation] = Field(default_factory=lambda: list(DEFAULT_AGGREGATIONS), min_length=1)
+    aggregations: list[AggregationName] = Field(default_factory=lambda: list(DEFAULT_AGGREGATIONS), min_length=1)
     # add, beside every feature, the feature minus the same feature of the un-fine-tuned base model (audit.base_model)
     # queried for the same candidate and prompt with independent seeds (column ".../mean-minus-base"): how much more
     # alike the audited model makes a candidate than the public base already does
@@ -440,17 +353,17 @@ class FeaturesConfig(_Section):
     outsiders: bool = False
 
 
-class ShadowConfig(_Section):
+class ShadowConfig(Section):
     """A shadow model the attacker fine-tuned elsewhere, with the images it was and was not fine-tuned on."""
 
     model: str
     lora: str | None = None
     members: str
     nonmembers: str
-    scenarios: list[Scenario] = Field(default_factory=lambda: list(ALL_SCENARIOS), min_length=1)
+    scenarios: list[ScenarioName] = Field(default_factory=lambda: list(SCENARIOS), min_length=1)
 
 
-class AuditConfig(_Section):
+class AuditConfig(Section):
     """The audit (``diffmia run``): scenarios, shadow models, controls, where the run directory goes.
 
     Scenarios I and III query with the given captions, II and IV with captions from a captioner fine-tuned on
@@ -475,7 +388,7 @@ class AuditConfig(_Section):
 
     name: str = "audit"
     runs_dir: str = "runs"
-    scenarios: list[Scenario] = Field(default_factory=lambda: list(ALL_SCENARIOS), min_length=1)
+    scenarios: list[ScenarioName] = Field(default_factory=lambda: list(SCENARIOS), min_length=1)
     base_model: str = "builtin"
     shadow_base_model: str | None = None
     finetune_target: bool = False
@@ -488,7 +401,7 @@ class AuditConfig(_Section):
     # j mod k; the aggregations then run over captions and seeds together (max: the best caption)
     captions_per_image: Annotated[int, Field(ge=1)] = 1
     models_dir: str | None = None
-    baselines: list[Literal["gan-leaks", "loss", "secmi", "pia"]] = Field(default_factory=list)
+    baselines: list[BaselineName] = Field(default_factory=list)
     gan_leaks_samples: Annotated[int, Field(ge=1)] = 500
     base_control: bool = True
     blind_control: bool = True
@@ -518,7 +431,7 @@ UNSET = "unset"
 _DOTTED_KEY = r"^[a-z_]+(\.[a-z_0-9]+)+$"
 
 
-class FactorConfig(_Section):
+class FactorConfig(Section):
     """One factor of a study: the dotted config ``key`` it sets, and its levels (``"unset"`` removes the key).
 
     Without ``key``, each level is a table of dotted keys and their values, set together (``{}``: the base as it
@@ -563,7 +476,7 @@ def json_label(value: Any) -> str:
     return json.dumps(value, separators=(",", "="), sort_keys=True).replace('"', "")
 
 
-class StudySettings(_Section):
+class StudySettings(Section):
     """A study (``diffmia study``): audits of ``base`` (``demo``, ``demo-realistic`` or an audit TOML) with the
     ``fixed`` settings, varying one factor at a time; every study under one ``runs_dir`` shares its generation cache
     and model store."""
@@ -575,23 +488,26 @@ class StudySettings(_Section):
     factors: list[FactorConfig] = Field(min_length=1)
 
 
-class StudyConfig(_Section):
+class StudyConfig(Section):
     study: StudySettings
 
 
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study file (every problem in one ConfigError)."""
-    return _validated(StudyConfig, read_toml(path), str(path))
+    return validated(StudyConfig, read_toml(path), str(path))
 
 
-class Config(_Section):
+class Config(Section):
     """The whole configuration of a diffmia run."""
 
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     attacks: AttacksConfig = Field(default_factory=AttacksConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     captioner_training: CaptionerTrainingConfig = Field(default_factory=CaptionerTrainingConfig)
-    target: TargetConfig = Field(default_factory=TargetConfig)
+    # a discriminated union over the target kinds (diffmia.targets.TARGETS): `kind` picks the table's model
+    target: Annotated[SerializeAsAny[TargetSection], ByKind(TARGETS, "diffusers")] = Field(
+        default_factory=DiffusersTargetConfig
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -627,8 +543,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _weights_for_graybox(self) -> Config:
-        needed = [b for b in self.audit.baselines if b in ("loss", "secmi", "pia")]
-        if needed and not (self.audit.finetune_target or self.target.kind == "diffusers"):
+        needed = [b for b in self.audit.baselines if BASELINES[b].evidence == WEIGHTS]
+        if needed and not (self.audit.finetune_target or self.target.has_weights):
             raise ValueError(
                 f"audit.baselines {', '.join(needed)} read the target's weights, which an "
                 f"{self.target.kind} target does not give; drop them or audit a local model"
@@ -636,46 +552,9 @@ class Config(_Section):
         return self
 
 
-def _describe(error: Any, model: type[BaseModel]) -> str:
-    loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-        known = _known_keys(model, error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        if close:
-            message += f" (did you mean {close[0]!r}?)"
-        elif known:
-            message += f" (valid keys: {', '.join(known)})"
-        return f"{loc}: {message}"
-    message = error["msg"].removeprefix("Value error, ")
-    if not error["loc"] or isinstance(error.get("ctx", {}).get("error"), _SecretInput):  # not the whole file again
-        return f"{loc}: {message[:1].lower()}{message[1:]}"
-    return f"{loc}: {message[:1].lower()}{message[1:]} (got {error['input']!r})"
-
-
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys valid at ``loc`` in ``model``, for "did you mean" hints."""
-    current: Any = model
-    for part in loc:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        current = field.annotation
-    return list(getattr(current, "model_fields", {}))
-
-
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     """Validate a parsed TOML document; report every problem in one ConfigError."""
-    return _validated(Config, data, source)
-
-
-def _validated(model: type[_Model], data: dict[str, Any], source: str) -> _Model:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = [_describe(error, model) for error in exc.errors()]
-        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(f"{source}: {count}: " + "; ".join(problems)) from None
+    return validated(Config, data, source)
 
 
 def with_options(config: Config, section: str, source: str = "options", **values: Any) -> Config:

@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 
 from diffmia.config import Config, StudyConfig
 from diffmia.files import atomic_path
+from diffmia.sections import ByKind, OneOf
 
 # the order a reader meets the sections in: what is audited first, the statistics last; sections not listed here
 # (a new one) follow in the model's own order, so none is ever left out
@@ -49,13 +50,17 @@ REQUIRED = "required"
 
 @dataclass(frozen=True)
 class Section:
-    """One table of a TOML file: its dotted path, whether it is an array of tables, and the model behind it."""
+    """One table of a TOML file: its dotted path, whether it is an array of tables, and the model behind it. A table
+    that comes in kinds (:class:`~diffmia.sections.ByKind`) is one section for its ``kind`` key (``kinds``), then one
+    per kind (``kind``) for that kind's keys."""
 
     path: str
     model: type[BaseModel]
     array: bool = False
     optional: bool = False
     required: bool = False
+    kinds: ByKind | None = None
+    kind: str | None = None
 
     @property
     def key_prefix(self) -> str:
@@ -64,6 +69,10 @@ class Section:
     @property
     def heading(self) -> str:
         return f"[[{self.path}]]" if self.array else f"[{self.path}]"
+
+    @property
+    def title(self) -> str:
+        return f"`{self.heading}` with `kind = {_toml(self.kind)}`" if self.kind else f"`{self.heading}`"
 
 
 def sections(root: type[BaseModel], order: tuple[str, ...] = ()) -> Iterator[Section]:
@@ -79,7 +88,11 @@ def _sections_of(path: str, field: FieldInfo) -> Iterator[Section]:
     if nested is None:
         return
     model, array, optional = nested
-    yield Section(path, model, array, optional, field.is_required())
+    kinds = next((m for m in field.metadata if isinstance(m, ByKind)), None)
+    yield Section(path, model, array, optional, field.is_required(), kinds)
+    if kinds is not None:
+        yield from (Section(path, kind_model, kind=name) for name, kind_model in kinds.registry.items())
+        return
     prefix = f"{path}[]." if array else f"{path}."
     for name, sub in model.model_fields.items():
         yield from _sections_of(prefix + name, sub)
@@ -107,11 +120,12 @@ def _nested_model(annotation: Any) -> tuple[type[BaseModel], bool, bool] | None:
 
 
 def fields(section: Section) -> list[tuple[str, FieldInfo]]:
-    """The plain (non-table) fields of a section, with their dotted keys."""
+    """The plain (non-table) fields of a section, with their dotted keys (of a kind's section, all but ``kind``,
+    which the section of the table's kinds documents)."""
     return [
         (section.key_prefix + name, field)
         for name, field in section.model.model_fields.items()
-        if _nested_model(field.annotation) is None
+        if _nested_model(field.annotation) is None and not (section.kind and name == "kind")
     ]
 
 
@@ -140,7 +154,10 @@ def type_name(annotation: Any, constraints: list[Any] | None = None) -> str:
     annotation, inner = _unwrap(annotation)
     constraints = [*(constraints or []), *inner]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if _is_union(annotation):
+    one_of = next((c for c in constraints if isinstance(c, OneOf)), None)
+    if one_of is not None:  # a name checked against a registry: its names now
+        name = "one of " + ", ".join(f"`{_toml(n)}`" for n in one_of.names())
+    elif _is_union(annotation):
         kinds = [type_name(a) for a in args if a is not type(None)]
         name = " or ".join(kinds)
     elif origin is typing.Literal:
@@ -267,6 +284,12 @@ def _cell(text: str) -> str:
 def _section_text(section: Section) -> str:
     doc = inspect.getdoc(section.model) if section.model.__doc__ else ""
     parts = [_markdown(doc or "")]
+    if section.kinds is not None:
+        listed = ", ".join(f"`{_toml(k)}`" for k in section.kinds.registry)
+        parts.append(
+            f"The table comes in kinds ({listed}): its `kind` key, `{_toml(section.kinds.default)}` when it is left "
+            "out, says which keys it takes; each kind's keys follow. A key of another kind is an error."
+        )
     if section.array:
         count = "at least one is required" if section.required else "none by default"
         parts.append(f"An array of tables: repeat `{section.heading}` once per item ({count}).")
@@ -284,6 +307,8 @@ def _table(section: Section) -> list[str]:
     for key, field in rows:
         description = field.description or comments.get(key.rsplit(".", 1)[-1], "")
         kind = type_name(field.annotation, list(field.metadata))
+        if section.kinds is not None and key.endswith(".kind"):
+            kind = "one of " + ", ".join(f"`{_toml(k)}`" for k in section.kinds.registry)
         lines.append(f"| `{key}` | {_cell(kind)} | {_cell(default_text(field))} | {_cell(_markdown(description))} |")
     return lines
 
@@ -291,7 +316,7 @@ def _table(section: Section) -> list[str]:
 def _render(root: type[BaseModel], order: tuple[str, ...]) -> list[str]:
     lines: list[str] = []
     for section in sections(root, order):
-        lines += ["", f"### `{section.heading}`", ""]
+        lines += ["", f"### {section.title}", ""]
         text = _section_text(section)
         if text:
             lines += [text, ""]

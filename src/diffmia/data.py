@@ -21,6 +21,7 @@ import numpy as np
 from diffmia.errors import DataError
 from diffmia.files import atomic_path, read_text
 from diffmia.images import decode_image, image_digest, load_rgb
+from diffmia.names import Relation
 from diffmia.records import Sample
 from diffmia.scenarios import SCENARIOS
 
@@ -159,17 +160,17 @@ class MembershipSplit:
 
 @dataclass(frozen=True)
 class AuxiliarySet:
-    """The attacker's auxiliary set D' of one kind ("overlap": part real target members; "disjoint") and the
-    member / non-member split of every shadow model fine-tuned from it."""
+    """The attacker's auxiliary set D' of one relation to the target's members ("overlap": part real target
+    members; "disjoint") and the member / non-member split of every shadow model fine-tuned from it."""
 
-    kind: str
+    relation: Relation
     samples: tuple[Sample, ...]
     shadow_splits: tuple[MembershipSplit, ...]
     n_target_members: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": str(self.relation),
             "samples": [s.id for s in self.samples],
             "n_target_members": self.n_target_members,
             "shadows": [split.to_dict() for split in self.shadow_splits],
@@ -177,7 +178,7 @@ class AuxiliarySet:
 
 
 def plan_auxiliary(
-    kind: str,
+    relation: Relation,
     target: MembershipSplit,
     pool: Sequence[Sample],
     *,
@@ -195,7 +196,8 @@ def plan_auxiliary(
     not in the pooled shadow data, and every image has outsider shadows (features.outsiders).
     """
     size = 2 * shadow_members
-    n_real = round(overlap * size) if kind == "overlap" else 0
+    relation = Relation(relation)
+    n_real = round(overlap * size) if relation is Relation.OVERLAP else 0
     n_pool = size - n_real
     if n_real > len(target.members):
         raise DataError(
@@ -204,7 +206,7 @@ def plan_auxiliary(
         )
     if n_pool > len(pool):
         raise DataError(
-            f"D' of the {kind} scenarios needs {n_pool} auxiliary images but the auxiliary pool has {len(pool)}; "
+            f"D' of the {relation} scenarios needs {n_pool} auxiliary images but the auxiliary pool has {len(pool)}; "
             "add auxiliary images or lower audit.shadow_members"
         )
     real = [target.members[i] for i in rng.permutation(len(target.members))[:n_real]]
@@ -221,7 +223,7 @@ def plan_auxiliary(
                 tuple(samples[i] for i in order[:shadow_members]), tuple(samples[i] for i in order[shadow_members:])
             )
         )
-    return AuxiliarySet(kind, samples, tuple(splits), n_real)
+    return AuxiliarySet(relation, samples, tuple(splits), n_real)
 
 
 def content_digests(samples: Sequence[Sample]) -> dict[str, str]:
@@ -264,7 +266,7 @@ def check_audit_data(
         given = [s.name for s in chosen if s.given_caption]
         needs[f"members (scenario {'/'.join(given)} queries with given captions)"] = members
         needs[f"non-members (scenario {'/'.join(given)} queries with given captions)"] = nonmembers
-    elif members_need_captions or any(s.kind == "overlap" for s in chosen):
+    elif members_need_captions or any(s.relation is Relation.OVERLAP for s in chosen):
         needs["members (D' of scenarios I/II holds members, and fine-tuning needs captions)"] = members
     for name, group in needs.items():
         missing = [s.id for s in group if not (s.caption and s.caption.strip())]

@@ -14,6 +14,7 @@ import numpy as np
 
 from diffmia.errors import ConfigError
 from diffmia.records import FloatArray
+from diffmia.registry import Registry
 
 Similarity = Callable[[np.ndarray, np.ndarray], FloatArray]
 
@@ -78,27 +79,31 @@ def ssim(a: np.ndarray, b: np.ndarray, sigma: float = 1.5) -> FloatArray:
     return np.asarray(result[0] if single else result, np.float64)
 
 
-SIMILARITIES: dict[str, Similarity] = {"cosine": cosine, "l1": l1, "l2": l2, "hamming": hamming}
-AGGREGATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "mean": lambda s: s.mean(axis=0),
-    "max": lambda s: s.max(axis=0),
-    "min": lambda s: s.min(axis=0),
-    "std": lambda s: s.std(axis=0),
-}
+# the similarity registries: on embeddings (any encoder's, pooled, per token or per unit), and on the images
+# themselves (their encoder column is "pixels"); features.distances takes the names of both
+SIMILARITIES: Registry[Similarity] = Registry("distance", {"cosine": cosine, "l1": l1, "l2": l2, "hamming": hamming})
+IMAGE_SIMILARITIES: Registry[Similarity] = Registry("distance", {"ssim": ssim})
+AGGREGATIONS: Registry[Callable[[np.ndarray], np.ndarray]] = Registry(
+    "aggregation",
+    {
+        "mean": lambda s: s.mean(axis=0),
+        "max": lambda s: s.max(axis=0),
+        "min": lambda s: s.min(axis=0),
+        "std": lambda s: s.std(axis=0),
+    },
+)
+
+
+def similarity_names() -> list[str]:
+    """Every similarity an audit can compute: those on embeddings, then those on images."""
+    return [*SIMILARITIES, *IMAGE_SIMILARITIES]
 
 
 def similarity(name: str) -> Similarity:
-    """The similarity registered as ``name``."""
-    try:
-        return SIMILARITIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown distance {name!r}; valid: {', '.join(SIMILARITIES)}") from None
+    """The similarity on embeddings registered as ``name``."""
+    return SIMILARITIES.lookup(name)
 
 
 def aggregate(scores: np.ndarray, how: str) -> FloatArray:
     """Aggregate the scores of the m generations of one query (axis 0) by mean, max, min or std."""
-    try:
-        reduce = AGGREGATIONS[how]
-    except KeyError:
-        raise ConfigError(f"unknown aggregation {how!r}; valid: {', '.join(AGGREGATIONS)}") from None
-    return np.asarray(reduce(np.asarray(scores, np.float64)), dtype=np.float64)
+    return np.asarray(AGGREGATIONS.lookup(how)(np.asarray(scores, np.float64)), dtype=np.float64)

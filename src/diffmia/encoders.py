@@ -4,19 +4,24 @@
 vision, DINOv2, ...) and returns its token outputs (n, tokens, d); ``pool`` makes one vector per image.
 ``PixelEncoder`` is the model-free reference: resized RGB pixels. Every encoder has a ``fingerprint`` (class,
 parameters and weights identity) that keys cached embeddings.
+
+:data:`ENCODERS` is the registry of encoders known by name (``pixels``); any other name in ``features.encoders``
+is a transformers vision model, by hub id or folder (:func:`make_encoder`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from diffmia.errors import ConfigError, TargetError
 from diffmia.files import weights_digest
+from diffmia.registry import Registry
 
 DEFAULT_ENCODER = "facebook/deit-base-distilled-patch16-384"
 POOLINGS = ("cls", "mean", "pooler")
@@ -117,3 +122,37 @@ class HFVisionEncoder:
     def pool(self, tokens: np.ndarray) -> np.ndarray:
         """One vector per image from ``encode``'s output: the first token (cls, pooler) or the mean."""
         return np.asarray(tokens.mean(axis=1) if self.pooling == "mean" else tokens[:, 0])
+
+
+class Encoder(Protocol):
+    @property
+    def fingerprint(self) -> str: ...
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class NamedEncoder:
+    """An encoder known by name: how to build it (from ``features.pixel_size``), and whether it gives token
+    outputs (so that per-token and per-unit columns exist)."""
+
+    build: Callable[[int], Encoder]
+    tokens: bool
+
+
+ENCODERS: Registry[NamedEncoder] = Registry("encoder", {"pixels": NamedEncoder(PixelEncoder, tokens=False)})
+
+
+def make_encoder(name: str, pixel_size: int) -> Encoder:
+    """The encoder ``features.encoders`` names: a registered one, else a transformers model by hub id or folder."""
+    return ENCODERS[name].build(pixel_size) if name in ENCODERS else HFVisionEncoder(name)
+
+
+def gives_tokens(name: str) -> bool:
+    """Whether the encoder ``name`` gives token outputs (transformers models do)."""
+    return ENCODERS[name].tokens if name in ENCODERS else True
+
+
+def encoder_name(name: str) -> str:
+    """The short name an encoder's feature columns carry: a registered name, or a hub id's or folder's last part."""
+    return name if name in ENCODERS else Path(name.rstrip("/")).name

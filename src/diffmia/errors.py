@@ -5,6 +5,9 @@ ConfigError and DataError are also ValueErrors, as scikit-learn and Python conve
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class DiffmiaError(Exception):
     """A problem the user can act on: the message names what is wrong and, where possible, what to do."""
@@ -30,3 +33,12 @@ class MissingDependencyError(DiffmiaError):
         what = f" (needed for {purpose})" if purpose else ""
         super().__init__(f"the optional package {package!r} is not installed{what}; install it with: {hint}")
         self.package = package
+
+
+def optional(module: str, *, extra: str, purpose: str) -> ModuleType:
+    """The optional package ``module``, imported; a :class:`MissingDependencyError` naming the extra that installs
+    it when it is not installed (``pip install 'diffmia[extra]'``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingDependencyError(module.split(".")[0], extra=extra, purpose=purpose) from None

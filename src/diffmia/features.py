@@ -15,41 +15,61 @@ non-members are before any model is queried.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from diffmia.distances import aggregate, similarity, ssim
+from diffmia.distances import IMAGE_SIMILARITIES, aggregate, similarity
+from diffmia.encoders import Encoder
 from diffmia.errors import ConfigError, DataError
 from diffmia.files import atomic_path
 from diffmia.images import image_digest
+from diffmia.names import Column, Reference
 from diffmia.records import BoolArray, FeatureTable
 
 GRANULARITIES = ("pooled", "token", "unit")
-NUMBERED = {"token": 3, "unit": 4}  # the digits that number a per-token or per-unit column's token or hidden unit
 
 
-def column_name(encoder: str, distance: str, granularity: str, aggregation: str, index: int | None = None) -> str:
-    """A feature column's name, ``encoder/similarity/granularity/aggregation``; per token or unit, numbered."""
-    part = granularity if index is None else f"{granularity}{index:0{NUMBERED[granularity]}d}"
-    return f"{encoder}/{distance}/{part}/{aggregation}"
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Which columns a comparison of queries with their generations writes, in the order it writes them: for each
+    encoder, each similarity on embeddings, each granularity the encoder allows (per token or unit only with token
+    outputs), each aggregation; then each similarity on the images themselves (encoder column ``pixels``). Both the
+    validation of a configuration and :func:`build_features` read the columns from here."""
 
+    similarities: tuple[str, ...] = ("cosine",)
+    granularities: tuple[str, ...] = ("pooled",)
+    aggregations: tuple[str, ...] = ("mean",)
 
-def column_pattern(encoder: str, distance: str, granularity: str, aggregation: str) -> str:
-    """The regular expression of :func:`column_name`'s names, for any token or unit number."""
-    part = granularity + (rf"\d{{{NUMBERED[granularity]}}}" if granularity in NUMBERED else "")
-    return "/".join([re.escape(encoder), re.escape(distance), part, re.escape(aggregation)])
+    def __post_init__(self) -> None:
+        bad = [g for g in self.granularities if g not in GRANULARITIES]
+        if bad:
+            raise ConfigError(f"unknown granularity {bad[0]!r}; valid: {', '.join(GRANULARITIES)}")
 
-
-class Encoder(Protocol):
     @property
-    def fingerprint(self) -> str: ...
+    def embedding_similarities(self) -> list[str]:
+        """The similarities on embeddings (every name but those on images: an unknown one is refused at use)."""
+        return [d for d in self.similarities if d not in IMAGE_SIMILARITIES]
 
-    def encode(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+    @property
+    def image_similarities(self) -> list[str]:
+        return [d for d in self.similarities if d in IMAGE_SIMILARITIES]
+
+    def embedding_groups(self, tokens: bool) -> list[tuple[str, str]]:
+        """(similarity, granularity) of one encoder's columns, in order; ``tokens``: it gives token outputs."""
+        return [(d, g) for d in self.embedding_similarities for g in self.granularities if g == "pooled" or tokens]
+
+    def columns(
+        self, encoders: Mapping[str, bool], references: Sequence[Reference] = (Reference.NONE,)
+    ) -> list[Column]:
+        """Every planned column (per token or unit: all of them, unnumbered); ``encoders``: short name -> whether
+        it gives token outputs; each aggregation measured against each of ``references``."""
+        groups = [(e, d, g) for e, tokens in encoders.items() for d, g in self.embedding_groups(tokens)]
+        groups += [("pixels", d, "pooled") for d in self.image_similarities]
+        return [Column(e, d, g, a, reference=r) for e, d, g in groups for r in references for a in self.aggregations]
 
 
 class CachedEncoder:
@@ -110,62 +130,62 @@ def build_features(
     aggregations: Sequence[str] = ("mean",),
     labels: BoolArray | None = None,
 ) -> FeatureTable:
-    """The feature table of ``queries`` (one image each) against their ``generations`` (m images each).
-
-    ``distances`` may include ``"ssim"``, computed on the images themselves (resized to the query's size)
-    rather than on an encoder's embeddings.
-    """
+    """The feature table of ``queries`` (one image each) against their ``generations`` (m images each), with the
+    columns of :class:`FeaturePlan` (``distances`` may include ``"ssim"``, computed on the images themselves,
+    resized to the query's size, rather than on an encoder's embeddings)."""
     n = len(queries)
     if len(generations) != n or len(sample_ids) != n:
         raise DataError(f"{len(sample_ids)} ids, {n} queries and {len(generations)} generation lists differ in number")
     m = {len(g) for g in generations}
     if len(m) != 1 or 0 in m:
         raise DataError(f"every query needs the same positive number of generations, got {sorted(m)}")
-    (m_each,) = m
-    bad = [g for g in granularities if g not in GRANULARITIES]
-    if bad:
-        raise ConfigError(f"unknown granularity {bad[0]!r}; valid: {', '.join(GRANULARITIES)}")
+    plan = FeaturePlan(tuple(distances), tuple(granularities), tuple(aggregations))
     flat = [im for group in generations for im in group]
     columns: dict[str, np.ndarray] = {}
-    embedding_distances = [d for d in distances if d != "ssim"]
     for name, encoder in encoders.items():
-        if not embedding_distances:
-            break
-        query_emb = encoder.encode(queries)
-        gen_emb = encoder.encode(flat).reshape(n, m_each, *query_emb.shape[1:])
-        tokens = query_emb.ndim == 3
-        for distance in embedding_distances:
-            measure = similarity(distance)
-            for granularity in granularities:
-                if granularity == "pooled":
-                    scores = measure(_pool(encoder, query_emb, tokens)[:, None], _pool(encoder, gen_emb, tokens))
-                    for agg in aggregations:
-                        columns[column_name(name, distance, "pooled", agg)] = aggregate(scores.T, agg)
-                elif tokens and granularity == "token":  # per token: (n, m, tokens)
-                    scores = measure(query_emb[:, None], gen_emb)
-                    for agg in aggregations:
-                        per_token = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, tokens)
-                        for t in range(per_token.shape[1]):
-                            columns[column_name(name, distance, "token", agg, t)] = per_token[:, t]
-                elif tokens:  # per hidden unit, its values across the tokens compared: (n, m, d)
-                    scores = measure(np.swapaxes(query_emb, -1, -2)[:, None], np.swapaxes(gen_emb, -1, -2))
-                    for agg in aggregations:
-                        per_unit = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, d)
-                        for u in range(per_unit.shape[1]):
-                            columns[column_name(name, distance, "unit", agg, u)] = per_unit[:, u]
-    if "ssim" in distances:
+        if plan.embedding_similarities:
+            columns |= _embedding_columns(name, encoder, queries, flat, plan)
+    for distance in plan.image_similarities:
+        measure = IMAGE_SIMILARITIES[distance]
         scores = np.stack(
             [
-                ssim(_array(q), np.stack([_array(g, q.size) for g in group]))
+                measure(_array(q), np.stack([_array(g, q.size) for g in group]))
                 for q, group in zip(queries, generations, strict=True)
             ]
         )
-        for agg in aggregations:
-            columns[column_name("pixels", "ssim", "pooled", agg)] = aggregate(scores.T, agg)
+        for agg in plan.aggregations:
+            columns[str(Column("pixels", distance, "pooled", agg))] = aggregate(scores.T, agg)
     if not columns:
         raise ConfigError("no features: give at least one encoder and distance (or the ssim distance)")
     names = tuple(columns)
     return FeatureTable(tuple(sample_ids), np.column_stack([columns[c] for c in names]), names, labels)
+
+
+def _embedding_columns(
+    name: str, encoder: Encoder, queries: Sequence[Image.Image], flat: Sequence[Image.Image], plan: FeaturePlan
+) -> dict[str, np.ndarray]:
+    """One encoder's columns: each similarity pooled (one scalar per generation), per token (the token's vectors:
+    one score per patch) or per hidden unit (the unit's values across the tokens), aggregated over generations."""
+    query_emb = encoder.encode(queries)
+    gen_emb = encoder.encode(flat).reshape(len(queries), -1, *query_emb.shape[1:])
+    tokens = query_emb.ndim == 3
+    columns: dict[str, np.ndarray] = {}
+    for distance, granularity in plan.embedding_groups(tokens):
+        measure = similarity(distance)
+        if granularity == "pooled":
+            scores = measure(_pool(encoder, query_emb, tokens)[:, None], _pool(encoder, gen_emb, tokens))
+            for agg in plan.aggregations:
+                columns[str(Column(name, distance, "pooled", agg))] = aggregate(scores.T, agg)
+            continue
+        if granularity == "token":  # per token: (n, m, tokens)
+            scores = measure(query_emb[:, None], gen_emb)
+        else:  # per hidden unit, its values across the tokens compared: (n, m, d)
+            scores = measure(np.swapaxes(query_emb, -1, -2)[:, None], np.swapaxes(gen_emb, -1, -2))
+        for agg in plan.aggregations:
+            per_part = aggregate(np.moveaxis(scores, 1, 0), agg)  # (n, tokens or units)
+            for k in range(per_part.shape[1]):
+                columns[str(Column(name, distance, granularity, agg, k))] = per_part[:, k]
+    return columns
 
 
 def _array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:

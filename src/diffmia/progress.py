@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from rich.console import Console
 
@@ -58,11 +57,3 @@ def progress(
             bar.update(task, advance=count, rate=rate, note=note)
 
         yield advance
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """Where long work reports to: ``log`` takes one line at a time; ``show_progress`` turns the bars on."""
-
-    log: Callable[[str], None] = print
-    show_progress: bool = True

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from diffmia.config import GenerationConfig
 from diffmia.records import Query, Sample
+
+if TYPE_CHECKING:
+    from diffmia.config import GenerationConfig
 
 
 def query_seed(seed: int, sample_id: str, channel: str, index: int) -> int:

@@ -7,19 +7,24 @@ Unless ``--verbose`` is given, the command line silences:
   (diffmia never uses torchvision: the PIL processors are what it means to run);
 - diffusers' notice that the safety checker is disabled (diffmia disables it unless ``target.safety_checker``).
 
+Always, whatever the flag: diffusers' notice that a LoRA has no text-encoder weights, at the load of an adapter diffmia
+fine-tuned itself (they adapt the denoiser alone, so the notice says nothing; :func:`dropping` scopes the filter to
+that one call, and a user's LoRA keeps the notice, which may flag a real mismatch).
+
 Every other message of those libraries still shows. The libraries are not imported here (that takes seconds):
 the settings apply when they are first imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -33,6 +38,27 @@ class _DropHarmless(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(pattern.search(message) for pattern in HARMLESS)
+
+
+class _Drop(logging.Filter):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+@contextlib.contextmanager
+def dropping(logger: str, pattern: str) -> Iterator[None]:
+    """While the block runs, the messages of ``logger`` that match ``pattern`` are dropped (a notice known to be
+    harmless in that one call, and not elsewhere)."""
+    drop = _Drop(pattern)
+    logging.getLogger(logger).addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(drop)
 
 
 def _quiet_library_logging(module: ModuleType) -> None:

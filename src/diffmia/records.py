@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,11 @@ class FeatureTable:
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    def select(self, names: Sequence[str]) -> FeatureTable:
+        """The table of the columns ``names`` only, in that order."""
+        index = [self.names.index(n) for n in names]
+        return FeatureTable(self.sample_ids, self.X[:, index], tuple(names), self.y)
 
 
 @dataclass(frozen=True)

@@ -6,29 +6,43 @@ A finished run directory holds two result files (documented in ``docs/results.md
 - ``result.json``: the :class:`RunResult` without per-sample scores, with a ``schema_version``;
 - ``scores.parquet``: one row per (scenario, model, channel, attack, sample): the frozen score and the true label.
 
-Version 1 is the layout from before ``schema_version`` existed (one ``timings_seconds`` block, no recorded headline);
-it still loads. A file of a newer schema than this diffmia knows is refused with a message that says so.
+The records are pydantic dataclasses: ``result.json`` is their JSON form, written and read back by pydantic (a file
+that does not fit them is a :class:`DataError` naming where). Version 1 is the layout from before
+``schema_version`` existed (one ``timings_seconds`` block, no recorded headline); it is upgraded as it loads. A file
+of a newer schema than this diffmia knows is refused with a message that says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PlainSerializer,
+    SkipValidation,
+    TypeAdapter,
+    ValidationError,
+    computed_field,
+)
+from pydantic.dataclasses import dataclass
 
 from diffmia.errors import DataError
 from diffmia.files import atomic_path, write_json
+from diffmia.names import COMBINED
 from diffmia.records import Evaluation, FeatureTable, ScoreSet
 
 SCHEMA_VERSION = 2
 RESULT_FILE = "result.json"
 SCORES_FILE = "scores.parquet"
 FEATURES_FILE = "features.parquet"
-COMBINED = "combined"
 SCORE_COLUMNS = ("scenario", "model", "channel", "attack", "sample_id", "member", "score")
 HEADLINE_RULE = (
     "fixed before the run: in every scenario, all query channels together (the one channel when there is one) and "
@@ -66,6 +80,7 @@ _REQUIRED = (
     "versions",
     "machine",
 )
+_RECORD = ConfigDict(frozen=True)
 
 
 def fixed_headline(channels: Sequence[str], attacks: Sequence[str]) -> tuple[str, str]:
@@ -74,7 +89,15 @@ def fixed_headline(channels: Sequence[str], attacks: Sequence[str]) -> tuple[str
     return channel, "classifier" if "classifier" in attacks else attacks[0]
 
 
-@dataclass(frozen=True)
+def _evaluation(value: Any) -> Any:
+    return Evaluation.from_dict(value) if isinstance(value, dict) else value
+
+
+# an evaluation as result.json holds it (undefined numbers as null)
+EvaluationRecord = Annotated[Evaluation, BeforeValidator(_evaluation), PlainSerializer(Evaluation.to_dict)]
+
+
+@dataclass(config=_RECORD)
 class DataSummary:
     """Where the candidates came from and how many there were."""
 
@@ -86,7 +109,15 @@ class DataSummary:
     overlap: float
 
 
-@dataclass(frozen=True)
+@dataclass(config=_RECORD)
+class GeneratedImage:
+    """One of the target's generations for an exposed member: its query channel and image file."""
+
+    channel: str
+    image: str
+
+
+@dataclass(config=_RECORD)
 class ExposedImage:
     """A member beside the target's generations for it (image paths as they were when the run finished)."""
 
@@ -94,10 +125,10 @@ class ExposedImage:
     image: str
     prompt: str
     score: float
-    generations: tuple[tuple[str, str], ...]  # (channel, image path)
+    generations: tuple[GeneratedImage, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(config=_RECORD)
 class Exposure:
     """The members the target leaks most, ranked by one score set fixed before the run."""
 
@@ -107,7 +138,22 @@ class Exposure:
     images: tuple[ExposedImage, ...]
 
 
-@dataclass(frozen=True)
+def _no_exposure(value: Any) -> Any:
+    return None if value == {} else value  # result.json writes a run without exposed members as {}
+
+
+_EXPOSURE: TypeAdapter[Exposure] = TypeAdapter(Exposure)
+
+
+def _exposure_json(exposure: Exposure | None) -> dict[str, Any]:
+    dumped: dict[str, Any] = {} if exposure is None else _EXPOSURE.dump_python(exposure, mode="json")
+    return dumped
+
+
+ExposureRecord = Annotated[Exposure | None, BeforeValidator(_no_exposure), PlainSerializer(_exposure_json)]
+
+
+@dataclass(config=_RECORD)
 class Quality:
     """A model's generation quality on the bundled digits (see ``diffmia.quality``)."""
 
@@ -116,7 +162,7 @@ class Quality:
     generations: int
 
 
-@dataclass(frozen=True)
+@dataclass(config=_RECORD)
 class Pass:
     """One pass of the audit over the run directory: when it finished and the seconds each stage took. A resumed or
     repeated run adds a pass, so the cost of the first (real) work is never overwritten by a cached rerun's."""
@@ -125,11 +171,38 @@ class Pass:
     seconds: dict[str, float]
 
 
-@dataclass(frozen=True)
+@dataclass(config=_RECORD)
+class HeadlineCandidate:
+    """One (channel, attack) a shadow-chosen headline was chosen among: its out-of-fold performance on the shadow
+    data (TPR None where the shadows hold too few non-members to resolve the FPR)."""
+
+    channel: str
+    attack: str
+    auc: float
+    tpr: float | None
+    fpr: float
+    folds: int
+
+
+@dataclass(config=_RECORD)
+class ResultRow:
+    """One score set as ``result.json`` lists it: its key and evaluation (its scores are in ``scores.parquet``)."""
+
+    scenario: str
+    model: str
+    channel: str
+    attack: str
+    evaluation: EvaluationRecord
+
+
+@dataclass(config=ConfigDict(frozen=True, arbitrary_types_allowed=True), kw_only=True)
 class RunResult:
     """Everything a run reports. ``score_sets`` holds every (scenario, model, channel, attack) with its per-sample
-    scores, labels and evaluation; ``headline`` maps each scenario to the (channel, attack) it leads with."""
+    scores, labels and evaluation; ``headline`` maps each scenario to the (channel, attack) it leads with.
+    ``generation`` is the run's ``[generation]`` section and ``models`` / ``captioners`` the cards of the models it
+    queried, as JSON (each card is the record its trainer wrote)."""
 
+    schema_version: int = SCHEMA_VERSION
     name: str
     diffmia_version: str
     machine: str
@@ -138,27 +211,34 @@ class RunResult:
     scenarios: tuple[str, ...]
     channels: tuple[str, ...]
     queries_per_image: int
-    generation: dict[str, Any]
+    generation: dict[str, JsonValue]
     seeds: dict[str, int]
-    models: dict[str, dict[str, Any]]
-    captioners: dict[str, dict[str, Any]]
+    models: dict[str, dict[str, JsonValue]]
+    captioners: dict[str, dict[str, JsonValue]]
     images_requested: dict[str, int]
     generation_quality: dict[str, Quality]
     warnings: tuple[str, ...]
-    exposed: Exposure | None
-    headline: dict[str, tuple[str, str]]
-    passes: tuple[Pass, ...]
-    score_sets: tuple[ScoreSet, ...]
-    candidate_images: dict[str, str] = field(default_factory=dict)  # the target's candidates' files, by sample id
+    exposed: ExposureRecord
     headline_rule: str = HEADLINE_RULE
+    headline: dict[str, tuple[str, str]]
     # per scenario, what the headline was chosen by: every candidate's out-of-fold shadow AUC and TPR (rule "shadow")
-    headline_validation: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
-    run_dir: Path | None = field(default=None, compare=False)
+    headline_validation: dict[str, list[HeadlineCandidate]] = Field(default_factory=dict)
+    passes: tuple[Pass, ...]
+    candidate_images: dict[str, str] = Field(default_factory=dict)  # the target's candidates' files, by sample id
+    score_sets: SkipValidation[tuple[ScoreSet, ...]] = Field(exclude=True)
+    run_dir: Annotated[SkipValidation[Path | None], Field(exclude=True)] = dataclasses.field(
+        default=None, compare=False
+    )
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def finished(self) -> str:
         return self.passes[-1].finished
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def results(self) -> list[ResultRow]:
+        return [ResultRow(s.scenario, s.model, s.channel, s.attack, s.evaluation) for s in self.score_sets]
 
     @property
     def first_scenario_headline(self) -> tuple[str, str, str]:
@@ -184,73 +264,11 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         """``result.json``: every field but the per-sample scores (which go to ``scores.parquet``)."""
-        return {
-            "schema_version": self.schema_version,
-            "name": self.name,
-            "finished": self.finished,
-            "diffmia_version": self.diffmia_version,
-            "machine": self.machine,
-            "versions": self.versions,
-            "data": vars(self.data),
-            "scenarios": list(self.scenarios),
-            "channels": list(self.channels),
-            "queries_per_image": self.queries_per_image,
-            "generation": self.generation,
-            "seeds": self.seeds,
-            "models": self.models,
-            "captioners": self.captioners,
-            "images_requested": self.images_requested,
-            "generation_quality": {k: vars(q) for k, q in self.generation_quality.items()},
-            "warnings": list(self.warnings),
-            "exposed": _exposure_to_dict(self.exposed),
-            "headline_rule": self.headline_rule,
-            "headline": {s: list(key) for s, key in self.headline.items()},
-            "headline_validation": self.headline_validation,
-            "passes": [{"finished": p.finished, "seconds": p.seconds} for p in self.passes],
-            "candidate_images": self.candidate_images,
-            "results": [
-                {
-                    "scenario": s.scenario,
-                    "model": s.model,
-                    "channel": s.channel,
-                    "attack": s.attack,
-                    "evaluation": s.evaluation.to_dict(),
-                }
-                for s in self.score_sets
-            ],
-        }
+        document: dict[str, Any] = _RUN.dump_python(self, mode="json")
+        return document
 
 
-def _exposure_to_dict(exposure: Exposure | None) -> dict[str, Any]:
-    if exposure is None:
-        return {}
-    images = [
-        {
-            "sample_id": i.sample_id,
-            "image": i.image,
-            "prompt": i.prompt,
-            "score": i.score,
-            "generations": [{"channel": c, "image": path} for c, path in i.generations],
-        }
-        for i in exposure.images
-    ]
-    return {"scenario": exposure.scenario, "channel": exposure.channel, "attack": exposure.attack, "images": images}
-
-
-def _exposure_from_dict(data: Mapping[str, Any]) -> Exposure | None:
-    if not data:
-        return None
-    images = tuple(
-        ExposedImage(
-            i["sample_id"],
-            i["image"],
-            i["prompt"],
-            float(i["score"]),
-            tuple((g["channel"], g["image"]) for g in i["generations"]),
-        )
-        for i in data["images"]
-    )
-    return Exposure(data["scenario"], data["channel"], data["attack"], images)
+_RUN: TypeAdapter[RunResult] = TypeAdapter(RunResult)
 
 
 # --- writing -------------------------------------------------------------------------------------------------
@@ -333,13 +351,14 @@ def load_run(run_dir: str | Path) -> RunResult:
             "audit to rewrite it"
         )
     try:
-        return _from_dict(data, _read_scores(run / SCORES_FILE), run)
-    except DataError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(
-            f"{path} does not match its schema (version {version}): {exc!r}; rerun the audit to rewrite it"
-        ) from None
+        document = _upgrade_v1(data) if version == 1 else data
+        return _RUN.validate_python({**document, "score_sets": _score_sets(document, run), "run_dir": run})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        problem = f"{first['msg']} at {first['loc']}"
+    except (KeyError, TypeError) as exc:  # a version-1 file without the fields its upgrade reads
+        problem = repr(exc)
+    raise DataError(f"{path} does not match its schema (version {version}): {problem}; rerun the audit to rewrite it")
 
 
 def _read_scores(path: Path) -> dict[tuple[str, str, str, str], tuple[list[str], list[float], list[bool]]]:
@@ -359,66 +378,28 @@ def _read_scores(path: Path) -> dict[tuple[str, str, str, str], tuple[list[str],
     return groups
 
 
-def _validation_row(row: dict[str, Any]) -> dict[str, Any]:
-    """One candidate of a shadow-chosen headline, as the audit writes it (a missing or mistyped field is a
-    KeyError / TypeError / ValueError, which the loader reports as a schema mismatch)."""
-    return {
-        "channel": str(row["channel"]),
-        "attack": str(row["attack"]),
-        "auc": float(row["auc"]),
-        "tpr": None if row["tpr"] is None else float(row["tpr"]),
-        "fpr": float(row["fpr"]),
-        "folds": int(row["folds"]),
-    }
-
-
-def _from_dict(data: dict[str, Any], scores: dict[tuple[str, str, str, str], Any], run: Path) -> RunResult:
-    score_sets = []
-    for r in data["results"]:
-        key = (r["scenario"], r["model"], r["channel"], r["attack"])
+def _score_sets(data: dict[str, Any], run: Path) -> tuple[ScoreSet, ...]:
+    """The score sets ``result.json`` lists, each with its scores from ``scores.parquet``."""
+    scores = _read_scores(run / SCORES_FILE)
+    rows = data["results"]
+    if not isinstance(rows, list):
+        raise DataError(f"{run / RESULT_FILE} lists its results as a {type(rows).__name__}; rerun the audit")
+    sets = []
+    for row in TypeAdapter(list[ResultRow]).validate_python(rows):
+        key = (row.scenario, row.model, row.channel, row.attack)
         if key not in scores:
             raise DataError(f"{run / SCORES_FILE} has no scores of {'/'.join(key)}, which {RESULT_FILE} reports")
         ids, values, labels = scores[key]
-        score_sets.append(
-            ScoreSet(
-                *key,
-                tuple(ids),
-                np.array(values, dtype=np.float64),
-                np.array(labels, dtype=bool),
-                Evaluation.from_dict(r["evaluation"]),
-            )
+        sets.append(
+            ScoreSet(*key, tuple(ids), np.array(values, np.float64), np.array(labels, dtype=bool), row.evaluation)
         )
-    if "passes" in data:
-        passes = tuple(Pass(p["finished"], dict(p["seconds"])) for p in data["passes"])
-    else:  # version 1: one block of timings, from the last pass only
-        passes = (Pass(data["finished"], dict(data.get("timings_seconds", {}))),)
-    attacks = list(dict.fromkeys(s.attack for s in score_sets if s.model == "target")) or ["classifier"]
-    recorded = data.get("headline") or {s: fixed_headline(data["channels"], attacks) for s in data["scenarios"]}
-    return RunResult(
-        name=data["name"],
-        diffmia_version=data["diffmia_version"],
-        machine=data["machine"],
-        versions=dict(data["versions"]),
-        data=DataSummary(**data["data"]),
-        scenarios=tuple(data["scenarios"]),
-        channels=tuple(data["channels"]),
-        queries_per_image=int(data["queries_per_image"]),
-        generation=dict(data["generation"]),
-        seeds=dict(data["seeds"]),
-        models=dict(data["models"]),
-        captioners=dict(data["captioners"]),
-        images_requested=dict(data["images_requested"]),
-        generation_quality={k: Quality(**q) for k, q in data.get("generation_quality", {}).items()},
-        warnings=tuple(data["warnings"]),
-        exposed=_exposure_from_dict(data["exposed"]),
-        headline={s: (str(c), str(a)) for s, (c, a) in recorded.items()},
-        passes=passes,
-        score_sets=tuple(score_sets),
-        candidate_images=dict(data.get("candidate_images", {})),
-        headline_rule=data.get("headline_rule", HEADLINE_RULE),
-        headline_validation={
-            s: [_validation_row(r) for r in rows] for s, rows in data.get("headline_validation", {}).items()
-        },
-        schema_version=int(data.get("schema_version", 1)),
-        run_dir=run,
-    )
+    return tuple(sets)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 ``result.json`` in the version-2 layout: its one block of timings as one pass, and the headline
+    of the fixed rule (version 1 recorded none)."""
+    attacks = list(dict.fromkeys(r["attack"] for r in data["results"] if r["model"] == "target")) or ["classifier"]
+    headline = data.get("headline") or {s: fixed_headline(data["channels"], attacks) for s in data["scenarios"]}
+    passes = data.get("passes") or [{"finished": data["finished"], "seconds": data.get("timings_seconds", {})}]
+    return {**data, "schema_version": 1, "headline": headline, "passes": passes}

@@ -7,48 +7,45 @@ the target's real fine-tuning set?
 | II       | image only      | half of D' are real members | captioner fine-tuned on D' |
 | III      | image + caption | disjoint                    | the given caption          |
 | IV       | image only      | disjoint                    | captioner fine-tuned on D' |
+
+:data:`SCENARIOS` is the registry of scenarios: the configuration accepts exactly its names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("overlap", "disjoint")  # how D' relates to the target's members, in the order D' sets are drawn
+from diffmia.names import PromptSource, Relation
+from diffmia.registry import Registry
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario: ``caption`` is where its prompts come from ("given" or "captioner"), ``kind`` how its D'
-    relates to the target's members ("overlap" or "disjoint")."""
+    """One scenario: whether its queries carry the given caption (else the captioner's, fine-tuned on its D'), and
+    how its D' relates to the target's members."""
 
     name: str
-    caption: str
-    kind: str
+    given_caption: bool
+    relation: Relation
 
     @property
-    def given_caption(self) -> bool:
-        return self.caption == "given"
-
-    @property
-    def prompt_source(self) -> str:
-        """The prompts the scenario queries with: "given", or "captioner-<kind>" (the captioner of its D')."""
-        return "given" if self.given_caption else f"captioner-{self.kind}"
+    def prompt_source(self) -> PromptSource:
+        """The prompts the scenario queries with: the given captions, or those of the captioner of its D'."""
+        return PromptSource.GIVEN if self.given_caption else PromptSource.captioner(self.relation)
 
     @property
     def description(self) -> str:
         query = "image + caption" if self.given_caption else "image only"
-        aux = "half of D\u2032 real members" if self.kind == "overlap" else "D\u2032 disjoint"
+        aux = "half of D\u2032 real members" if self.relation is Relation.OVERLAP else "D\u2032 disjoint"
         return f"{query}, {aux}"
 
 
-SCENARIOS: dict[str, Scenario] = {
-    "I": Scenario("I", "given", "overlap"),
-    "II": Scenario("II", "captioner", "overlap"),
-    "III": Scenario("III", "given", "disjoint"),
-    "IV": Scenario("IV", "captioner", "disjoint"),
-}
-
-
-def source_name(source: str) -> str:
-    """A prompt source in words, for logs: "given caption" or "captioner on D' overlap"."""
-    return "given caption" if source == "given" else source.replace("-", " on D' ")
+SCENARIOS: Registry[Scenario] = Registry(
+    "scenario",
+    {
+        "I": Scenario("I", True, Relation.OVERLAP),
+        "II": Scenario("II", False, Relation.OVERLAP),
+        "III": Scenario("III", True, Relation.DISJOINT),
+        "IV": Scenario("IV", False, Relation.DISJOINT),
+    },
+)

@@ -191,22 +191,39 @@ def read_candidates(candidates: str, scores: RunScores) -> list[str]:
     return list(dict.fromkeys(line.strip() for line in lines if line.strip()))
 
 
+@dataclass(frozen=True)
+class SetTestReport:
+    """What ``diffmia set-test`` answers of a run: which scores it read, and either the test of one candidate set
+    (``test``, with how the candidates were given) or the curve over set sizes (``curve``)."""
+
+    scenario: str
+    channel: str
+    attack: str
+    candidates: str | None = None
+    test: SetTestResult | None = None
+    curve: SetTestCurve | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``set-test.json``: the scores read and the method, then the test's fields or the curve."""
+        head = {"scenario": self.scenario, "channel": self.channel, "attack": self.attack, "method": METHOD}
+        if self.test is not None:
+            return {**head, "candidates": self.candidates, **self.test.to_dict()}
+        return {**head, "curve": None if self.curve is None else self.curve.to_dict()}
+
+
 def run_set_test(
     scores: RunScores, candidates: str | None, ks: Sequence[int] | None, *, repeats: int = 200, seed: int = 0
-) -> dict[str, Any]:
+) -> SetTestReport:
     """``candidates`` against the run's non-members that are not candidates; without candidates, the curve of
-    :func:`set_test_curve` over ``ks`` (default: 1, 2, 5, 10, 20, 50 where they fit). JSON-ready."""
-    chosen = {"scenario": scores.scenario, "channel": scores.channel, "attack": scores.attack, "method": METHOD}
+    :func:`set_test_curve` over ``ks`` (default: 1, 2, 5, 10, 20, 50 where they fit)."""
     if candidates is not None:
         picked = read_candidates(candidates, scores)
         reference = ~scores.labels & ~np.isin(np.asarray(scores.sample_ids), picked)
         if not reference.any():
             raise DataError("no reference non-members are left once the candidates are set aside")
         tested = set_test(scores.subset(picked), scores.scores[reference])
-        return {**chosen, "candidates": candidates, **tested.to_dict()}
+        return SetTestReport(scores.scenario, scores.channel, scores.attack, candidates=candidates, test=tested)
     n_members, n_nonmembers = int(scores.labels.sum()), int((~scores.labels).sum())
     sizes = ks or [s for s in (1, 2, 5, 10, 20, 50) if s <= n_members and s < n_nonmembers]
-    return {
-        **chosen,
-        "curve": set_test_curve(scores.scores, scores.labels, sizes, repeats=repeats, seed=seed).to_dict(),
-    }
+    curve = set_test_curve(scores.scores, scores.labels, sizes, repeats=repeats, seed=seed)
+    return SetTestReport(scores.scenario, scores.channel, scores.attack, curve=curve)

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffmia.assets import DEMO_PRESETS
 from diffmia.audit import run_audit
+from diffmia.audit.models import check_model_sources
 from diffmia.config import UNSET, Config, StudyConfig, dump_config, load_config, parse_config
 from diffmia.errors import ConfigError, TargetError
 from diffmia.files import atomic_path
-from diffmia.models import check_model_sources
 from diffmia.results import RunResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def _same_audit(config: Config) -> str:
     return dump_config(config.model_copy(update={"audit": config.audit.model_copy(update={"name": "-"})}))
 
 
-def run_study(study: StudyConfig, *, show_progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(study: StudyConfig, *, show_progress: bool = True) -> dict[str, Any]:
     """Run every level of every factor (resuming finished runs); write study.json, tables and plots."""
     runs = plan_study(study)
     missing = []
@@ -109,10 +112,10 @@ def run_study(study: StudyConfig, *, show_progress: bool = True, log: Callable[[
     for i, run in enumerate(runs, 1):
         key = _same_audit(run.config)
         if key in done:
-            log(f"[{i}/{len(runs)}] {run.factor} = {run.label}: the same audit as {done[key].run_dir}")
+            log.info(f"[{i}/{len(runs)}] {run.factor} = {run.label}: the same audit as {done[key].run_dir}")
         else:
-            log(f"[{i}/{len(runs)}] {run.factor} = {run.label}")
-            done[key] = run_audit(run.config, show_progress=show_progress, log=log)
+            log.info(f"[{i}/{len(runs)}] {run.factor} = {run.label}")
+            done[key] = run_audit(run.config, show_progress=show_progress)
         result = done[key]
         saved = result.to_dict()
         records.append(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from diffmia.cli import _print_audit, main
+from diffmia.cli import main
+from diffmia.report.terminal import print_run
 from diffmia.results import load_run
 
 
@@ -51,7 +52,7 @@ def test_report_refuses_an_unknown_format(run_dir, capsys):
 
 def test_the_terminal_summary_leads_with_the_verdict(run_dir, capsys):
     run = load_run(run_dir)
-    _print_audit(run)
+    print_run(run, table=True)
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == "Verdict: Of 2 scenarios, 2 leak (I, III); headline controls at chance in every scenario."
@@ -66,6 +67,6 @@ def test_the_terminal_summary_leads_with_the_verdict(run_dir, capsys):
 
 def test_the_terminal_summary_ends_with_the_warnings(run_dir, edit_result, capsys):
     edit_result(run_dir, lambda r: r.update(warnings=["the blind control separates members"]))
-    _print_audit(load_run(run_dir))
+    print_run(load_run(run_dir), table=True)
     out = capsys.readouterr().out
     assert out.rstrip().endswith("Warning: the blind control separates members")

@@ -8,6 +8,7 @@ import base64
 import email.utils
 import io
 import json
+import logging
 import random
 import re
 import time
@@ -342,7 +343,7 @@ def test_a_bad_url_is_refused_at_construction(url):
 # --- 6: no request waits forever ------------------------------------------------------------------------------
 
 
-def test_retry_after_is_capped_and_a_long_wait_is_said(monkeypatch):
+def test_retry_after_is_capped_and_a_long_wait_is_said(monkeypatch, caplog):
     real_sleep = time.sleep
 
     def guarded(seconds):  # the client must never block a thread this long
@@ -351,12 +352,17 @@ def test_retry_after_is_capped_and_a_long_wait_is_said(monkeypatch):
 
     monkeypatch.setattr(time, "sleep", guarded)
     busy = _json({"error": "queue full"}, 429, [(b"retry-after", b"999999")])
-    lines = []
+    caplog.set_level(logging.INFO, logger="diffmia.targets.http")
+
+    def said():
+        return [r.getMessage() for r in caplog.records if r.name == "diffmia.targets.http"]
+
     with serving(scripted(busy, _json({"images": [_png()]}))) as url:
-        remote = HTTPTarget(url, backoff=0.0, log=lines.append)
+        remote = HTTPTarget(url, backoff=0.0)
         waits = _no_wait(remote)
         remote.generate(_queries(1))
     assert waits == [60.0]
+    lines = said()
     assert len(lines) == 1
     assert re.search(
         r"/v1/generate: HTTP 429 with Retry-After: 999999, capped by target.max_retry_wait; "
@@ -364,10 +370,10 @@ def test_retry_after_is_capped_and_a_long_wait_is_said(monkeypatch):
         lines[0],
     )
     with serving(scripted(busy, _json({"images": [_png()]}))) as url:
-        remote = HTTPTarget(url, backoff=0.0, max_retry_wait=2.0, log=lines.append)
+        remote = HTTPTarget(url, backoff=0.0, max_retry_wait=2.0)
         waits = _no_wait(remote)
         remote.generate(_queries(1))
-    assert waits == [2.0] and len(lines) == 1  # a short wait is not worth a line
+    assert waits == [2.0] and len(said()) == 1  # a short wait is not worth a line
 
 
 def test_retry_after_as_a_date():
@@ -425,8 +431,8 @@ def test_a_url_carrying_a_secret_is_refused_without_repeating_it(url):
 def test_the_token_reaches_no_file_and_no_message(tmp_path, monkeypatch, capfd):
     """A tiny flow without an audit: config -> target -> probe -> generation through the cache -> the config, the
     target's card and an error message written out; the token is in none of them."""
+    from diffmia.audit.models import target_model
     from diffmia.files import write_json
-    from diffmia.models import target_model
 
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     messages = []
@@ -509,7 +515,7 @@ def test_an_audit_probes_its_http_target_before_any_work(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(HTTPTarget, "probe", lambda self: (_ for _ in ()).throw(TargetError("probed: unreachable")))
     with pytest.raises(TargetError, match="probed: unreachable"):
-        run_audit(config, log=lambda _: None)
+        run_audit(config)
     assert not list(tmp_path.rglob("config.toml")) and not list(tmp_path.rglob("models"))
 
 

@@ -1,4 +1,9 @@
-"""Attack models: scikit-learn binary classifiers fitted on shadow features; higher score = member."""
+"""Attack models: scikit-learn binary classifiers fitted on shadow features; higher score = member.
+
+:data:`ATTACKS` is the registry of attack models: an estimator class per name, built with its defaults unless the
+configuration has a section of settings for it (``[attacks.threshold]``, ...). A new attack is one file (its
+estimator, a :class:`MembershipAttack`) and one line here.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,11 @@ from diffmia.attacks.threshold import REDUCTIONS, ThresholdAttack
 from diffmia.errors import ConfigError, DataError
 from diffmia.metrics import roc_auc, tpr_at_fpr
 from diffmia.records import FeatureTable, FloatArray
+from diffmia.registry import Registry
+
+ATTACKS: Registry[type[MembershipAttack]] = Registry(
+    "attack", {"threshold": ThresholdAttack, "distribution": DistributionAttack, "classifier": ClassifierAttack}
+)
 
 
 def _aligned(names: tuple[str, ...], table: FeatureTable) -> FloatArray:
@@ -134,6 +144,7 @@ def cross_validate(
 
 
 __all__ = [
+    "ATTACKS",
     "ClassifierAttack",
     "DistributionAttack",
     "MembershipAttack",

@@ -14,7 +14,8 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from diffmia.images import load_rgb
 from diffmia.lab.pretrain import select_split
 from diffmia.lab.seeding import step_rng
 from diffmia.lab.training import epoch_batches, refuse_finished, train, training_folder
+from diffmia.records import Sample
 
 TINY = "tiny"
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
@@ -102,52 +104,20 @@ def finetune_captioner(
     """Train a captioner on the captioned images of ``data_dir`` (only those of metadata ``split``, if given);
     return the folder BlipCaptioner loads. A rerun with the same arguments resumes from ``out_dir/checkpoints``;
     a finished ``out_dir``, other settings than its checkpoints' or a folder another process trains in are refused."""
-    import torch
-
     recipe = recipe or CaptionerTrainingConfig()
     out = Path(out_dir)
     refuse_finished(out, "captioner")  # before loading anything; checked again under the folder's lock
     folder = load_image_folder(data_dir, require_captions=True)
     samples = select_split(folder.samples, folder.extra, split)
     captions = [s.caption or "" for s in samples]
-    network, processor = (
-        build_tiny_blip(captions, seed=recipe.seed) if model == TINY else load_captioner(resolve_captioner(model))[::-1]
-    )
-    if recipe.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        network = get_peft_model(
-            network, LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_rank, target_modules=["query", "value"])
-        )
+    network, processor = _network(model, captions, recipe)
     began = time.perf_counter()
-    images = [load_rgb(s.image_path) for s in samples]
-    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-    text = processor.tokenizer(captions, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
-    input_ids, attention = text["input_ids"].clone(), text["attention_mask"]
-    input_ids[:, 0] = network.config.text_config.bos_token_id  # BLIP decodes from [DEC], not [CLS]
-    labels = input_ids.masked_fill(attention == 0, -100)
-    n = len(images)
+    batches = _Batches.of(processor, network, samples, captions)
     stamp = {"recipe": recipe.model_dump(mode="json"), "model": model, "data": str(Path(data_dir).resolve())}
     with training_folder(out, "captioner", {**stamp, "split": split}, resume):  # one run at a time in a folder
-
-        def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
-            (captioner,) = modules
-            index = torch.from_numpy(epoch_batches(n, recipe.batch_size, recipe.seed, micro))
-            pixels = pixel_values[index]
-            if recipe.shift_augmentation:  # a few pixels of random translation: the data set is small
-                k = recipe.shift_augmentation
-                shifts = step_rng(recipe.seed, micro, process).integers(-k, k + 1, size=(len(index), 2))
-                pixels = torch.stack(
-                    [torch.roll(p, (int(dy), int(dx)), dims=(1, 2)) for p, (dy, dx) in zip(pixels, shifts, strict=True)]
-                )
-            output = captioner(
-                pixel_values=pixels, input_ids=input_ids[index], attention_mask=attention[index], labels=labels[index]
-            )
-            return output.loss
-
         log = train(
             modules=[network],
-            loss_fn=loss_fn,
+            loss_fn=batches.loss(recipe),
             max_steps=recipe.max_steps,
             learning_rate=recipe.learning_rate,
             seed=recipe.seed,
@@ -169,7 +139,7 @@ def finetune_captioner(
             "kind": "diffmia captioner",
             "base_model": model,
             "recipe": recipe.model_dump(mode="json"),
-            "data": {"folder": str(data_dir), "split": split, "n_images": n},
+            "data": {"folder": str(data_dir), "split": split, "n_images": len(samples)},
             "final_loss": log.final_loss(),
             "resumed_from": log.resumed_from,
             "wall_seconds": round(time.perf_counter() - began, 1),
@@ -178,6 +148,67 @@ def finetune_captioner(
             tmp.write_text(json.dumps(card, indent=2) + "\n")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return target
+
+
+def _network(model: str, captions: Sequence[str], recipe: CaptionerTrainingConfig) -> tuple[Any, Any]:
+    """The captioner to train and its processor: a fresh tiny BLIP, or one loaded (LoRA-wrapped for "lora")."""
+    network, processor = (
+        build_tiny_blip(captions, seed=recipe.seed) if model == TINY else load_captioner(resolve_captioner(model))[::-1]
+    )
+    if recipe.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        network = get_peft_model(
+            network, LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_rank, target_modules=["query", "value"])
+        )
+    return network, processor
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """Every training image and caption as the captioner reads them: pixels, token ids, mask, labels."""
+
+    pixel_values: Any
+    input_ids: Any
+    attention: Any
+    labels: Any
+
+    @classmethod
+    def of(cls, processor: Any, network: Any, samples: Sequence[Sample], captions: Sequence[str]) -> _Batches:
+        images = [load_rgb(s.image_path) for s in samples]
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+        text = processor.tokenizer(
+            list(captions), padding="max_length", truncation=True, max_length=32, return_tensors="pt"
+        )
+        input_ids, attention = text["input_ids"].clone(), text["attention_mask"]
+        input_ids[:, 0] = network.config.text_config.bos_token_id  # BLIP decodes from [DEC], not [CLS]
+        return cls(pixel_values, input_ids, attention, input_ids.masked_fill(attention == 0, -100))
+
+    def loss(self, recipe: CaptionerTrainingConfig) -> Callable[[Sequence[Any], int, int], Any]:
+        """The loss of micro-batch ``micro`` (drawn as :func:`epoch_batches` draws it), with the recipe's shifts."""
+        import torch
+
+        n = len(self.pixel_values)
+
+        def loss_fn(modules: Sequence[Any], micro: int, process: int) -> Any:
+            (captioner,) = modules
+            index = torch.from_numpy(epoch_batches(n, recipe.batch_size, recipe.seed, micro))
+            pixels = self.pixel_values[index]
+            if recipe.shift_augmentation:  # a few pixels of random translation: the data set is small
+                k = recipe.shift_augmentation
+                shifts = step_rng(recipe.seed, micro, process).integers(-k, k + 1, size=(len(index), 2))
+                pixels = torch.stack(
+                    [torch.roll(p, (int(dy), int(dx)), dims=(1, 2)) for p, (dy, dx) in zip(pixels, shifts, strict=True)]
+                )
+            output = captioner(
+                pixel_values=pixels,
+                input_ids=self.input_ids[index],
+                attention_mask=self.attention[index],
+                labels=self.labels[index],
+            )
+            return output.loss
+
+        return loss_fn
 
 
 def caption_agreement(captions: Sequence[str], reference: Sequence[str]) -> dict[str, float]:

@@ -151,10 +151,7 @@ def finetune(
             should_stop=stopper.should_stop if stopper is not None else None,
         )
         # 5. the weights and the card: the result, so the checkpoints go
-        if recipe.method == "lora":
-            _save_lora(pipe, accelerator.unwrap_model(denoiser), out / "lora")
-        else:
-            pipe.save_pretrained(out / "pipeline")
+        _save_weights(out, pipe, accelerator, denoiser, recipe)
         card = _card(inputs, recipe, log, log.stopped_at or steps, plan, stopper, began, device)
         with atomic_path(out / "card.json") as tmp:
             tmp.write_text(json.dumps(card, indent=2) + "\n")
@@ -286,6 +283,14 @@ def _early_stopping(
     return _EarlyStopping(
         recipe, out / "checkpoints" / "validation.json", validation, inputs.pipe, noise_scheduler, device, dtype
     )
+
+
+def _save_weights(out: Path, pipe: Any, accelerator: Any, denoiser: Any, recipe: FinetuneConfig) -> None:
+    """The fine-tuned weights: the LoRA adapters (``lora/``), or the whole pipeline (``pipeline/``)."""
+    if recipe.method == "lora":
+        _save_lora(pipe, accelerator.unwrap_model(denoiser), out / "lora")
+    else:
+        pipe.save_pretrained(out / "pipeline")
 
 
 def _card(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from diffmia.config import PrivacyConfig
-from diffmia.errors import ConfigError
+from diffmia.errors import ConfigError, optional
 from diffmia.lab.seeding import step_rng
 
 ACCOUNTANT = "rdp"
@@ -36,11 +36,11 @@ class PrivacyPlan:
 
     def epsilon(self, steps: int | None = None) -> float:
         """The epsilon spent after ``steps`` steps (default: all), by Opacus's RDP accountant."""
-        from opacus.accountants import RDPAccountant
+        accountants = _opacus("accountants")
 
         if self.noise_multiplier == 0:
             return float("inf")
-        accountant = RDPAccountant()
+        accountant = accountants.RDPAccountant()
         accountant.history = [(self.noise_multiplier, self.sample_rate, self.steps if steps is None else steps)]
         return float(accountant.get_epsilon(delta=self.delta))
 
@@ -61,9 +61,14 @@ class PrivacyPlan:
         }
 
 
+def _opacus(part: str = "") -> Any:
+    """Opacus (or one of its modules), which the ``dp`` extra installs."""
+    return optional(f"opacus.{part}" if part else "opacus", extra="dp", purpose="DP-SGD fine-tuning")
+
+
 def plan_privacy(config: PrivacyConfig, n_images: int, batch_size: int, steps: int) -> PrivacyPlan:
     """Fix the sampling rate and noise multiplier (solved for ``config.epsilon`` when that is given)."""
-    from opacus.accountants.utils import get_noise_multiplier
+    get_noise_multiplier = _opacus("accountants.utils").get_noise_multiplier
 
     if batch_size >= n_images:
         raise ConfigError(
@@ -96,13 +101,12 @@ def make_private(module: Any, optimizer: Any, plan: PrivacyPlan) -> tuple[Any, A
     """Wrap ``module`` to record per-sample gradients and ``optimizer`` to clip, noise and average them."""
     import warnings
 
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
+    opacus, optimizers = _opacus(), _opacus("optimizers")
 
     # Opacus's hooks fire on module outputs when the inputs need no gradient (frozen layers below the adapters)
     warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
-    wrapped = GradSampleModule(module, loss_reduction="mean")
-    private = DPOptimizer(
+    wrapped = opacus.GradSampleModule(module, loss_reduction="mean")
+    private = optimizers.DPOptimizer(
         optimizer,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,

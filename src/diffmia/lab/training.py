@@ -279,13 +279,10 @@ def train(
         accelerator = Accelerator(
             gradient_accumulation_steps=gradient_accumulation_steps, mixed_precision=mixed_precision
         )
-    params, optimizer, scheduler = _adamw(
-        modules, learning_rate, weight_decay, lr_scheduler, lr_warmup_steps, max_steps
+    schedule = (learning_rate, weight_decay, lr_scheduler, lr_warmup_steps, max_steps)
+    modules, params, optimizer, scheduler, private_optimizer = _optimizer(
+        modules, schedule, privacy, gradient_accumulation_steps
     )
-    private_optimizer = None
-    if privacy is not None:
-        modules, optimizer = _privatise(modules, optimizer, privacy, gradient_accumulation_steps)
-        private_optimizer = optimizer
     # 2. prepared by accelerate, and restored from the newest checkpoint when resuming
     prepared = accelerator.prepare(*modules, optimizer, scheduler)
     run = _Run(
@@ -317,6 +314,19 @@ def train(
         accelerator.unwrap_model(run.models[0]).remove_hooks()
     accelerator.wait_for_everyone()
     return log
+
+
+def _optimizer(
+    modules: Sequence[Any], schedule: tuple[float, float, str, int, int], privacy: PrivacyPlan | None, accumulation: int
+) -> tuple[Sequence[Any], list[Any], Any, Any, Any]:
+    """AdamW with its schedule (learning rate, weight decay, scheduler, warm-up, steps) over the trainable
+    parameters, wrapped for DP-SGD with a privacy plan: the modules, parameters, optimizer, scheduler, and the
+    private optimizer (None without DP-SGD)."""
+    params, optimizer, scheduler = _adamw(modules, *schedule)
+    if privacy is None:
+        return modules, params, optimizer, scheduler, None
+    modules, optimizer = _privatise(modules, optimizer, privacy, accumulation)
+    return modules, params, optimizer, scheduler, optimizer
 
 
 def _adamw(

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,14 +102,14 @@ def headline_rows(run: RunResult, scenario: str) -> list[EvaluationRow]:
 def headline_choice(run: RunResult, scenario: str) -> str | None:
     """How a scenario's headline was chosen on the shadows, as a clause (None under the fixed rule)."""
     rows = run.headline_validation.get(scenario, [])
-    chosen = [r for r in rows if [r["channel"], r["attack"]] == list(run.headline.get(scenario, ()))]
+    chosen = [r for r in rows if (r.channel, r.attack) == tuple(run.headline.get(scenario, ()))]
     if not chosen:
         return None
     (row,) = chosen
-    tpr = "not resolved" if row["tpr"] is None else number(row["tpr"], 2)
+    tpr = "not resolved" if row.tpr is None else number(row.tpr, 2)
     return (
-        f"chosen on the shadows before the target was scored: out-of-fold TPR {tpr} at {row['fpr']:.0%} FPR, "
-        f"AUC {number(row['auc'])}, the best of {len(rows)} candidates (all in result.json)"
+        f"chosen on the shadows before the target was scored: out-of-fold TPR {tpr} at {row.fpr:.0%} FPR, "
+        f"AUC {number(row.auc)}, the best of {len(rows)} candidates (all in result.json)"
     )
 
 
@@ -188,7 +189,7 @@ def environment(run: RunResult) -> list[tuple[str, str]]:
             "versions": run.versions,
             "machine": run.machine,
             "images requested (identical queries are generated once)": run.images_requested,
-            "generation quality": {k: vars(q) for k, q in run.generation_quality.items()},
+            "generation quality": {k: dataclasses.asdict(q) for k, q in run.generation_quality.items()},
             "diffmia": run.diffmia_version,
             "result schema version": run.schema_version,
         }

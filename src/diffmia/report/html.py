@@ -83,7 +83,7 @@ def _exposed(run: RunResult) -> list[dict[str, Any]]:
             "prompt": i.prompt,
             "score": content.number(i.score),
             "uri": _image_uri(i.image, EXPOSED_SIDE),
-            "generations": [{"channel": c, "uri": _image_uri(path, EXPOSED_SIDE)} for c, path in i.generations],
+            "generations": [{"channel": g.channel, "uri": _image_uri(g.image, EXPOSED_SIDE)} for g in i.generations],
         }
         for i in run.exposed.images
     ]

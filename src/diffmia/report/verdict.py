@@ -21,7 +21,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from diffmia.names import Relation
 from diffmia.records import Evaluation, ScoreSet
+from diffmia.report.content import number
 from diffmia.results import RunResult
 from diffmia.scenarios import SCENARIOS
 
@@ -119,14 +121,10 @@ def percent(value: float) -> str:
     return f"{text}%"
 
 
-def _number(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-
 def auc_text(evaluation: Evaluation) -> str:
     """ "AUC 0.995 [0.988, 0.999]"."""
     interval = evaluation.auc_interval
-    return f"AUC {_number(evaluation.auc)} [{_number(interval.low)}, {_number(interval.high)}]"
+    return f"AUC {number(evaluation.auc)} [{number(interval.low)}, {number(interval.high)}]"
 
 
 def _tpr_text(evaluation: Evaluation) -> str:
@@ -222,3 +220,46 @@ def verdicts(run: RunResult) -> Verdicts:
     return Verdicts(
         overall(found), tuple(found), run.data.members, run.data.nonmembers, run.queries_per_image, run.channels
     )
+
+
+def control_warnings(score_sets: Sequence[ScoreSet]) -> list[str]:
+    """Controls that should sit near AUC 0.5 but do not (:func:`diffmia.report.verdict.control_strays`): the
+    member / non-member split itself may be separable."""
+    warnings = []
+    for model, what in (("base", "the un-fine-tuned base model"), ("blind", "the query images alone (blind)")):
+        strays = [s for s in score_sets if s.model == model and control_strays(s.evaluation)]
+        if not strays:
+            continue
+        flagged = [
+            f"{s.scenario}/{s.channel}/{s.attack} {s.evaluation.auc:.3f} "
+            f"[{s.evaluation.auc_interval.low:.3f}, {s.evaluation.auc_interval.high:.3f}]"
+            for s in strays
+        ]
+        # a captioner fine-tuned on an overlapping D' has seen part of the target's members: their prompts may be
+        # better, and a prompt carries membership into any model's generations (scenario II)
+        seen = sorted(
+            {
+                s.scenario
+                for s in strays
+                if not SCENARIOS[s.scenario].given_caption and SCENARIOS[s.scenario].relation == Relation.OVERLAP
+            }
+        )
+        why = (
+            "Members and non-members may differ in distribution, so the target's numbers overstate what "
+            "membership alone explains"
+        )
+        captioner = (
+            f"the captioner of scenario {', '.join(seen)} was fine-tuned on a D' that holds part of the "
+            "target's members and may caption them better, so its prompts carry membership into any "
+            f"model's generations: the target's {', '.join(seen)} numbers overstate what the target itself "
+            "leaks (compare with the disjoint scenarios, whose captioner never saw them)"
+        )
+        if model == "base" and len(seen) == len({s.scenario for s in strays}):
+            why = captioner[0].upper() + captioner[1:]
+        elif model == "base" and seen:
+            why += f"; and {captioner}"
+        warnings.append(
+            f"attacks on {what} separate members from non-members (AUC outside 0.5 +/- 0.1, interval "
+            f"excluding 0.5): {'; '.join(flagged)}. {why}"
+        )
+    return warnings

@@ -1,47 +1,39 @@
-"""Targets: the black boxes diffmia queries. Prompts (and optionally images) in, one image per query out."""
+"""Targets: the black boxes diffmia queries. Prompts (and optionally images) in, one image per query out.
+
+:data:`TARGETS` is the registry of target kinds: each kind's ``[target]`` section (a :class:`TargetSection`), which
+validates its keys and builds the target. A new kind is one file (the target and its section) and one line here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from PIL import Image
+from diffmia.registry import Registry
+from diffmia.sections import validated
+from diffmia.targets.base import Target, TargetSection
+from diffmia.targets.diffusers import DiffusersTargetConfig
+from diffmia.targets.http import HTTPTargetConfig
 
-from diffmia.errors import ConfigError
-from diffmia.records import Query
-from diffmia.targets.diffusers import DiffusersTarget
+TARGETS: Registry[type[TargetSection]] = Registry(
+    "target kind", {"diffusers": DiffusersTargetConfig, "http": HTTPTargetConfig}
+)
 
 
-class Target(Protocol):
-    """A model reachable by prompt. ``generate`` returns one image per query, in order, batching inside."""
-
-    @property
-    def fingerprint(self) -> str: ...
-
-    def generate(self, queries: Sequence[Query]) -> list[Image.Image]: ...
+def target_section(spec: dict[str, Any]) -> TargetSection:
+    """The validated section of a plain spec, ``{"kind": ..., **its keys}``."""
+    section = TARGETS.lookup(str(spec.get("kind")))
+    return validated(section, spec, f"{spec.get('kind')} target")
 
 
 def make_target(spec: dict[str, Any]) -> Target:
-    """A target from a plain spec: ``{"kind": "diffusers" | "http", **constructor arguments}``.
-
-    Specs are what travels to remote workers (Ray actors), so targets are rebuilt there, not pickled.
-    """
-    options = dict(spec)
-    kind = options.pop("kind", None)
-    if kind == "diffusers":
-        return DiffusersTarget(**options)
-    if kind == "http":
-        from diffmia.targets.http import HTTPTarget
-
-        return HTTPTarget(**options)
-    raise ConfigError(f"unknown target kind {kind!r}; valid: diffusers, http")
+    """A target from a plain spec (what travels to remote workers, so targets are rebuilt there, not pickled)."""
+    return target_section(spec).build()
 
 
 def probe_target(spec: dict[str, Any]) -> None:
-    """Check, before hours of work, that the target of ``spec`` (as :func:`make_target` takes it) can answer: an
-    HTTP endpoint gets one cheap request (:meth:`~diffmia.targets.http.HTTPTarget.probe`); a local pipeline is
-    checked where its weights are (nothing to do here)."""
-    if spec.get("kind") == "http":
-        from diffmia.targets.http import HTTPTarget
+    """Check, before hours of work, that the target of ``spec`` can answer: an HTTP endpoint gets one cheap request
+    (:meth:`~diffmia.targets.http.HTTPTarget.probe`); a local pipeline is checked where its weights are."""
+    target_section(spec).probe()
 
-        HTTPTarget(**{k: v for k, v in spec.items() if k != "kind"}).probe()
+
+__all__ = ["TARGETS", "Target", "TargetSection", "make_target", "probe_target", "target_section"]

@@ -8,18 +8,23 @@ the batch it lands in. Queries that differ only in prompt and seed share a batch
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, ClassVar, Literal, cast
 
 from PIL import Image
+from pydantic import Field
 
 from diffmia.assets import resolve_model
 from diffmia.errors import ConfigError, TargetError
 from diffmia.families import native_size
 from diffmia.files import weights_digest
 from diffmia.images import load_rgb
+from diffmia.quiet import dropping
 from diffmia.records import Query
+from diffmia.targets.base import TargetSection
 
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
@@ -32,6 +37,10 @@ SCHEDULERS = {
     "unipc": "UniPCMultistepScheduler",
 }
 DTYPES = ("auto", "float64", "float32", "float16", "bfloat16")
+Dtype = Literal["auto", "float64", "float32", "float16", "bfloat16"]
+# diffusers' notice at every load of a LoRA without text-encoder weights; diffmia's own adapters train the denoiser
+# alone, so for them it says nothing (for anyone else's LoRA it may flag a real mismatch, and it stays)
+NO_TEXT_ENCODER_KEYS = r"No LoRA keys associated to \w+ found with the prefix='text_encoder"
 
 
 def pick_device(device: str) -> str:
@@ -45,6 +54,15 @@ def pick_device(device: str) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def _own(lora: Path) -> bool:
+    """Whether ``lora`` is an adapter diffmia fine-tuned (``<out>/lora`` beside its ``card.json``): denoiser only."""
+    card = lora.parent / "card.json"
+    try:
+        return bool(lora.is_dir() and json.loads(card.read_text(encoding="utf-8")).get("kind") == "diffmia fine-tune")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _init_image(query: Query, image: Image.Image | None) -> Image.Image:
@@ -143,10 +161,12 @@ class DiffusersTarget:
             if self.lora is not None:
                 path = Path(self.lora)
                 where = {"weight_name": path.name} if path.is_file() else {}
+                quiet = dropping("diffusers.loaders.lora_base", NO_TEXT_ENCODER_KEYS) if _own(path) else nullcontext()
                 try:
-                    text2img.load_lora_weights(
-                        str(path.parent if path.is_file() else path), adapter_name="target", **where
-                    )
+                    with quiet:
+                        text2img.load_lora_weights(
+                            str(path.parent if path.is_file() else path), adapter_name="target", **where
+                        )
                 except (OSError, ValueError) as exc:
                     raise TargetError(f"cannot load LoRA weights {self.lora}: {exc}") from None
                 # merged into the weights they adapt: the same model, queried at the base model's speed
@@ -228,3 +248,24 @@ class DiffusersTarget:
                 for i, image in zip(indices[start : start + self.batch_size], images, strict=True):
                     results[i] = image
         return [results[i] for i in range(len(queries))]
+
+
+class DiffusersTargetConfig(TargetSection):
+    """A local diffusers pipeline (``kind = "diffusers"``, the default): a hub id, a pipeline folder or ``builtin``
+    (the shipped tiny base), with optional LoRA weights; see :class:`~diffmia.targets.diffusers.DiffusersTarget`.
+    The base model and the shadows an audit fine-tunes run with this table's ``dtype``, ``device`` and
+    ``batch_size`` too."""
+
+    kind: Literal["diffusers"] = "diffusers"
+    model: str = "builtin"
+    lora: str | None = None  # a diffusers LoRA folder, or one .safetensors file (diffusers, kohya or civitai keys)
+    lora_scale: float = 1.0
+    scheduler: str | None = None
+    dtype: Dtype = "auto"
+    device: str = "auto"
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    safety_checker: bool = False  # off for audits: a filtered image is not the model's generation
+    has_weights: ClassVar[bool] = True
+
+    def build(self) -> DiffusersTarget:
+        return DiffusersTarget(**self.model_dump(exclude={"kind"}))

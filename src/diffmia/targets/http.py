@@ -29,23 +29,26 @@ import base64
 import email.utils
 import io
 import json
+import logging
 import math
 import os
 import random
 import re
-import sys
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import httpx
 from PIL import Image
+from pydantic import Field, field_validator, model_validator
 
 from diffmia.errors import ConfigError, TargetError
 from diffmia.images import decode_image, load_rgb, to_rgb
 from diffmia.records import Query
+from diffmia.sections import SecretInput
+from diffmia.targets.base import TargetSection
 
 FORMATS = ("a1111", "diffmia")
 DESCRIBED = {"a1111": "an AUTOMATIC1111 web UI started with --api", "diffmia": "a `diffmia serve` endpoint"}
@@ -57,6 +60,7 @@ MAX_ANSWER_BYTES = 1 << 30  # an answer larger than this is refused (a hostile o
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError)
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 
 def encode_png(image: Image.Image) -> str:
@@ -131,10 +135,6 @@ def transient_status(status: int) -> bool:
     return status in (408, 429) or (500 <= status < 600 and status not in (501, 505))
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
     """Run ``coroutine`` to its end from synchronous code, also where this thread already runs an event loop."""
     try:
@@ -162,7 +162,8 @@ class HTTPTarget:
         the served model's own for diffmia)
     sampler : A1111 sampler name (None: the server's default)
     name : what the fingerprint calls the endpoint (default: its URL), so a moved endpoint keeps its cache
-    log : where a long wait is said, one line at a time (default: standard error)
+
+    A wait before a retry longer than a few seconds is logged (``diffmia.targets.http``, level INFO).
     """
 
     def __init__(
@@ -182,7 +183,6 @@ class HTTPTarget:
         height: int | None = None,
         sampler: str | None = None,
         name: str | None = None,
-        log: Callable[[str], None] | None = None,
     ) -> None:
         problems = url_problems(url)
         if api not in FORMATS:
@@ -202,7 +202,6 @@ class HTTPTarget:
         self.retries, self.backoff, self.max_retry_wait = retries, backoff, max_retry_wait
         self.concurrency, self.batch_size, self.sampler = concurrency, batch_size, sampler
         self.width, self.height = width, height
-        self.log = log or _stderr
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep  # the wait before a retry (tests replace it)
         # the fingerprint names the endpoint, never the token; ``name`` pins it when the URL changes
         size = f",size={width}x{height}" if width or height else ""
@@ -278,7 +277,7 @@ class HTTPTarget:
                 capped = (
                     f" with Retry-After: {asked:.0f}, capped by target.max_retry_wait" if (asked or 0) > wait else ""
                 )
-                self.log(
+                log.info(
                     f"{where}: {problem}{capped}; waiting {wait:.0f} s before attempt {attempt + 2} of {retries + 1}"
                 )
             await self.sleep(wait)
@@ -401,3 +400,46 @@ class HTTPTarget:
             raise TargetError(
                 f"{self.url}{path} answered, but not as {DESCRIBED[self.api]} does: is target.api = {self.api!r} right?"
             )
+
+
+class HTTPTargetConfig(TargetSection):
+    """A remote endpoint (``kind = "http"``): an AUTOMATIC1111 web UI started with ``--api`` or ``diffmia serve``;
+    see :class:`~diffmia.targets.http.HTTPTarget`. The base model and the shadows an audit fine-tunes run locally
+    with the default device and dtype."""
+
+    kind: Literal["http"] = "http"
+    url: str | None = None  # the endpoint's base URL, without credentials or ?query (a token goes in token_env)
+    api: Literal["a1111", "diffmia"] = "diffmia"
+    token_env: str | None = None  # the environment variable holding the endpoint's bearer token (never written)
+    timeout: Annotated[float, Field(gt=0.0)] = 120.0  # seconds an HTTP request may stall in any one phase
+    request_timeout: Annotated[float, Field(gt=0.0)] = 300.0  # seconds one HTTP request may take in all
+    retries: Annotated[int, Field(ge=0)] = 4
+    max_retry_wait: Annotated[float, Field(ge=0.0)] = 60.0  # the longest wait before a retry, whatever Retry-After asks
+    concurrency: Annotated[int, Field(ge=1)] = 2
+    batch_size: Annotated[int, Field(ge=1)] = 8  # queries per request (the diffmia format)
+    # size of text-to-image answers where the query has none; unset: 512 x 512 for a1111 (AUTOMATIC1111's
+    # default: set your model's native size), the served model's own for diffmia
+    width: Annotated[int, Field(ge=8)] | None = None
+    height: Annotated[int, Field(ge=8)] | None = None  # see target.width
+
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, url: str | None) -> str | None:
+        if url is not None and (problems := url_problems(url)):
+            raise SecretInput("; ".join(problems))
+        return url
+
+    @model_validator(mode="after")
+    def _has_url(self) -> HTTPTargetConfig:
+        if not self.url:
+            raise ValueError("an http target needs a url")
+        return self
+
+    def build(self) -> HTTPTarget:
+        return HTTPTarget(**self.model_dump(exclude={"kind"}))
+
+    def probe(self) -> None:
+        self.build().probe()
+
+    def regime(self) -> dict[str, Any]:
+        return {"given": True, **self.model_dump(exclude={"token_env"})}

@@ -9,15 +9,18 @@ fine-tune that only memorises them under their captions would not.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from diffmia.config import GenerationConfig
+from diffmia.encoders import Encoder
 from diffmia.errors import DataError
-from diffmia.features import Encoder
 from diffmia.queries import query_seed
 from diffmia.records import FloatArray, Query
+
+if TYPE_CHECKING:
+    from diffmia.config import GenerationConfig
 
 
 def gan_leaks_queries(n: int, settings: GenerationConfig) -> list[Query]:

@@ -1,5 +1,5 @@
-"""The models an audit queries: the target (given, or fine-tuned here), the shadows (fine-tuned here on the
-attacker's D', or given with their members), and the un-fine-tuned base model (a control).
+"""Stage 3 of an audit, the models it queries: the target (given, or fine-tuned here), the shadows (fine-tuned here
+on the attacker's D', or given with their members), and the un-fine-tuned base model (a control).
 
 Fine-tuned models are kept in a :class:`ModelStore`: the run directory's ``models/``, or a shared store where each
 model is keyed by a digest of what made it (base model, recipe, training images and captions), so a study's runs
@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,20 +19,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffmia.captioners import GivenCaptions
-from diffmia.config import AuditConfig, Config, FinetuneConfig, GenerationConfig, TargetConfig
+from diffmia.config import AuditConfig, Config, FinetuneConfig, GenerationConfig
 from diffmia.data import MIN_CLASS_SIZE, MembershipSplit, content_digests, load_image_folder, write_subset
 from diffmia.errors import DataError, TargetError
 from diffmia.execution import generate, generate_on_ray
 from diffmia.files import weights_digest
-from diffmia.progress import Feedback
+from diffmia.names import Relation
 from diffmia.records import Query, Sample
-from diffmia.scenarios import SCENARIOS
-from diffmia.targets import Target, make_target
+from diffmia.scenarios import SCENARIOS, Scenario
+from diffmia.targets import Target, TargetSection, make_target
+from diffmia.targets.diffusers import DiffusersTargetConfig
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from diffmia.audit.plan import AuditPlan
     from diffmia.cache import GenerationCache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,14 @@ def store_of(audit: AuditConfig, run: Path) -> ModelStore:
     return ModelStore(run, None if audit.models_dir is None else Path(audit.models_dir))
 
 
-def local_spec(target: TargetConfig, model: str, lora: str | None = None) -> dict[str, Any]:
-    """A target spec for a local diffusers model, with the [target] section's device, dtype and batch size."""
-    return target.model_copy(update={"kind": "diffusers", "model": model, "lora": lora, "lora_scale": 1.0}).spec()
+def local_spec(target: TargetSection, model: str, lora: str | None = None) -> dict[str, Any]:
+    """A target spec for a local diffusers model, with the device, dtype and batch size (and scheduler and safety
+    checker) of a local ``[target]``, or the defaults beside a remote one."""
+    local = target if isinstance(target, DiffusersTargetConfig) else DiffusersTargetConfig()
+    return local.model_copy(update={"model": model, "lora": lora, "lora_scale": 1.0}).spec()
 
 
-def base_model(audit: AuditConfig, target: TargetConfig, name: str = "base", model: str | None = None) -> Model:
+def base_model(audit: AuditConfig, target: TargetSection, name: str = "base", model: str | None = None) -> Model:
     """An un-fine-tuned base model (default: the audit's), queried like the target."""
     model = model or audit.base_model
     return Model(name, local_spec(target, model), {"model": model, "fine-tuned": False})
@@ -112,36 +119,35 @@ def model_identity(model: str) -> str:
 
 def finetuned(
     store: ModelStore,
-    target: TargetConfig,
+    target: TargetSection,
     recipe: FinetuneConfig,
     name: str,
     base: str,
     members: Sequence[Sample],
-    feedback: Feedback,
+    show_progress: bool = True,
 ) -> Model:
     """``base`` fine-tuned on ``members`` with ``recipe`` (reused when the store already holds it)."""
     from diffmia.lab.finetune import finetune
 
     out = store.folder(name, {"base_model": model_identity(base), "recipe": recipe.model_dump(mode="json")}, members)
     if not (out / "card.json").exists():
-        feedback.log(
+        log.info(
             f"fine-tuning {name} on {len(members)} images ({recipe.method}, {recipe.total_steps(len(members))} steps)"
         )
         folder = write_subset(members, store.run / "splits" / name)
-        finetune(base, folder, out, recipe, show_progress=feedback.show_progress)
+        finetune(base, folder, out, recipe, show_progress=show_progress)
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     if (out / "pipeline").is_dir():
         return Model(name, local_spec(target, str(out / "pipeline")), card)
     return Model(name, local_spec(target, base, str(out / "lora")), card)
 
 
-def target_model(config: Config, store: ModelStore, members: Sequence[Sample], feedback: Feedback) -> Model:
+def target_model(config: Config, store: ModelStore, members: Sequence[Sample], show_progress: bool = True) -> Model:
     """The audited model: ``[target]`` as given, or (``finetune_target``) the base fine-tuned on the members here."""
-    if config.audit.finetune_target:
-        return finetuned(store, config.target, config.finetune, "target", config.audit.base_model, members, feedback)
-    spec = config.target.spec()
-    regime = {k: v for k, v in spec.items() if k not in ("token_env",)}
-    return Model("target", spec, {"given": True, **regime})
+    audit = config.audit
+    if audit.finetune_target:
+        return finetuned(store, config.target, config.finetune, "target", audit.base_model, members, show_progress)
+    return Model("target", config.target.spec(), config.target.regime())
 
 
 def check_model_sources(config: Config) -> None:
@@ -150,7 +156,7 @@ def check_model_sources(config: Config) -> None:
     check_model_source("audit.base_model", audit.base_model)
     if audit.shadow_base_model is not None:
         check_model_source("audit.shadow_base_model", audit.shadow_base_model)
-    if not audit.finetune_target and config.target.kind == "diffusers":
+    if not audit.finetune_target and isinstance(config.target, DiffusersTargetConfig):
         check_model_source("target.model", config.target.model)
 
 
@@ -195,3 +201,50 @@ def given_shadows(config: Config) -> list[GivenShadow]:
         model = Model(f"given-shadow-{j}", local_spec(config.target, shadow.model, shadow.lora), regime)
         loaded.append(GivenShadow(model, split, frozenset(shadow.scenarios)))
     return loaded
+
+
+@dataclass(frozen=True)
+class AuditModels:
+    """The target, the base model (a control), and the shadows with their splits: fine-tuned per relation of D',
+    or given for a set of scenarios."""
+
+    target: Model
+    base: Model
+    shadows: dict[Relation, list[tuple[Model, MembershipSplit]]]
+    given: tuple[GivenShadow, ...]
+
+    def for_scenario(self, scenario: Scenario) -> list[tuple[Model, MembershipSplit]]:
+        given = [(g.model, g.split) for g in self.given if scenario.name in g.scenarios]
+        return self.shadows.get(scenario.relation, []) + given
+
+    def regimes(self) -> dict[str, dict[str, Any]]:
+        regimes = {"target": self.target.regime, "base": self.base.regime}
+        regimes.update({m.name: m.regime for shadows in self.shadows.values() for m, _ in shadows})
+        regimes.update({g.model.name: g.model.regime for g in self.given})
+        return regimes
+
+
+def build_models(plan: AuditPlan, show_progress: bool = True) -> AuditModels:
+    """Fine-tune (or reuse) the target and every shadow; the shadows on ``shadow_base_model`` when it is set."""
+    config, store = plan.config, store_of(plan.config.audit, plan.run)
+    target = target_model(config, store, plan.data.members, show_progress)
+    shadow_base = config.audit.shadow_base_model or config.audit.base_model
+    shadows = {
+        relation: [
+            (
+                finetuned(
+                    store,
+                    config.target,
+                    config.finetune,
+                    f"shadow-{relation}-{j}",
+                    shadow_base,
+                    split.members,
+                    show_progress,
+                ),
+                split,
+            )
+            for j, split in enumerate(aux.shadow_splits)
+        ]
+        for relation, aux in plan.auxiliary.items()
+    }
+    return AuditModels(target, base_model(config.audit, config.target), shadows, plan.given_shadows)

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from diffmia.assets import CLASSIFIER_PATH
+from diffmia.audit.models import Model
 from diffmia.cache import GenerationCache
 from diffmia.captioners import GivenCaptions
 from diffmia.config import GenerationConfig
 from diffmia.data import load_image_folder
 from diffmia.images import load_rgb
 from diffmia.lab.classifier import DigitClassifier, frechet_distance
-from diffmia.models import Model
 from diffmia.queries import build_queries
 from diffmia.records import Sample
 from diffmia.results import Quality
