@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-realistic test lint typecheck pytest browser clean mutate
+.PHONY: demo demo-realistic test lint typecheck pytest browser clean mutate docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ pytest: $(VENV)/.installed browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# the generated references: every configuration key (docs/config.md) and every command (docs/cli.md); the tests
+# check that both files are what the code gives now
+docs: $(VENV)/.installed
+	$(BIN)/diffmia config reference --out docs/config.md
+	$(BIN)/python -m diffmia.clidoc --out docs/cli.md
 
 # mutation testing of the result-making modules against their own fast tests (not part of `make test`; one worker,
 # an hour or more on 2 cores): `make mutate`, or `make mutate GROUPS="metrics distances"`.
