@@ -107,6 +107,16 @@ class Reference(StrEnum):
     OUTSIDERS = "vs-outsiders"
 
 
+def against(column: str, reference: Reference) -> str:
+    """The name of ``column`` measured against ``reference`` (``...mean-minus-base``)."""
+    return f"{column}-{reference}"
+
+
+def reference_of(column: str) -> Reference:
+    """What a column is measured against (:func:`against` read back): the raw feature unless it says otherwise."""
+    return next((r for r in Reference if r and column.endswith(f"-{r}")), Reference.NONE)
+
+
 NUMBERED = {"token": 3, "unit": 4}  # the digits that number a per-token or per-unit column's token or hidden unit
 _COLUMN = re.compile(
     r"(?:(?P<channel>[^/]+)/)?(?P<encoder>[^/]+)/(?P<similarity>[^/]+)/(?P<granularity>pooled|token|unit)"

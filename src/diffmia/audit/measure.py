@@ -27,7 +27,7 @@ from diffmia.encoders import Encoder
 from diffmia.errors import ConfigError
 from diffmia.features import blind_features, build_features, outsider_spread, versus_outsiders
 from diffmia.images import load_rgb
-from diffmia.names import PromptSource, Reference, Role, in_channel
+from diffmia.names import PromptSource, Reference, Role, against, in_channel, reference_of
 from diffmia.queries import build_queries, reference_seed
 from diffmia.records import FeatureTable, FloatArray, Query, Sample
 from diffmia.scenarios import Scenario
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from diffmia.audit.plan import AuditPlan
 
 log = logging.getLogger(__name__)
-BASE_TWIN = f"-{Reference.BASE}"  # ends a base-calibrated column's name
-VS_OUTSIDERS = f"-{Reference.OUTSIDERS}"  # ends a column's distance from its outsider shadows
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class Queries:
             prompts = self.prompts.get_all(source, samples)
             self._references[key] = self.compare(self.reference, samples, prompts, seed)
         reference = self._references[key]
-        names = (*table.names, *(n + BASE_TWIN for n in table.names))
+        names = (*table.names, *(against(n, Reference.BASE) for n in table.names))
         return FeatureTable(table.sample_ids, np.hstack([table.X, table.X - reference.X]), names, table.y)
 
     def outside(self, model: Model, samples: Sequence[Sample], source: PromptSource) -> FeatureTable:
@@ -259,7 +257,7 @@ def with_outsiders(
     standardised distance from the same feature under shadows the row's candidate was an outsider of
     (features.outsiders, LiRA offline): the first len(used) / 2 - 1 such shadows, a shadow's own rows excluding
     that shadow, so that every row has as many references; the spread is the outsiders' over D' (shadow data)."""
-    raw = tuple(n for n in shadows[0].names if not n.endswith(BASE_TWIN))
+    raw = tuple(n for n in shadows[0].names if reference_of(n) is not Reference.BASE)
     insiders = [{s.id for s in split.members} for _, split in used]
     n_references = len(used) // 2 - 1  # complementary pairs: every image of D' is an outsider of half the shadows
 
@@ -282,7 +280,7 @@ def with_outsiders(
     def add(table: FeatureTable, own: int | None = None) -> FeatureTable:
         reference = np.array([[under[j][x] for j in references(x, own)] for x in table.sample_ids])
         distance = versus_outsiders(table.select(raw).X, reference, spread)
-        names = (*table.names, *(n + VS_OUTSIDERS for n in raw))
+        names = (*table.names, *(against(n, Reference.OUTSIDERS) for n in raw))
         return FeatureTable(table.sample_ids, np.hstack([table.X, distance]), names, table.y)
 
     return [add(t, k) for k, t in enumerate(shadows)], {role: add(t) for role, t in tables.items()}

@@ -108,7 +108,11 @@ def check_threshold_feature(config: Config) -> None:
         return
     features = config.features
     plan = FeaturePlan(tuple(features.distances), tuple(features.granularities), tuple(features.aggregations))
-    references = [Reference.NONE, *[Reference.BASE] * features.calibrate, *[Reference.OUTSIDERS] * features.outsiders]
+    references = [Reference.NONE]
+    if features.calibrate:
+        references.append(Reference.BASE)
+    if features.outsiders:
+        references.append(Reference.OUTSIDERS)
     encoders = {encoder_name(name): gives_tokens(name) for name in dict.fromkeys(features.encoders)}
     planned = plan.columns(encoders, references)
     where = "attacks.threshold.reduce"
