@@ -40,6 +40,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "baselines": ([f"{PKG}/attacks/baselines/*"], ["tests/attacks/test_baselines.py"]),
     "features": ([f"{PKG}/features.py"], ["tests/test_features.py"]),
     "settest": ([f"{PKG}/settest.py"], ["tests/test_settest.py"]),
+    "provenance": ([f"{PKG}/provenance/crossfit.py"], ["tests/provenance/test_crossfit.py"]),
     "targets": ([f"{PKG}/targets/*"], ["tests/targets/"]),
 }
 FORKSERVER = {"baselines", "targets"}
