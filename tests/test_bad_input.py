@@ -511,7 +511,42 @@ CATALOGUE = [
         "--insecure",
     ),
     Bad("serve", "--lora that does not exist", lambda t, c: ["serve", "builtin", "--lora", str(t / "lora")], "lora"),
+    # --- diffmia provenance: the two sets, the target
+    Bad("provenance", "fewer suspects than folds", lambda t, c: provenance(t, suspects=4), "4 suspects"),
+    Bad("provenance", "an image among both sets", lambda t, c: provenance(t, shared=True), "share images"),
+    Bad("provenance", "images of two sizes", lambda t, c: provenance(t, size=16), "several sizes"),
+    Bad(
+        "provenance",
+        "given captions missing",
+        lambda t, c: provenance(t, captions=False, extra='[provenance]\nprompts = "given"\n'),
+        "have none",
+    ),
+    Bad(
+        "provenance",
+        "a target that does not answer",
+        lambda t, c: provenance(t, extra='[target]\nkind = "http"\nurl = "http://127.0.0.1:9"\nretries = 0\n'),
+        "is the server running",
+    ),
 ]
+
+
+def provenance(
+    tmp: Path, *, suspects: int = 6, shared: bool = False, size: int = 8, captions: bool = True, extra: str = ""
+) -> list[str]:
+    """``diffmia provenance`` of ``suspects`` flat images against six references (of ``size`` pixels, the first one
+    a suspect's image when ``shared``), with the given ``extra`` config sections."""
+    for name, n, first, side in (("s", suspects, 0, 8), ("r", 6, 100, size)):
+        (tmp / name).mkdir()
+        values = [0, *range(first + 1, first + n)] if shared and name == "r" else range(first, first + n)
+        lines = []
+        for i, value in enumerate(values):
+            png(tmp / name / f"{i}.png", (side, side), (value, value, value))
+            caption = f', "caption": "grey {value}"' if captions or name == "s" else ""
+            lines.append(f'{{"file_name": "{i}.png", "id": "{name}{i}"{caption}}}')
+        text(tmp / name / "metadata.jsonl", "\n".join(lines) + "\n")
+    config = text(tmp / "p.toml", extra)
+    out = str(tmp / "out")
+    return ["provenance", str(tmp / "s"), str(tmp / "r"), "--base", "builtin", "--config", str(config), "--out", out]
 
 
 def fake_a1111(scope_path: str) -> tuple[int, object]:

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from diffmia.cli import main
-from diffmia.config import Config, StudyConfig
+from diffmia.config import Config, ProvenanceFile, StudyConfig
 from diffmia.configdoc import config_reference
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
@@ -62,7 +62,7 @@ def test_docs_config_md_is_the_generated_reference():
     )
 
 
-@pytest.mark.parametrize("root", [Config, StudyConfig])
+@pytest.mark.parametrize("root", [Config, StudyConfig, ProvenanceFile])
 def test_every_key_of_every_section_is_documented(root):
     text = config_reference()
     rows = _rows(text)

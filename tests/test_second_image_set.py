@@ -144,3 +144,46 @@ def test_without_captions_the_captioner_of_the_shapes_names_them_and_image_to_im
         for attack in ("threshold", "distribution", "classifier"):
             assert _evaluation(result, "IV", "target", channel, attack)["auc"] > 0.75, (channel, attack)
             assert abs(_evaluation(result, "IV", "base", channel, attack)["auc"] - 0.5) < 0.2, (channel, attack)
+
+
+def _provenance(root: Path, run: Path, suspects: Path, references: Path, out: Path) -> dict:
+    """`diffmia provenance` of the shapes audit's target (no shadow), sharing the audit's generation cache."""
+    config = root / f"{out.name}.toml"
+    config.write_text(
+        '[generation]\nchannels = ["text2img", "img2img"]\nqueries_per_image = 2\nsteps = 5\nguidance = 3.0\n'
+        f'cache = "{run / "cache"}"\n[provenance]\npermutations = 500\n'
+    )
+    model = run / "models" / "target" / "pipeline"
+    args = [str(suspects), str(references), "--model", str(model), "--base", str(BASE / "pipeline")]
+    assert main(["provenance", *args, "--config", str(config), "--out", str(out), "--json"]) == 0
+    return json.loads((out / "provenance.json").read_text())
+
+
+@pytest.mark.slow
+def test_provenance_finds_the_shapes_the_target_was_trained_on_and_nothing_in_two_sets_it_was_not(shapes_run, capsys):
+    """The owner's question on the shapes audit's target, without its labels or a shadow: its 20 members as the
+    suspects against its 20 non-members as the references; then 10 non-members as the suspects against the other
+    10. The target's answers are the audit's own (the same ids, seeds and prompts: cache hits)."""
+    root, run = shapes_run
+    used = _provenance(root, run, root / "members", root / "nonmembers", root / "provenance-members")
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["verdict"] == used["verdict"] == "used" and printed["p_value"] == used["p_value"]
+    assert used["p_value"] < 0.01 and used["test"]["auc"] > 0.8 and used["effect"] == used["test"]["auc"]
+    assert [c["name"] for c in used["controls"]] == ["base model", "blind"]
+    assert all(c["p_value"] >= 0.05 for c in used["controls"]), used["controls"]
+    assert used["evidence"][1].startswith("gray-box")  # a local target: the denoising loss joins
+    assert used["images_requested"]["target"] == 40 * 2 * 2
+    for name in ("report.html", "report.md"):
+        assert "Provenance: provenance-members" in (root / "provenance-members" / name).read_text()
+    half = {s.id: s for s in load_image_folder(root / "nonmembers").samples}
+    for name, ids in (("a", list(half)[:10]), ("b", list(half)[10:])):
+        (root / "halves" / name / "images").mkdir(parents=True)
+        lines = []
+        for sample_id in ids:
+            target = root / "halves" / name / "images" / Path(half[sample_id].image_path).name
+            target.write_bytes(Path(half[sample_id].image_path).read_bytes())
+            record = {"file_name": f"images/{target.name}", "id": sample_id, "caption": half[sample_id].caption}
+            lines.append(json.dumps(record))
+        (root / "halves" / name / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    null = _provenance(root, run, root / "halves" / "a", root / "halves" / "b", root / "provenance-null")
+    assert null["verdict"] == "no evidence of use" and null["p_value"] >= 0.01, null["p_value"]

@@ -21,6 +21,8 @@ _EXPORTS = {
     "diffmia.audit": ("run_audit",),
     "diffmia.config": ("Config", "load_config", "parse_config"),
     "diffmia.metrics": ("evaluate",),
+    "diffmia.provenance.result": ("ProvenanceResult", "load_provenance"),
+    "diffmia.provenance.run": ("run_provenance",),
     "diffmia.records": ("Evaluation", "FeatureTable", "Interval", "Query", "Sample", "ScoreSet", "TprAtFpr"),
     "diffmia.results": ("RunResult", "load_run"),
     "diffmia.settest": ("set_test",),
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from diffmia.audit import run_audit
     from diffmia.config import Config, load_config, parse_config
     from diffmia.metrics import evaluate
+    from diffmia.provenance.result import ProvenanceResult, load_provenance
+    from diffmia.provenance.run import run_provenance
     from diffmia.records import Evaluation, FeatureTable, Interval, Query, Sample, ScoreSet, TprAtFpr
     from diffmia.results import RunResult, load_run
     from diffmia.settest import set_test
@@ -68,6 +72,7 @@ __all__ = [
     "HTTPTarget",
     "Interval",
     "MissingDependencyError",
+    "ProvenanceResult",
     "Query",
     "RunResult",
     "Sample",
@@ -80,10 +85,12 @@ __all__ = [
     "evaluate",
     "fit_attacks",
     "load_config",
+    "load_provenance",
     "load_run",
     "make_target",
     "parse_config",
     "run_audit",
+    "run_provenance",
     "score_with",
     "set_test",
 ]

@@ -29,13 +29,14 @@ from diffmia.lab.pipeline import TinySDConfig
 from diffmia.lab.pretrain import PretrainConfig, pretrain
 from diffmia.queries import build_queries
 from diffmia.quiet import quiet_third_parties
+from diffmia.sections import validated
 from diffmia.settest import load_run_scores, run_set_test
 from diffmia.targets import make_target, probe_target
 from diffmia.targets.diffusers import DiffusersTarget
 from diffmia.versions import __version__
 
 if TYPE_CHECKING:
-    from diffmia.config import Config
+    from diffmia.config import Config, ProvenanceFile
 
 app = typer.Typer(
     name="diffmia",
@@ -682,6 +683,102 @@ def study(
     for factor in settings.study.factors:
         typer.echo((root / f"{slug(factor.name)}.md").read_text(encoding="utf-8"))
     typer.echo(f"study directory: {root} (study.json, a table and a plot per factor, runs/)")
+
+
+@app.command()
+def provenance(
+    suspects: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Image folder: the images that may have been used. [default: the config's]", file_okay=False
+        ),
+    ] = None,
+    references: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Image folder: the same kind of images, certainly not used (made after the model, or never "
+            "published). [default: the config's]",
+            file_okay=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The target: 'builtin', a diffusers pipeline folder or a hub id. [default: the config's [target]]"
+        ),
+    ] = None,
+    lora: Annotated[
+        Path | None, typer.Option(help="LoRA weights on --model: a diffusers LoRA folder or one .safetensors file.")
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="The public model the target was fine-tuned from. [default: --model when --lora is given, or the base "
+            "a diffmia fine-tune's card names]"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run directory. [default: the config's provenance.runs_dir/name]", file_okay=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML with [target] (an HTTP endpoint too), [generation], [features] and [provenance] (prompts, "
+            "captioner, folds, permutations, alpha). See docs/config.md.",
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON (provenance.json) instead.")
+    ] = False,
+) -> None:
+    """Was this model trained on my images? Dataset inference for an owner: no labels, no shadow model.
+
+    Queries the target and its public base model for every suspect and reference, as an audit does, fits a scoring
+    model on the target's own answers by cross-fitting and tests it by permuting the whole procedure: a p-value
+    valid as computed. The same test on the base model's answers and on the images alone are controls. Ends with
+    the verdict (used, no evidence of use, inconclusive); report.html, report.md and provenance.json in the run
+    directory.
+    """
+    from diffmia.config import load_provenance_config
+    from diffmia.provenance.plan import run_dir_of
+    from diffmia.provenance.run import run_provenance
+    from diffmia.report.terminal import print_provenance
+
+    file = _provenance_options(load_provenance_config(config), suspects, references, model, lora, base, out)
+    result = run_provenance(file)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    print_provenance(result)
+    typer.echo(f"report: {run_dir_of(file) / 'report.html'} (beside report.md and provenance.json)")
+
+
+def _provenance_options(
+    file: ProvenanceFile,
+    suspects: Path | None,
+    references: Path | None,
+    model: str | None,
+    lora: Path | None,
+    base: str | None,
+    out: Path | None,
+) -> ProvenanceFile:
+    """The provenance file with the command's arguments set, validated as a file is."""
+    from diffmia.config import ProvenanceFile
+
+    data = file.model_dump(mode="json", exclude_none=True)
+    section = data["provenance"]
+    given = {"suspects": suspects, "references": references, "base_model": base}
+    section.update({k: str(v) for k, v in given.items() if v is not None})
+    if out is not None:
+        section.update(runs_dir=str(out.parent), name=out.name)
+    if model is not None or lora is not None:
+        target = data["target"] if data["target"].get("kind", "diffusers") == "diffusers" else {}
+        target.update({"kind": "diffusers", **({"model": model} if model else {}), "lora": str(lora) if lora else None})
+        data["target"] = {k: v for k, v in target.items() if v is not None}
+    return validated(ProvenanceFile, data, "options")
 
 
 @app.command("set-test")

@@ -552,6 +552,71 @@ class Config(Section):
         return self
 
 
+class ProvenanceConfig(Section):
+    """Dataset inference for an owner (``diffmia provenance``): were the suspects used to fine-tune the target?
+
+    ``suspects`` (images that may have been used) and ``references`` (the same kind of images, certainly not used:
+    made after the model, or never published) are image folders. The target (``[target]``) and the public base
+    model it was fine-tuned from are queried for every image as an audit queries them (``[generation]``,
+    ``[features]``, base-calibrated features always on); no shadow model is trained. A scoring model is fitted on
+    the target's own answers by cross-fitting in ``folds`` folds, and its held-out AUC is tested against
+    ``permutations`` relabellings of the images: the p-value is valid as computed. The same test on the base
+    model's answers and on the images alone are the controls; either one at p < ``control_alpha`` makes the verdict
+    "inconclusive"."""
+
+    suspects: str | None = None  # the images that may have been used (an image folder); the command's first argument
+    references: str | None = None  # the same kind of images, certainly not used; the command's second argument
+    # the public model the target was fine-tuned from; unset: the target's own model when the target is that model
+    # with LoRA weights, or the base_model a diffmia fine-tune's card names
+    base_model: str | None = None
+    # where the prompts come from: the given captions, the captioner's, or both (each its own features); auto: the
+    # given captions where every image has one, else the captioner's
+    prompts: Literal["auto", "given", "captioner", "both"] = "auto"
+    captioner: str = (
+        "builtin"  # the captioner used as it is: builtin, a BLIP folder (e.g. from finetune-captioner) or hub id
+    )
+    folds: Annotated[int, Field(ge=2, le=20)] = 5
+    permutations: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    alpha: Probability = 0.01  # "used" when the target's test gives p below it (and no control strays)
+    control_alpha: Probability = 0.05  # a control below it makes the verdict "inconclusive"
+    # with a local target, gray-box scores join the features: the denoising loss, and PIA's error where the family
+    # allows it, each the target's and minus the base model's
+    graybox: bool = True
+    exposed: Annotated[int, Field(ge=0, le=100)] = 10  # the suspects that weigh most, shown beside their generations
+    name: str = "provenance"
+    runs_dir: str = "runs"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _plain_name(self) -> ProvenanceConfig:
+        if not self.name or any(c in self.name for c in "/\\") or self.name in (".", ".."):
+            raise ValueError("name must be a plain folder name")
+        return self
+
+
+class ProvenanceFile(Section):
+    """A provenance configuration (``diffmia provenance --config FILE``): the target and how it is queried, as in
+    an audit, and the ``[provenance]`` section."""
+
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    target: Annotated[SerializeAsAny[TargetSection], ByKind(TARGETS, "diffusers")] = Field(
+        default_factory=DiffusersTargetConfig
+    )
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
+
+    def audit_config(self) -> Config:
+        """The audit configuration that queries the target as this file does (base-calibrated features on)."""
+        features = self.features.model_copy(update={"calibrate": True, "outsiders": False})
+        return Config(evaluation=self.evaluation, target=self.target, generation=self.generation, features=features)
+
+
+def load_provenance_config(path: str | Path | None) -> ProvenanceFile:
+    """Read and validate a provenance file (every problem in one ConfigError); ``None`` gives the defaults."""
+    return ProvenanceFile() if path is None else validated(ProvenanceFile, read_toml(path), str(path))
+
+
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     """Validate a parsed TOML document; report every problem in one ConfigError."""
     return validated(Config, data, source)
@@ -585,6 +650,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_config(config: Config) -> str:
-    """The resolved configuration as TOML (it loads back to an equal Config; unset optional values are left out)."""
+def dump_config(config: Section) -> str:
+    """The resolved configuration (an audit's, a provenance file's) as TOML: it loads back to an equal one; unset
+    optional values are left out."""
     return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))

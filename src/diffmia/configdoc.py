@@ -27,7 +27,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from diffmia.config import Config, StudyConfig
+from diffmia.config import Config, ProvenanceFile, StudyConfig
 from diffmia.files import atomic_path
 from diffmia.sections import ByKind, OneOf
 
@@ -313,9 +313,11 @@ def _table(section: Section) -> list[str]:
     return lines
 
 
-def _render(root: type[BaseModel], order: tuple[str, ...]) -> list[str]:
+def _render(root: type[BaseModel], order: tuple[str, ...], only: str | None = None) -> list[str]:
     lines: list[str] = []
     for section in sections(root, order):
+        if only is not None and section.path != only:
+            continue
         lines += ["", f"### {section.title}", ""]
         text = _section_text(section)
         if text:
@@ -325,7 +327,7 @@ def _render(root: type[BaseModel], order: tuple[str, ...]) -> list[str]:
 
 
 def config_reference() -> str:
-    """``docs/config.md``: every section and key of an audit configuration and of a study file."""
+    """``docs/config.md``: every section and key of an audit configuration, a study file and a provenance file."""
     lines = [
         "# Configuration reference",
         "",
@@ -347,6 +349,13 @@ def config_reference() -> str:
         "A study file (`diffmia study STUDY.toml`) holds one `[study]` table and its `[[study.factors]]`; each level",
         "of a factor sets one dotted key of the audit configuration above (or, without `key`, several together).",
         *_render(StudyConfig, ()),
+        "",
+        "## Provenance files",
+        "",
+        "A provenance file (`diffmia provenance --config FILE`) holds the `[target]`, `[generation]`, `[features]` and",
+        "`[evaluation]` sections of an audit configuration, as above (base-calibrated features are always on), and one",
+        "`[provenance]` table; the command's arguments and options set the keys they name.",
+        *_render(ProvenanceFile, (), only="provenance"),
         "",
     ]
     return "\n".join(lines)

@@ -32,11 +32,13 @@ class Relation(StrEnum):
 
 
 class PromptSource(StrEnum):
-    """Where the prompts of a query come from: the given captions, or the captioner fine-tuned on a D'."""
+    """Where the prompts of a query come from: the given captions, the captioner fine-tuned on a D' (an audit), or
+    the captioner as it is (``diffmia provenance``, which has no D')."""
 
     GIVEN = "given"
     CAPTIONER_OVERLAP = "captioner-overlap"
     CAPTIONER_DISJOINT = "captioner-disjoint"
+    CAPTIONER = "captioner"
 
     @classmethod
     def captioner(cls, relation: Relation) -> PromptSource:
@@ -44,13 +46,15 @@ class PromptSource(StrEnum):
 
     @property
     def relation(self) -> Relation | None:
-        """The D' whose captioner writes these prompts (None for the given captions)."""
-        return None if self is PromptSource.GIVEN else Relation(self.removeprefix("captioner-"))
+        """The D' whose captioner writes these prompts (None for the given captions and the plain captioner)."""
+        return Relation(self.removeprefix("captioner-")) if self.startswith("captioner-") else None
 
     @property
     def words(self) -> str:
-        """For logs: "given caption" or "captioner on D' overlap"."""
-        return "given caption" if self.relation is None else f"captioner on D' {self.relation}"
+        """For logs: "given caption", "captioner on D' overlap" or "captioner"."""
+        if self is PromptSource.GIVEN:
+            return "given caption"
+        return "captioner" if self.relation is None else f"captioner on D' {self.relation}"
 
 
 class Mode(StrEnum):

@@ -11,7 +11,7 @@ import base64
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffmia.errors import DataError
 from diffmia.files import atomic_path
@@ -21,17 +21,20 @@ from diffmia.report.plots import histogram_figure, loglog_roc_figure
 from diffmia.report.verdict import COLOURS, CONTROL_RULE, RULES, verdicts
 from diffmia.results import RunResult, load_run
 
+if TYPE_CHECKING:
+    import jinja2
+
 TEMPLATE = "report.html.j2"
 REPORT_FILE = "report.html"
 EXPOSED_SIDE = 192  # largest side of an exposed member or generation as embedded (pixels)
 THUMBNAIL_SIDE = 48
 
 
-def _data_uri(png: bytes) -> str:
+def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _image_uri(path: str, side: int) -> str | None:
+def image_uri(path: str, side: int) -> str | None:
     """An image file as a PNG data URI no larger than ``side``, or None when it is gone or cannot be decoded (the
     page says so)."""
     try:
@@ -42,7 +45,7 @@ def _image_uri(path: str, side: int) -> str | None:
         image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return _data_uri(buffer.getvalue())
+    return data_uri(buffer.getvalue())
 
 
 def _anchor(sample_id: str) -> str:
@@ -63,10 +66,10 @@ def _figures(run: RunResult) -> list[dict[str, Any]]:
                 {content.MODEL_NAMES.get(s.model, s.model): (s.scores, s.labels) for s in run.controls(scenario)}
             )
             title = f"Scenario {scenario}: {target.channel} {target.attack}"
-            roc = _data_uri(loglog_roc_figure(curves, title, first_fpr))
+            roc = data_uri(loglog_roc_figure(curves, title, first_fpr))
         channel = run.headline[scenario][0] if scenario in run.headline else None
         histograms = [
-            _data_uri(histogram_figure(s.scores, s.labels, f"{scenario}: {s.attack} ({s.channel})"))
+            data_uri(histogram_figure(s.scores, s.labels, f"{scenario}: {s.attack} ({s.channel})"))
             for s in run.score_sets
             if s.scenario == scenario and s.model == "target" and s.channel == channel
         ]
@@ -82,8 +85,8 @@ def _exposed(run: RunResult) -> list[dict[str, Any]]:
             "sample_id": i.sample_id,
             "prompt": i.prompt,
             "score": content.number(i.score),
-            "uri": _image_uri(i.image, EXPOSED_SIDE),
-            "generations": [{"channel": g.channel, "uri": _image_uri(g.image, EXPOSED_SIDE)} for g in i.generations],
+            "uri": image_uri(i.image, EXPOSED_SIDE),
+            "generations": [{"channel": g.channel, "uri": image_uri(g.image, EXPOSED_SIDE)} for g in i.generations],
         }
         for i in run.exposed.images
     ]
@@ -108,48 +111,56 @@ def _candidates(run: RunResult) -> dict[str, Any] | None:
             "called": c.called,
             "wrong": c.decision is not None and c.decision != c.member,
             "known": c.sample_id in images,
-            "uri": _image_uri(images[c.sample_id], THUMBNAIL_SIDE) if c.sample_id in images else None,
+            "uri": image_uri(images[c.sample_id], THUMBNAIL_SIDE) if c.sample_id in images else None,
         }
         for c in content.candidates(chosen)
     ]
     return {"set": chosen, "rows": rows, "threshold": chosen.evaluation.threshold}
 
 
-def render_page(run: RunResult) -> str:
-    """The page of ``run``."""
+def templates() -> jinja2.Environment:
+    """The report templates (autoescaped: captions, ids and model cards stay inert text)."""
     import jinja2
 
-    environment = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("diffmia.report", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
+
+
+def render_page(run: RunResult) -> str:
+    """The page of ``run``."""
     judged = verdicts(run)
     rows, notes = content.evaluation_rows(run)
     timing_headers, timing_rows = content.timings(run)
     confidence = run.score_sets[0].evaluation.auc_interval.confidence if run.score_sets else 0.95
-    return environment.get_template(TEMPLATE).render(
-        run=run,
-        verdicts=judged,
-        rules=RULES,
-        colours=COLOURS,
-        control_rule=CONTROL_RULE,
-        rows=rows,
-        notes=notes,
-        fprs=content.fprs(run),
-        percent=lambda v: f"{v * 100:g}%",
-        confidence=round(confidence * 100),
-        figures=_figures(run),
-        exposed=_exposed(run),
-        candidates=_candidates(run),
-        headlines={s: content.headline_rows(run, s) for s in run.scenarios},
-        choices={s: content.headline_choice(run, s) for s in run.scenarios},
-        cards=[
-            (title, *content.side_by_side(group))
-            for title, group in (("Training regimes", run.models), ("Captioners", run.captioners))
-            if group
-        ],
-        environment=content.environment(run),
-        timing_headers=timing_headers,
-        timing_rows=timing_rows,
+    return (
+        templates()
+        .get_template(TEMPLATE)
+        .render(
+            run=run,
+            verdicts=judged,
+            rules=RULES,
+            colours=COLOURS,
+            control_rule=CONTROL_RULE,
+            rows=rows,
+            notes=notes,
+            fprs=content.fprs(run),
+            percent=lambda v: f"{v * 100:g}%",
+            confidence=round(confidence * 100),
+            figures=_figures(run),
+            exposed=_exposed(run),
+            candidates=_candidates(run),
+            headlines={s: content.headline_rows(run, s) for s in run.scenarios},
+            choices={s: content.headline_choice(run, s) for s in run.scenarios},
+            cards=[
+                (title, *content.side_by_side(group))
+                for title, group in (("Training regimes", run.models), ("Captioners", run.captioners))
+                if group
+            ],
+            environment=content.environment(run),
+            timing_headers=timing_headers,
+            timing_rows=timing_rows,
+        )
     )
 
 

@@ -12,6 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from diffmia.provenance.result import ProvenanceResult
 from diffmia.records import Evaluation, Interval
 from diffmia.report import content
 from diffmia.report.verdict import percent, verdicts
@@ -151,3 +152,19 @@ def print_set_test(report: SetTestReport) -> None:
     console.print(
         f"{METHOD}; a member set is detected at p < 0.001; a non-member set should give p > 0.05 in about 95% of draws."
     )
+
+
+def print_provenance(result: ProvenanceResult) -> None:
+    """The owner's verdict, the test that decided it and its controls, and the query budget."""
+    console = _console(140)
+    wrap = textwrap.TextWrapper(width=min(console.width, 120), break_on_hyphens=False, subsequent_indent="    ")
+    console.print(wrap.fill(f"Verdict: {result.verdict.upper()}: {result.reason}."), soft_wrap=True)
+    for test in (result.test, *result.controls):
+        interval = f"[{content.number(test.auc_low)}, {content.number(test.auc_high)}]"
+        wrap.initial_indent = f"  {test.name}: "
+        chance = f"{content.number(test.chance_low)} to {content.number(test.chance_high)}"
+        auc = f"held-out AUC {content.number(test.auc)} {interval} (by chance {chance})"
+        line = f"{auc}, p = {test.p_value:.3g} ({test.evidence})"
+        console.print(wrap.fill(line), soft_wrap=True)
+    wrap.initial_indent = "  "
+    console.print(wrap.fill(f"{result.budget}."), soft_wrap=True)
