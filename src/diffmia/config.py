@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomli_w
 from pydantic import BeforeValidator, Field, SerializeAsAny, model_validator
@@ -29,6 +29,7 @@ from diffmia.targets import TARGETS, TargetSection
 from diffmia.targets.diffusers import DiffusersTargetConfig
 
 DEFAULT_FINETUNE_STEPS = 500
+_Config = TypeVar("_Config", bound=Section)
 ModeName = Literal["text2img", "img2img"]
 Strength = Annotated[float, Field(gt=0.0, le=1.0)]
 DEFAULT_CHANNELS: tuple[ModeName, ...] = ("text2img",)
@@ -497,6 +498,11 @@ def load_study(path: str | Path) -> StudyConfig:
     return validated(StudyConfig, read_toml(path), str(path))
 
 
+# the model under audit: a discriminated union over the target kinds (diffmia.targets.TARGETS), `kind` picking the
+# table's model
+TargetTable = Annotated[SerializeAsAny[TargetSection], ByKind(TARGETS, "diffusers")]
+
+
 class Config(Section):
     """The whole configuration of a diffmia run."""
 
@@ -504,10 +510,7 @@ class Config(Section):
     attacks: AttacksConfig = Field(default_factory=AttacksConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     captioner_training: CaptionerTrainingConfig = Field(default_factory=CaptionerTrainingConfig)
-    # a discriminated union over the target kinds (diffmia.targets.TARGETS): `kind` picks the table's model
-    target: Annotated[SerializeAsAny[TargetSection], ByKind(TARGETS, "diffusers")] = Field(
-        default_factory=DiffusersTargetConfig
-    )
+    target: TargetTable = Field(default_factory=DiffusersTargetConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -599,9 +602,7 @@ class ProvenanceFile(Section):
     an audit, and the ``[provenance]`` section."""
 
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    target: Annotated[SerializeAsAny[TargetSection], ByKind(TARGETS, "diffusers")] = Field(
-        default_factory=DiffusersTargetConfig
-    )
+    target: TargetTable = Field(default_factory=DiffusersTargetConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
@@ -648,6 +649,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return data
+
+
+def same_but_where(previous: _Config, current: _Config, section: str) -> bool:
+    """Whether two resolved configurations are one, but for where their run directory lives (``section.runs_dir``
+    and ``section.name``: a moved run directory still resumes)."""
+    where = {key: getattr(getattr(current, section), key) for key in ("runs_dir", "name")}
+    moved = previous.model_copy(update={section: getattr(previous, section).model_copy(update=where)})
+    return dump_config(moved) == dump_config(current)
 
 
 def dump_config(config: Section) -> str:

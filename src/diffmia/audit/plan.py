@@ -13,7 +13,7 @@ import numpy as np
 from diffmia.attacks.threshold import REDUCTIONS
 from diffmia.audit.models import GivenShadow, check_model_sources, given_shadows
 from diffmia.captioners import load_captioner
-from diffmia.config import Config, DataConfig, dump_config, parse_config, read_toml
+from diffmia.config import Config, DataConfig, dump_config, parse_config, read_toml, same_but_where
 from diffmia.data import AuxiliarySet, MembershipSplit, check_audit_data, load_image_folder, plan_auxiliary
 from diffmia.encoders import Encoder, encoder_name, gives_tokens, make_encoder
 from diffmia.errors import ConfigError, DataError
@@ -141,10 +141,7 @@ def check_run_dir(run: Path, config: Config) -> None:
     saved = run / "config.toml"
     if not saved.exists():
         return
-    previous = _saved_config(saved)
-    where = {"runs_dir": config.audit.runs_dir, "name": config.audit.name}
-    previous = previous.model_copy(update={"audit": previous.audit.model_copy(update=where)})
-    if dump_config(previous) != dump_config(config):
+    if not same_but_where(_saved_config(saved), config, "audit"):
         raise ConfigError(
             f"{run} holds a run of a different configuration ({saved}); choose another audit.name or runs_dir, "
             "or delete that folder"

@@ -12,7 +12,14 @@ from pathlib import Path
 from diffmia.audit.models import Model, base_model, check_model_source
 from diffmia.audit.plan import make_encoders
 from diffmia.captioners import load_captioner
-from diffmia.config import Config, ProvenanceConfig, ProvenanceFile, dump_config, load_provenance_config
+from diffmia.config import (
+    Config,
+    ProvenanceConfig,
+    ProvenanceFile,
+    dump_config,
+    load_provenance_config,
+    same_but_where,
+)
 from diffmia.data import content_digests, load_image_folder
 from diffmia.encoders import Encoder
 from diffmia.errors import ConfigError, DataError
@@ -89,10 +96,7 @@ def check_run_dir(run: Path, file: ProvenanceFile) -> None:
     saved = run / "config.toml"
     if not saved.exists():
         return
-    previous = load_provenance_config(saved)
-    where = {"runs_dir": file.provenance.runs_dir, "name": file.provenance.name}
-    previous = previous.model_copy(update={"provenance": previous.provenance.model_copy(update=where)})
-    if dump_config(previous) != dump_config(file):
+    if not same_but_where(load_provenance_config(saved), file, "provenance"):
         raise ConfigError(
             f"{run} holds the answer to another question ({saved}); choose another --out, or delete that folder"
         )
