@@ -22,6 +22,7 @@ from diffmia.cache import GenerationCache
 from diffmia.config import Config
 from diffmia.names import Role
 from diffmia.queries import build_queries
+from diffmia.records import Sample
 from diffmia.report.verdict import control_warnings
 from diffmia.results import (
     HEADLINE_RULE,
@@ -91,16 +92,23 @@ def most_exposed(
         sample = by_id.get(chosen.sample_ids[index])
         if sample is None:
             continue
-        (options,) = prompts.get_all(source, [sample])  # several captions (audit.captions_per_image) shown as one
-        generations = tuple(
-            GeneratedImage(q.mode, str(cache.image_path(q.key(fingerprint)).resolve()))
-            for q in build_queries([sample], [options], config.generation)
-        )
-        image = str(Path(sample.image_path).resolve())
-        rows.append(ExposedImage(sample.id, image, " | ".join(options), float(chosen.scores[index]), generations))
+        score = float(chosen.scores[index])
+        rows.append(exposed_image(sample, score, prompts.get_all(source, [sample])[0], config, fingerprint, cache))
         if len(rows) == config.audit.exposed:
             break
     return Exposure(chosen.scenario, chosen.channel, chosen.attack, tuple(rows))
+
+
+def exposed_image(
+    sample: Sample, score: float, prompts: list[str], config: Config, fingerprint: str, cache: GenerationCache
+) -> ExposedImage:
+    """A candidate beside the target's generations for it (the cache's files of its queries): several prompts
+    (captions per image) shown as one."""
+    generations = tuple(
+        GeneratedImage(q.mode, str(cache.image_path(q.key(fingerprint)).resolve()))
+        for q in build_queries([sample], [prompts], config.generation)
+    )
+    return ExposedImage(sample.id, str(Path(sample.image_path).resolve()), " | ".join(prompts), score, generations)
 
 
 def assemble(

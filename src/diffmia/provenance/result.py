@@ -14,7 +14,7 @@ from pydantic.dataclasses import dataclass
 
 from diffmia.errors import DataError
 from diffmia.files import write_json
-from diffmia.results import GeneratedImage, Pass
+from diffmia.results import ExposedImage, Pass
 
 RESULT_FILE = "provenance.json"
 SCHEMA_VERSION = 1
@@ -55,17 +55,6 @@ class ImageScore:
     score: float
 
 
-@dataclass(config=_RECORD)
-class WeighingImage:
-    """A suspect the target's test set apart most, beside the target's generations for it."""
-
-    sample_id: str
-    image: str
-    prompt: str
-    score: float
-    generations: tuple[GeneratedImage, ...]
-
-
 @dataclass(config=ConfigDict(frozen=True, arbitrary_types_allowed=True), kw_only=True)
 class ProvenanceResult:
     """The owner's answer: ``verdict`` (used, no evidence of use, inconclusive) and ``reason`` in words, the test on
@@ -90,7 +79,7 @@ class ProvenanceResult:
     images_requested: dict[str, int]
     seeds: dict[str, int]
     models: dict[str, str]  # the target and the base model, as given
-    weighing: tuple[WeighingImage, ...]
+    weighing: tuple[ExposedImage, ...]  # the suspects the test set apart most, beside the target's generations
     scores: tuple[ImageScore, ...]
     passes: tuple[Pass, ...]
     run_dir: Annotated[SkipValidation[Path | None], Field(exclude=True)] = dataclasses.field(

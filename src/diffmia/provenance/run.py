@@ -27,7 +27,7 @@ from diffmia.assets import resolve_captioner
 from diffmia.attacks.baselines import graybox_scores
 from diffmia.audit.measure import Queries
 from diffmia.audit.prompts import Prompts
-from diffmia.audit.result import StageClock
+from diffmia.audit.result import StageClock, exposed_image
 from diffmia.captioners import BlipCaptioner
 from diffmia.config import ProvenanceFile
 from diffmia.families import family_of
@@ -45,13 +45,11 @@ from diffmia.provenance.result import (
     ImageScore,
     ProvenanceResult,
     Verdict,
-    WeighingImage,
     save_provenance,
 )
-from diffmia.queries import build_queries
 from diffmia.records import FeatureTable, FloatArray
 from diffmia.report.provenance import render_provenance
-from diffmia.results import GeneratedImage
+from diffmia.results import ExposedImage
 from diffmia.versions import __version__
 
 log = logging.getLogger(__name__)
@@ -219,22 +217,22 @@ def verdict(plan: ProvenancePlan, target: Finding, controls: tuple[Finding, ...]
     )
 
 
-def weigh(plan: ProvenancePlan, prompts: Prompts, measured: Measured, target: Tested) -> tuple[WeighingImage, ...]:
+def weigh(plan: ProvenancePlan, prompts: Prompts, measured: Measured, target: Tested) -> tuple[ExposedImage, ...]:
     """The suspects the target's test scores highest, beside the target's generations for them."""
     samples, settings = plan.samples, plan.settings
     order = [i for i in np.argsort(-target.scores, kind="stable") if samples[i].member][: settings.exposed]
     fingerprint, cache = plan.target.target.fingerprint, measured.queries.cache
-    rows = []
-    for i in order:
-        sample = samples[i]
-        (options,) = prompts.get_all(plan.sources[0], [sample])
-        generations = tuple(
-            GeneratedImage(q.mode, str(cache.image_path(q.key(fingerprint)).resolve()))
-            for q in build_queries([sample], [options], plan.config.generation)
+    return tuple(
+        exposed_image(
+            samples[i],
+            float(target.scores[i]),
+            prompts.get_all(plan.sources[0], [samples[i]])[0],
+            plan.config,
+            fingerprint,
+            cache,
         )
-        image = str(Path(sample.image_path).resolve())
-        rows.append(WeighingImage(sample.id, image, " | ".join(options), float(target.scores[i]), generations))
-    return tuple(rows)
+        for i in order
+    )
 
 
 def assemble(
@@ -242,7 +240,7 @@ def assemble(
     measured: Measured,
     target: Tested,
     controls: tuple[Tested, ...],
-    weighing: tuple[WeighingImage, ...],
+    weighing: tuple[ExposedImage, ...],
     clock: StageClock,
 ) -> ProvenanceResult:
     """The answer, with the counts, the query budget and the seeds that produced it."""
